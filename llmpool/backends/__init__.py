@@ -1,0 +1,1 @@
+"""Runtime adapters, one module per backend, selected through `registry`."""

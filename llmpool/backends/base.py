@@ -1,0 +1,138 @@
+"""The one interface every runtime adapter implements.
+
+Lifecycle: the registry builds one adapter per replica with the model's spec, calls
+`load()` (blocking; run off the hub by the caller), then `generate()` for each job, and
+`close()` once. `generate()` returns a *blocking* iterator of `Chunk`s that the executor
+drives on a real OS thread; cancelling a job means the executor stops pulling and calls
+the iterator's `close()`, so adapters free per-job resources in a `finally`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from marshmallow import fields
+
+from llmpool.config.spec import ModelSpec
+from llmpool.generation import Chunk, GenerationRequest
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    modalities: tuple[str, ...]
+    multi_turn: bool
+    thinking_modes: tuple[str, ...]
+    streaming: bool = True
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "modalities": list(self.modalities),
+            "multi_turn": self.multi_turn,
+            "thinking_modes": list(self.thinking_modes),
+            "streaming": self.streaming,
+        }
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """One live load override an operator may set, and the rule it must satisfy."""
+
+    key: str
+    type: str  # "int" | "float" | "string" | "choice"
+    min: float | None = None
+    max: float | None = None
+    choices: tuple[str, ...] | None = None
+    multiple_of: int | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """None when `value` is acceptable, else why not (for a 400 message)."""
+        if self.type == "choice":
+            if value not in (self.choices or ()):
+                return f"{self.key} must be one of {list(self.choices or ())}"
+            return None
+        if self.type == "string":
+            return None if isinstance(value, str) and value else f"{self.key} must be a string"
+        numeric = int if self.type == "int" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, numeric):
+            return f"{self.key} must be {'an integer' if self.type == 'int' else 'a number'}"
+        if self.min is not None and value < self.min:
+            return f"{self.key} must be >= {self.min:g}"
+        if self.max is not None and value > self.max:
+            return f"{self.key} must be <= {self.max:g}"
+        if self.multiple_of and value % self.multiple_of:
+            return f"{self.key} must be a multiple of {self.multiple_of}"
+        return None
+
+    def row(self, default: Any) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "type": self.type,
+            "min": self.min,
+            "max": self.max,
+            "choices": list(self.choices) if self.choices else None,
+            "multiple_of": self.multiple_of,
+            "default": default,
+        }
+
+
+class Adapter:
+    """Base of all backend adapters; subclasses set the class attributes below."""
+
+    backend: ClassVar[str] = ""
+    # False: one job at a time per replica; target_inflight is clamped to 1.
+    can_batch: ClassVar[bool] = False
+    constraints: ClassVar[tuple[Constraint, ...]] = ()
+
+    def __init__(self, spec: ModelSpec, replica_id: int) -> None:
+        self.spec = spec
+        self.replica_id = replica_id
+
+    # -- class-level facts, known before anything loads ------------------------------
+    @classmethod
+    def config_fields(cls) -> dict[str, fields.Field]:
+        """This backend's own settings keys (validated strictly with the common ones)."""
+        return {}
+
+    @classmethod
+    def capabilities(cls, spec: ModelSpec) -> Capabilities:
+        return Capabilities(modalities=("text",), multi_turn=False, thinking_modes=("default",))
+
+    @classmethod
+    def max_tokens_limit(cls, spec: ModelSpec) -> int | None:
+        """The largest `decoding.max_tokens` a request may ask of this model."""
+        return None
+
+    @classmethod
+    def artifact_size_bytes(cls, spec: ModelSpec) -> int | None:
+        """Size on disk of the weights, the fallback VRAM estimate."""
+        if not spec.model_path or not os.path.exists(spec.model_path):
+            return None
+        if os.path.isfile(spec.model_path):
+            return os.path.getsize(spec.model_path)
+        return sum(
+            os.path.getsize(os.path.join(root, name))
+            for root, _, names in os.walk(spec.model_path)
+            for name in names
+        )
+
+    # -- per replica ----------------------------------------------------------------
+    def load(self) -> None:
+        """Bring the runtime up. Blocks; raises on failure (the caller tears down)."""
+        raise NotImplementedError
+
+    def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
+        """A blocking iterator of chunks, the last one carrying `final`."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the runtime. Idempotent; must not raise for an unloaded runtime."""
+
+    def health(self) -> bool:
+        return True
+
+    def pid(self) -> int | None:
+        """The child process id, for subprocess backends."""
+        return None

@@ -1,0 +1,1 @@
+"""Settings: files, merge, strict validation (see loader, schema, spec)."""

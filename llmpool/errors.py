@@ -1,0 +1,158 @@
+"""The one error hierarchy of the pool.
+
+Every error a client can see is a `PoolError` subclass carrying its HTTP status and a
+stable machine-readable `code`. The HTTP layer renders all of them in one handler, so
+the core never returns error values and never guesses statuses from built-in exceptions.
+"""
+
+from __future__ import annotations
+
+
+class PoolError(Exception):
+    """Base of every client-visible error.
+
+    `status` is the HTTP status, `code` the stable identifier clients switch on.
+    `model` names the model the error concerns, when there is one.
+    """
+
+    status = 500
+    code = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.model = model
+        self.headers = dict(headers or {})
+
+    def to_detail(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message, "model": self.model}
+
+
+class InternalError(PoolError):
+    """A bug. The renderer logs the trace and never puts it in the body."""
+
+
+class ConfigError(PoolError):
+    """Settings files are invalid; raised at start-up and on reload."""
+
+    code = "invalid_settings"
+
+
+# 4xx: the request itself cannot be served as asked.
+class UnknownModel(PoolError):
+    status = 404
+    code = "unknown_model"
+
+
+class ModelNotLoaded(PoolError):
+    status = 409
+    code = "model_not_loaded"
+
+
+class ModelLoading(PoolError):
+    status = 409
+    code = "model_loading"
+
+
+class ModelUnloading(PoolError):
+    status = 409
+    code = "model_unloading"
+
+
+class ModelFailed(PoolError):
+    status = 409
+    code = "model_failed"
+
+
+class SettingsConflict(PoolError):
+    status = 409
+    code = "settings_conflict"
+
+
+class RemoteNotAllowed(PoolError):
+    status = 403
+    code = "remote_not_allowed"
+
+
+class MediaForbidden(PoolError):
+    status = 403
+    code = "media_forbidden"
+
+
+class ModalityUnsupported(PoolError):
+    status = 400
+    code = "modality_unsupported"
+
+
+class MultiTurnUnsupported(PoolError):
+    status = 400
+    code = "multi_turn_unsupported"
+
+
+class ThinkingUnsupported(PoolError):
+    status = 400
+    code = "thinking_unsupported"
+
+
+class InvalidLoadRequest(PoolError):
+    status = 400
+    code = "invalid_load_request"
+
+
+class InvalidRequest(PoolError):
+    """A request that passed the schema but breaks a model-specific rule."""
+
+    status = 400
+    code = "invalid_request"
+
+
+class QueueFull(PoolError):
+    status = 429
+    code = "queue_full"
+
+    def __init__(self, message: str, *, model: str | None = None, retry_after_s: int = 1):
+        super().__init__(message, model=model, headers={"Retry-After": str(retry_after_s)})
+
+
+# 5xx: the pool or a runtime failed.
+class BackendError(PoolError):
+    status = 502
+    code = "backend_error"
+
+
+class BackendTimeout(PoolError):
+    status = 504
+    code = "backend_timeout"
+
+
+class ModelLoadFailed(PoolError):
+    status = 500
+    code = "model_load_failed"
+
+
+class JobCancelled(PoolError):
+    """The job was cancelled (client gone, forced unload); never rendered to that client."""
+
+    status = 499
+    code = "cancelled"
+
+
+class RequestFieldInvalid(PoolError):
+    """A request field breaks a rule only the core can check (e.g. a model's token limit).
+
+    Rendered in the same 422 shape as schema errors, so clients see one format.
+    """
+
+    status = 422
+    code = "validation_error"
+
+    def __init__(self, loc: list[str | int], msg: str, type_: str) -> None:
+        super().__init__(msg)
+        self.loc = loc
+        self.type = type_

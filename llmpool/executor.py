@@ -1,0 +1,234 @@
+"""Per-model executor: one bounded FIFO queue feeding `replicas` identical runtimes.
+
+Threading contract: every method is called from cooperative threads (greenlets under
+gevent, plain threads otherwise) and guarded by one `threading.Condition`. The runtime's
+blocking generation runs on a real OS thread through `greenbridge.ThreadedIterator`; the
+slot it holds is released only after that thread has finished, so a runtime is never
+driven by more jobs than it has slots.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from llmpool.backends.base import Adapter
+from llmpool.errors import BackendError, ModelFailed, ModelUnloading, PoolError, QueueFull
+from llmpool.generation import Final
+from llmpool.greenbridge import ThreadedIterator
+from llmpool.job import Failed, Job, JobStatus
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class ReplicaState(enum.StrEnum):
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass
+class Replica:
+    id: int
+    runtime: Adapter
+    slots: int
+    state: ReplicaState = ReplicaState.READY
+    inflight: int = 0
+    served: int = 0
+
+    @property
+    def free(self) -> bool:
+        return self.state is ReplicaState.READY and self.inflight < self.slots
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "state": self.state.value,
+            "inflight": self.inflight,
+            "served": self.served,
+            "pid": self.runtime.pid(),
+        }
+
+
+class Executor:
+    """Queue, replica choice and cancellation for one loaded model."""
+
+    def __init__(self, model: str, replicas: list[Replica], max_queue: int) -> None:
+        self.model = model
+        self.replicas = replicas
+        self.max_queue = max_queue
+        # The FIFO itself. Cancelled jobs are removed lazily (skipped when dequeued), so
+        # the bound and the depth are kept on `_waiting`, the live queued jobs -> ticket.
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._waiting: dict[Job, int] = {}
+        self._tickets = itertools.count()
+        self._cond = threading.Condition()
+        self._running: set[Job] = set()
+        self._admitting = True
+        self._stopped = False
+        self._rr = 0
+        self._dispatcher = threading.Thread(target=self._dispatch_loop, name=f"dispatch-{model}", daemon=True)
+        self._dispatcher.start()
+
+    # -- admission -------------------------------------------------------------------
+    def submit(self, job: Job) -> None:
+        """Enqueue `job`; raises QueueFull (429) or ModelUnloading, never blocks."""
+        with self._cond:
+            if not self._admitting:
+                raise ModelUnloading(f"model '{self.model}' is unloading", model=self.model)
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(
+                    f"queue of model '{self.model}' is full ({self.max_queue} waiting)",
+                    model=self.model,
+                )
+            self._waiting[job] = next(self._tickets)
+            self._queue.put(job)
+
+    def position(self, job: Job) -> int:
+        """1-based place of a queued job in line, 0 once it left the queue."""
+        with self._cond:
+            ticket = self._waiting.get(job)
+            if ticket is None:
+                return 0
+            return 1 + sum(1 for t in self._waiting.values() if t < ticket)
+
+    def cancel(self, job: Job, error: PoolError | None = None) -> None:
+        """Drop a queued job, or stop a running one at its next token.
+
+        `error` is what the job's consumer sees; None means the client is gone and
+        nobody listens.
+        """
+        with self._cond:
+            queued = self._waiting.pop(job, None) is not None
+        if queued:
+            job.status = JobStatus.CANCELLED
+            if error is not None:
+                job.fail(error)
+            return
+        if job.status is JobStatus.RUNNING:
+            job.cancel_error = error
+            job.cancel_requested = True
+            if job.stopper is not None:
+                job.stopper.stop()
+
+    # -- observation -----------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def inflight(self) -> int:
+        return sum(r.inflight for r in self.replicas)
+
+    def idle(self) -> bool:
+        return self.queue_depth == 0 and not self._running
+
+    # -- dispatch --------------------------------------------------------------------
+    def _pick(self) -> Replica | None:
+        """Least-busy ready replica with a free slot; round-robin among equals."""
+        free = [r for r in self.replicas if r.free]
+        if not free:
+            return None
+        least = min(r.inflight for r in free)
+        n = len(self.replicas)
+        for offset in range(n):
+            candidate = self.replicas[(self._rr + offset) % n]
+            if candidate.free and candidate.inflight == least:
+                self._rr = (self.replicas.index(candidate) + 1) % n
+                return candidate
+        return None  # unreachable: `free` was non-empty
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and not any(r.free for r in self.replicas):
+                    if not any(r.state is ReplicaState.READY for r in self.replicas):
+                        break  # no replica will ever free up: fail jobs as they come
+                    self._cond.wait()
+                if self._stopped:
+                    return
+            job = self._queue.get()
+            if job is _STOP:
+                return
+            with self._cond:
+                if self._waiting.pop(job, None) is None:
+                    continue  # cancelled while queued
+                replica = self._pick()
+                if replica is None:
+                    job.fail(ModelFailed(f"no replica of '{self.model}' is alive", model=self.model))
+                    continue
+                replica.inflight += 1
+                job.status = JobStatus.RUNNING
+                job.replica = replica.id
+                job.times.started = time.monotonic()
+                self._running.add(job)
+            threading.Thread(target=self._run, args=(job, replica), name=f"job-{job.id}", daemon=True).start()
+
+    def _run(self, job: Job, replica: Replica) -> None:
+        final: Final | None = None
+        try:
+            job.times.backend_started = time.monotonic()
+            stream = ThreadedIterator(lambda: replica.runtime.generate(job.request))
+            job.stopper = stream
+            if job.cancel_requested:
+                stream.stop()
+            for chunk in stream:
+                if chunk.final is not None:
+                    final = chunk.final
+                if chunk.text or chunk.reasoning:
+                    job.emit_delta(chunk.text, chunk.reasoning)
+            job.times.backend_finished = time.monotonic()
+            if job.cancel_requested:
+                job.status = JobStatus.CANCELLED
+                job.times.finished = time.monotonic()
+                if job.cancel_error is not None:
+                    job.events.put(Failed(job.cancel_error))
+            else:
+                job.complete(final)
+        except PoolError as exc:
+            job.fail(exc)
+        except Exception as exc:
+            log.exception("backend of '%s' raised", self.model)
+            job.fail(BackendError(f"{type(exc).__name__}: {exc}", model=self.model))
+        finally:
+            with self._cond:
+                replica.inflight -= 1
+                replica.served += 1
+                self._running.discard(job)
+                self._cond.notify_all()
+
+    # -- shutdown --------------------------------------------------------------------
+    def drain(self, timeout_s: float) -> None:
+        """Stop admitting, fail queued jobs, let running ones finish for `timeout_s`,
+        then stop the rest at their next token. Blocks (cooperatively) until idle."""
+        unloading = ModelUnloading(f"model '{self.model}' is unloading", model=self.model)
+        with self._cond:
+            self._admitting = False
+            queued, self._waiting = list(self._waiting), {}
+        for job in queued:
+            job.status = JobStatus.CANCELLED
+            job.fail(unloading)
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._running and time.monotonic() < deadline:
+                self._cond.wait(max(0.0, deadline - time.monotonic()))
+            for job in list(self._running):
+                job.cancel_error = unloading
+                job.cancel_requested = True
+                if job.stopper is not None:
+                    job.stopper.stop()
+            while self._running:
+                self._cond.wait(1.0)
+            self._stopped = True
+            self._cond.notify_all()
+        self._queue.put(_STOP)
+        for replica in self.replicas:
+            replica.state = ReplicaState.STOPPED

@@ -1,0 +1,91 @@
+"""Plain data handed between the HTTP layer, the scheduler and the backend adapters.
+
+Nothing here refers to Flask or to a runtime: workers receive these objects only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+# A content item as clients send it: {"type": "text", "text": ...} or
+# {"type": "image_url", "image_url": {"url": ..., "detail": ...}}.
+ContentItem = dict[str, Any]
+Content = str | list[ContentItem]
+
+
+@dataclass(frozen=True)
+class Decoding:
+    beam_size: int = 1
+    top_k: int = 40
+    top_p: float = 0.95
+    temperature: float = 0.7
+    repetition_penalty: float = 1.0
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+
+    def merged(self, overrides: dict[str, Any]) -> Decoding:
+        """These defaults with the request's fields on top (omitted fields keep ours)."""
+        values = {k: v for k, v in overrides.items() if v is not None}
+        if "stop" in values:
+            values["stop"] = tuple(values["stop"])
+        return dataclasses.replace(self, **values)
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str  # "user" | "assistant"
+    content: Content
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One inference job as a backend sees it; exactly one of input/messages is set."""
+
+    input: Content | None = None
+    messages: tuple[Message, ...] | None = None
+    instructions: str | None = None
+    source_lang_code: str | None = None
+    target_lang_code: str | None = None
+    thinking: str = "default"
+    decoding: Decoding = field(default_factory=Decoding)
+
+    @property
+    def has_images(self) -> bool:
+        contents: list[Content] = []
+        if self.input is not None:
+            contents.append(self.input)
+        for message in self.messages or ():
+            contents.append(message.content)
+        return any(
+            isinstance(c, list) and any(item.get("type") == "image_url" for item in c) for c in contents
+        )
+
+
+def content_text(content: Content) -> str:
+    """The text of a content value; a text-only array is concatenated in order."""
+    if isinstance(content, str):
+        return content
+    return "".join(str(item.get("text", "")) for item in content if item.get("type") == "text")
+
+
+@dataclass(frozen=True)
+class Final:
+    """What a backend knows once generation ends. Unknown numbers stay None."""
+
+    finish_reason: str = "stop"  # stop | length
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+    tokenize_ms: float | None = None
+    time_to_first_token_ms: float | None = None
+    generate_total_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One item of a backend's stream: a text delta, a reasoning delta, or the end."""
+
+    text: str = ""
+    reasoning: str = ""
+    final: Final | None = None

@@ -1,0 +1,231 @@
+"""One configured model: its state machine, its replicas while loaded, its admin row.
+
+One writer per model: `load` and `unload` hold `_write_lock` for the whole operation, so
+two admin calls can never interleave on one model. State changes go through `_set_state`
+only, which validates the edge, logs it and wakes anybody waiting on the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from llmpool import gpu
+from llmpool.backends.base import Adapter, Capabilities
+from llmpool.config.spec import ModelSpec
+from llmpool.errors import InvalidLoadRequest, ModelLoadFailed, PoolError
+from llmpool.executor import Executor, Replica
+from llmpool.greenbridge import call_blocking
+from llmpool.states import ModelState, check_transition
+
+log = logging.getLogger(__name__)
+
+
+def redact(value: Any) -> Any:
+    """Definitions as shown to operators: any key ending in `api_key` becomes ***."""
+    if isinstance(value, dict):
+        return {
+            k: ("***" if k.endswith("api_key") and v is not None else redact(v)) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+class ModelEntry:
+    def __init__(self, spec: ModelSpec, adapter_cls: type[Adapter]) -> None:
+        self.spec = spec
+        self.adapter_cls = adapter_cls
+        self.state = ModelState.UNLOADED
+        self.last_error: str | None = None
+        self.executor: Executor | None = None
+        self.load_override: dict[str, Any] | None = None
+        self.load_seconds: float | None = None
+        self._write_lock = threading.Lock()
+        self._changed = threading.Condition()
+        # Last measured VRAM per override (json key), kept across unloads.
+        self._measured_mib: dict[str, float] = {}
+
+    # -- facts -----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.adapter_cls.capabilities(self.active_spec)
+
+    @property
+    def active_spec(self) -> ModelSpec:
+        overrides = (self.load_override or {}).get("overrides") or {}
+        return self.spec.with_overrides(overrides)
+
+    def effective_inflight(self, configured: int) -> int:
+        return configured if self.adapter_cls.can_batch else 1
+
+    # -- state machine ---------------------------------------------------------------
+    def _set_state(self, new: ModelState, error: str | None = None) -> None:
+        check_transition(self.state, new)
+        log.info("model %s: %s -> %s", self.name, self.state.value, new.value)
+        with self._changed:
+            self.state = new
+            if error is not None or new is ModelState.LOADING:
+                self.last_error = error
+            self._changed.notify_all()
+
+    def wait_settled(self, timeout: float) -> ModelState:
+        """Wait until the model is no longer loading or unloading (or the timeout)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.state in (ModelState.LOADING, ModelState.UNLOADING):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            return self.state
+
+    # -- load ------------------------------------------------------------------------
+    def check_load_request(
+        self, replicas: int | None, target_inflight: int | None, overrides: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Validate a load body against the constraints; touches no state."""
+        problems = []
+        allowed = {c.key: c for c in self.adapter_cls.constraints}
+        for key, value in overrides.items():
+            constraint = allowed.get(key)
+            if constraint is None:
+                problems.append(f"unknown override '{key}' (allowed: {sorted(allowed) or 'none'})")
+            elif (problem := constraint.problem(value)) is not None:
+                problems.append(problem)
+        if replicas is not None and not 1 <= replicas <= self.spec.replica_max:
+            problems.append(f"replicas must be between 1 and replica_max ({self.spec.replica_max})")
+        if target_inflight is not None and target_inflight < 1:
+            problems.append("target_inflight must be >= 1")
+        if problems:
+            raise InvalidLoadRequest("; ".join(problems), model=self.name)
+        return {
+            "replicas": replicas or self.spec.replicas,
+            "target_inflight": target_inflight or self.spec.target_inflight,
+            "overrides": dict(overrides),
+        }
+
+    def begin_load(self, plan: dict[str, Any]) -> None:
+        """Enter LOADING (caller holds no lock; raises if another writer is active)."""
+        if not self._write_lock.acquire(blocking=False):
+            raise InvalidLoadRequest("another load or unload of this model is in progress", model=self.name)
+        try:
+            self.load_override = plan
+            self._set_state(ModelState.LOADING)
+        except BaseException:
+            self._write_lock.release()
+            raise
+
+    def finish_load(self) -> None:
+        """Bring up every replica (all or nothing) and start the executor.
+
+        Must follow `begin_load`; releases the writer lock. Raises ModelLoadFailed.
+        """
+        plan = self.load_override or {}
+        spec = self.active_spec
+        runtimes: list[Adapter] = []
+        started = time.monotonic()
+        before = gpu.used_mib()
+        try:
+            for replica_id in range(plan["replicas"]):
+                runtime = self.adapter_cls(spec, replica_id)
+                runtimes.append(runtime)
+                call_blocking(runtime.load)
+            slots = self.effective_inflight(plan["target_inflight"])
+            replicas = [Replica(id=r.replica_id, runtime=r, slots=slots) for r in runtimes]
+            self.executor = Executor(self.name, replicas, spec.max_queue)
+            after = gpu.used_mib()
+            if before is not None and after is not None:
+                self._measured_mib[self._override_key()] = round(max(0.0, after - before), 1)
+            self.load_seconds = round(time.monotonic() - started, 3)
+            self._set_state(ModelState.LOADED)
+        except Exception as exc:
+            for runtime in runtimes:
+                self._close_quietly(runtime)
+            error = (
+                exc
+                if isinstance(exc, PoolError)
+                else ModelLoadFailed(f"{type(exc).__name__}: {exc}", model=self.name)
+            )
+            if not isinstance(exc, PoolError):
+                log.exception("loading %s failed", self.name)
+            self.load_override = None
+            self._set_state(ModelState.FAILED, error=error.message)
+            raise ModelLoadFailed(error.message, model=self.name) from exc
+        finally:
+            self._write_lock.release()
+
+    # -- unload ----------------------------------------------------------------------
+    def unload(self, force: bool) -> None:
+        """Drain (or cancel at once with `force`), close every runtime, end UNLOADED."""
+        with self._write_lock:
+            if self.state is ModelState.UNLOADED:
+                return
+            self._set_state(ModelState.UNLOADING)
+            executor, self.executor = self.executor, None
+            if executor is not None:
+                executor.drain(0.0 if force else self.spec.unload_timeout_s)
+                for replica in executor.replicas:
+                    self._close_quietly(replica.runtime)
+            self.load_override = None
+            self._set_state(ModelState.UNLOADED)
+
+    def _close_quietly(self, runtime: Adapter) -> None:
+        try:
+            call_blocking(runtime.close)
+        except Exception:
+            log.exception("closing a runtime of %s failed", self.name)
+
+    # -- admin view ------------------------------------------------------------------
+    def _override_key(self) -> str:
+        return json.dumps((self.load_override or {}).get("overrides") or {}, sort_keys=True)
+
+    def vram(self) -> dict[str, Any]:
+        pids = [p for r in (self.executor.replicas if self.executor else []) if (p := r.runtime.pid())]
+        if pids and (mib := gpu.process_used_mib(pids)) is not None:
+            return {"estimate_mib": mib, "source": "measured"}
+        if (mib := self._measured_mib.get(self._override_key())) is not None:
+            return {"estimate_mib": mib, "source": "measured"}
+        size = self.adapter_cls.artifact_size_bytes(self.active_spec)
+        if size is not None:
+            return {"estimate_mib": round(size / (1024 * 1024), 1), "source": "artifact_size"}
+        return {"estimate_mib": None, "source": "unavailable"}
+
+    def row(self) -> dict[str, Any]:
+        ex = self.executor
+        plan = self.load_override or {}
+        configured = plan.get("target_inflight", self.spec.target_inflight)
+        effective = self.effective_inflight(configured)
+        options = self.active_spec.options
+        return {
+            "name": self.name,
+            "backend": self.spec.backend,
+            "enabled": self.spec.enabled,
+            "state": self.state.value,
+            "last_error": self.last_error,
+            "replicas": len(ex.replicas) if ex else 0,
+            "replica_max": self.spec.replica_max,
+            "target_inflight": {
+                "configured": configured,
+                "effective": effective,
+                "clamped": effective != configured,
+            },
+            "queue_depth": ex.queue_depth if ex else 0,
+            "inflight": ex.inflight if ex else 0,
+            "replica_states": [r.row() for r in ex.replicas] if ex else [],
+            "capabilities": self.capabilities.row(),
+            "load_constraints": [c.row(self.spec.options.get(c.key)) for c in self.adapter_cls.constraints],
+            "load_override": self.load_override,
+            "load_seconds": self.load_seconds,
+            "vram": self.vram(),
+            "max_tokens_limit": self.adapter_cls.max_tokens_limit(self.active_spec),
+            "definition": redact(dict(self.spec.definition)),
+            "options": redact(dict(options)),
+        }

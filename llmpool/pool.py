@@ -1,0 +1,199 @@
+"""The pool: every configured model, admission, load/unload, shutdown.
+
+This is the object the HTTP layer talks to; it takes plain data and raises `PoolError`s.
+Blocking calls (`load`, `unload`, `shutdown`) block only the calling greenlet/thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from llmpool import gpu
+from llmpool.backends import registry
+from llmpool.config.spec import Settings
+from llmpool.errors import (
+    InvalidLoadRequest,
+    ModalityUnsupported,
+    ModelFailed,
+    ModelLoading,
+    ModelNotLoaded,
+    ModelUnloading,
+    MultiTurnUnsupported,
+    RemoteNotAllowed,
+    RequestFieldInvalid,
+    ThinkingUnsupported,
+    UnknownModel,
+)
+from llmpool.generation import GenerationRequest
+from llmpool.job import Job
+from llmpool.metrics import JobTimes
+from llmpool.model import ModelEntry
+from llmpool.states import ModelState
+
+log = logging.getLogger(__name__)
+
+_NOT_SERVING = {
+    ModelState.UNLOADED: ModelNotLoaded,
+    ModelState.LOADING: ModelLoading,
+    ModelState.UNLOADING: ModelUnloading,
+    ModelState.FAILED: ModelFailed,
+}
+
+
+class Pool:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.models: dict[str, ModelEntry] = {}
+        for name, spec in settings.models.items():
+            adapter_cls = registry.get(spec.backend)
+            assert adapter_cls is not None  # the loader rejected unknown backends
+            self.models[name] = ModelEntry(spec, adapter_cls)
+        self.ready = False
+        self._closed = False
+
+    # -- lookup ----------------------------------------------------------------------
+    def entry(self, name: str) -> ModelEntry:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise UnknownModel(f"model '{name}' is not configured", model=name) from None
+
+    def loaded_ids(self) -> list[str]:
+        return sorted(n for n, e in self.models.items() if e.state is ModelState.LOADED)
+
+    # -- inference -------------------------------------------------------------------
+    def submit(
+        self,
+        model: str,
+        request: GenerationRequest,
+        *,
+        allow_remote: bool = False,
+        pool_started: float | None = None,
+    ) -> Job:
+        """Admit and enqueue a request. Every check runs before the job takes a place
+        in the queue, so a rejected request never occupies a slot."""
+        entry = self.entry(model)
+        if entry.state is not ModelState.LOADED or entry.executor is None:
+            raise _NOT_SERVING.get(entry.state, ModelNotLoaded)(
+                f"model '{model}' is {entry.state.value}", model=model
+            )
+        self._admit(entry, request, allow_remote)
+        now = time.monotonic()
+        job = Job(model=model, request=request, times=JobTimes(pool_started or now, now))
+        entry.executor.submit(job)
+        return job
+
+    def _admit(self, entry: ModelEntry, request: GenerationRequest, allow_remote: bool) -> None:
+        model = entry.name
+        if getattr(entry.adapter_cls, "is_remote", False) and not allow_remote:
+            raise RemoteNotAllowed(
+                f"model '{model}' runs on a remote API; set allow_remote: true", model=model
+            )
+        caps = entry.capabilities
+        if request.has_images and "image" not in set(caps.modalities) & set(entry.spec.modalities):
+            raise ModalityUnsupported(f"model '{model}' does not accept images", model=model)
+        if request.messages is not None and not caps.multi_turn:
+            raise MultiTurnUnsupported(
+                f"model '{model}' takes single-turn input only; send 'input'", model=model
+            )
+        if request.thinking not in caps.thinking_modes:
+            raise ThinkingUnsupported(
+                f"thinking '{request.thinking}' not offered by '{model}' "
+                f"(offered: {', '.join(caps.thinking_modes)})",
+                model=model,
+            )
+        limit = entry.adapter_cls.max_tokens_limit(entry.active_spec)
+        if limit is not None and request.decoding.max_tokens > limit:
+            raise RequestFieldInvalid(
+                ["body", "decoding", "max_tokens"],
+                f"Must be less than or equal to {limit} for model '{model}'.",
+                "value_error.number.not_le",
+            )
+
+    def position(self, job: Job) -> int:
+        executor = self.models[job.model].executor
+        return executor.position(job) if executor else 0
+
+    def cancel(self, job: Job) -> None:
+        """The client is gone: drop the job if queued, stop it at the next token if running."""
+        executor = self.models[job.model].executor
+        if executor is not None and not job.finished:
+            executor.cancel(job)
+
+    # -- admin -----------------------------------------------------------------------
+    def load(
+        self,
+        name: str,
+        *,
+        replicas: int | None = None,
+        target_inflight: int | None = None,
+        overrides: dict[str, Any] | None = None,
+        has_body: bool = False,
+        wait: bool = True,
+    ) -> ModelEntry:
+        entry = self.entry(name)
+        plan = entry.check_load_request(replicas, target_inflight, overrides or {})
+        if entry.state in (ModelState.LOADED, ModelState.LOADING):
+            if has_body:
+                raise InvalidLoadRequest(
+                    f"model '{name}' is {entry.state.value}; unload it before loading with new settings",
+                    model=name,
+                )
+            return entry
+        if entry.state is ModelState.UNLOADING:
+            raise ModelUnloading(f"model '{name}' is unloading", model=name)
+        entry.begin_load(plan)
+        if wait:
+            entry.finish_load()
+        else:
+            threading.Thread(target=self._load_quietly, args=(entry,), daemon=True).start()
+        return entry
+
+    @staticmethod
+    def _load_quietly(entry: ModelEntry) -> None:
+        try:
+            entry.finish_load()
+        except Exception:
+            log.warning("background load of %s failed: %s", entry.name, entry.last_error)
+
+    def unload(self, name: str, *, force: bool = False) -> ModelEntry:
+        entry = self.entry(name)
+        if entry.state is ModelState.LOADING:
+            raise ModelLoading(f"model '{name}' is still loading", model=name)
+        entry.unload(force=force)
+        return entry
+
+    def gpu_memory(self) -> dict[str, Any]:
+        gpus, error = gpu.snapshot()
+        models = [{"name": e.name, "state": e.state.value, **e.vram()} for e in self.models.values()]
+        return {"gpus": [g.row() for g in gpus], "models": models, "error": error}
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        """Load every enabled model, one after another; failures are logged, not fatal."""
+        for entry in self.models.values():
+            if self._closed:
+                break
+            if entry.spec.enabled and entry.state is ModelState.UNLOADED:
+                try:
+                    self.load(entry.name)
+                except Exception as exc:
+                    log.error("start-up load of %s failed: %s", entry.name, exc)
+        self.ready = True
+
+    def start_in_background(self) -> None:
+        threading.Thread(target=self.start, name="startup-loader", daemon=True).start()
+
+    def shutdown(self) -> None:
+        """Cancel everything and close every runtime; idempotent."""
+        self._closed = True
+        for entry in self.models.values():
+            if entry.state is ModelState.LOADING:
+                entry.wait_settled(timeout=60)
+            try:
+                entry.unload(force=True)
+            except Exception:
+                log.exception("shutting down %s failed", entry.name)

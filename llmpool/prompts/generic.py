@@ -1,0 +1,21 @@
+"""The `generic` prompt format: plain text, no model-specific markup.
+
+Used on raw (completion) paths: the system instructions, a blank line, then the user's
+text, ending in a newline so the model starts its answer on a fresh line.
+"""
+
+from __future__ import annotations
+
+from llmpool.generation import GenerationRequest, content_text
+
+STOP: tuple[str, ...] = ()
+
+
+def render(request: GenerationRequest) -> str:
+    """The prompt text for a single-turn request (`input` must be set)."""
+    if request.input is None:
+        raise ValueError("the generic raw prompt takes single-turn input")
+    text = content_text(request.input)
+    if request.instructions:
+        return f"{request.instructions}\n\n{text}\n"
+    return f"{text}\n"
