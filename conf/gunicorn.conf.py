@@ -15,7 +15,9 @@ worker_class = "gevent"
 worker_connections = 1000
 # Streams can run for minutes; the gevent worker's heartbeat is independent of requests.
 timeout = 120
-graceful_timeout = 30
+# On SIGTERM running streams get this long to finish before they are cut and the pool
+# closes every runtime (worker_exit below).
+graceful_timeout = 10
 keepalive = 5
 accesslog = "-"
 errorlog = "-"

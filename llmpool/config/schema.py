@@ -71,9 +71,11 @@ class MediaSchema(_Strict):
 
 
 class SettingsSchema(_Strict):
-    service = fields.Nested(ServiceSchema, load_default=dict)
-    engine = fields.Nested(EngineSchema, load_default=dict)
-    media = fields.Nested(MediaSchema, load_default=dict)
+    # marshmallow does not deserialize load_default, so an absent section is loaded from {}
+    # to get its own defaults.
+    service = fields.Nested(ServiceSchema, load_default=lambda: ServiceSchema().load({}))
+    engine = fields.Nested(EngineSchema, load_default=lambda: EngineSchema().load({}))
+    media = fields.Nested(MediaSchema, load_default=lambda: MediaSchema().load({}))
 
 
 def common_model_fields(default_backend: str) -> dict[str, fields.Field]:

@@ -1,0 +1,90 @@
+"""A scripted in-process adapter for scheduler-level tests.
+
+Not a stand-in for a real runtime (the HTTP and integration tests use the real SmolLM2
+GGUF): it exists so queueing, replica choice and cancellation can be driven exactly.
+It behaves like a blocking runtime: `generate` sleeps per token on the calling OS thread
+and stops as soon as its iterator is closed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from marshmallow import fields
+
+from llmpool.backends.base import Adapter, Capabilities, Constraint
+from llmpool.config.fields import StrictBool, StrictFloat, StrictInt
+from llmpool.config.spec import ModelSpec
+from llmpool.errors import ModelLoadFailed
+from llmpool.generation import Chunk, Final, GenerationRequest
+
+
+class ScriptedAdapter(Adapter):
+    backend = "scripted"
+    can_batch = True
+    constraints: ClassVar[tuple[Constraint, ...]] = (Constraint("scripted_tokens", "int", min=1, max=10_000),)
+    # Observability for tests: every live instance, and how many generations are running.
+    instances: ClassVar[list[ScriptedAdapter]] = []
+    lock = threading.Lock()
+
+    def __init__(self, spec: ModelSpec, replica_id: int) -> None:
+        super().__init__(spec, replica_id)
+        self.loaded = False
+        self.closed = False
+        self.active = 0
+        self.generations = 0
+        self.tokens_emitted = 0
+        ScriptedAdapter.instances.append(self)
+
+    @classmethod
+    def config_fields(cls) -> dict[str, fields.Field]:
+        return {
+            "scripted_tokens": StrictInt(load_default=5),
+            "scripted_delay_s": StrictFloat(load_default=0.01),
+            "scripted_fail_load": StrictBool(load_default=False),
+            "scripted_batch": StrictBool(load_default=True),
+            # Raise RuntimeError after this many tokens (a runtime crashing mid-stream).
+            "scripted_fail_after": StrictInt(load_default=None, allow_none=True),
+        }
+
+    @classmethod
+    def capabilities(cls, spec: ModelSpec) -> Capabilities:
+        return Capabilities(modalities=("text", "image"), multi_turn=True, thinking_modes=("default",))
+
+    @classmethod
+    def max_tokens_limit(cls, spec: ModelSpec) -> int:
+        return 1000
+
+    def load(self) -> None:
+        if self.spec.options["scripted_fail_load"] and self.replica_id > 0:
+            raise ModelLoadFailed("replica refused to start", model=self.spec.name)
+        self.loaded = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
+        with self.lock:
+            self.active += 1
+            self.generations += 1
+        try:
+            n = min(self.spec.options["scripted_tokens"], request.decoding.max_tokens)
+            fail_after = self.spec.options["scripted_fail_after"]
+            for i in range(n):
+                if fail_after is not None and i == fail_after:
+                    raise RuntimeError("scripted runtime crashed")
+                time.sleep(self.spec.options["scripted_delay_s"])
+                self.tokens_emitted += 1
+                yield Chunk(text=f"t{i} ")
+            yield Chunk(final=Final(finish_reason="length", prompt_tokens=3, output_tokens=n))
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def scripted_model(**options: Any) -> dict[str, Any]:
+    """A settings-file model definition for the scripted backend."""
+    return {"backend": "scripted", "enabled": True, **options}

@@ -1,0 +1,79 @@
+"""Flask test-client fixtures: the real SmolLM2 GGUF plus scripted models for edge cases."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from blueprints import create_app
+from llmpool.config.loader import load_settings
+from llmpool.pool import Pool
+from tests.conftest import SMOLLM2_ID, SMOLLM2_REF
+from tests.fakes import scripted_model
+
+
+def base_settings() -> dict[str, Any]:
+    return {
+        "engine": {
+            "decoding": {"temperature": 0.0, "max_tokens": 24},
+            "models": {
+                SMOLLM2_ID: {
+                    "backend": "llama_cpp",
+                    "model_path": SMOLLM2_REF,
+                    "gguf_n_ctx": 1024,
+                    "enabled": True,
+                },
+                "scripted-slow": scripted_model(
+                    scripted_tokens=400, scripted_delay_s=0.01, max_queue=1, target_inflight=1
+                ),
+                "scripted-crash": scripted_model(scripted_tokens=10, scripted_fail_after=3),
+                "scripted-idle": scripted_model(enabled=False, replica_max=2),
+            },
+        }
+    }
+
+
+@pytest.fixture
+def make_app(write_settings: Callable[..., Path], smollm2_path: str) -> Iterator[Callable[..., Flask]]:
+    pools: list[Pool] = []
+
+    def make(settings: dict[str, Any] | None = None) -> Flask:
+        write_settings(settings or base_settings())
+        pool = Pool(load_settings())
+        pool.start()  # synchronous here: tests start with every enabled model loaded
+        pools.append(pool)
+        return create_app(pool.settings, pool=pool, start_models=False)
+
+    yield make
+    for pool in pools:
+        pool.shutdown()
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+def sse_events(body: str) -> list[tuple[str, Any]]:
+    """Parse an SSE body into (event, data) pairs; comment lines become ("comment", text)."""
+    events: list[tuple[str, Any]] = []
+    for block in body.split("\n\n"):
+        if not block.strip():
+            continue
+        if block.startswith(":"):
+            events.append(("comment", block[1:].strip()))
+            continue
+        lines = dict(line.split(": ", 1) for line in block.split("\n"))
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events

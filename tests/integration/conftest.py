@@ -1,0 +1,115 @@
+"""A real gunicorn + gevent server on a free port, serving the real SmolLM2 GGUF.
+
+Started the way operators start it (conf/gunicorn.conf.py, wsgi:app); stopped the way
+vLLM's test helper does it: SIGTERM, wait, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from llmpool.config.loader import LOCAL_ENV, SETTINGS_ENV
+from tests.conftest import SMOLLM2_ID, SMOLLM2_REF
+
+ROOT = Path(__file__).resolve().parents[2]
+REPLICAS = 4  # four concurrent generations for the hub-never-blocks test
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def integration_settings() -> dict:
+    return {
+        "service": {"log_level": "warning"},
+        "engine": {
+            "decoding": {"temperature": 0.8, "max_tokens": 64},
+            "models": {
+                SMOLLM2_ID: {
+                    "backend": "llama_cpp",
+                    "model_path": SMOLLM2_REF,
+                    "gguf_n_ctx": 2048,
+                    "gguf_n_threads": 1,
+                    "replicas": REPLICAS,
+                    "replica_max": REPLICAS,
+                    "enabled": True,
+                }
+            },
+        },
+    }
+
+
+def start_server(tmp: Path, settings: dict, timeout_s: float = 60) -> Server:
+    settings_path = tmp / "settings.json"
+    settings_path.write_text(json.dumps(settings))
+    port = free_port()
+    env = {
+        **os.environ,
+        SETTINGS_ENV: str(settings_path),
+        LOCAL_ENV: str(tmp / "local.json"),
+        "LLM_POOL_BIND": f"127.0.0.1:{port}",
+    }
+    log_path = tmp / "server.log"
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    with log_path.open("wb") as log_file:  # the child keeps its own copy of the fd
+        process = subprocess.Popen(
+            [str(gunicorn), "-c", "conf/gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+        try:
+            if requests.get(server.url + "/readyz", timeout=1).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+    stop_server(server)
+    raise RuntimeError(f"server not ready within {timeout_s}s:\n{server.log()}")
+
+
+def stop_server(server: Server) -> int:
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        return server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+        raise
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("server"), integration_settings())
+    yield srv
+    stop_server(srv)
