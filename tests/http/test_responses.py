@@ -152,3 +152,25 @@ def test_health_and_readiness(client: FlaskClient) -> None:
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.get_json()["models"][SMOLLM2_ID] == "loaded"
+
+
+def test_prompt_longer_than_the_context_is_a_400(client: FlaskClient) -> None:
+    r = client.post("/v1/responses", json={"model": SMOLLM2_ID, "input": "word " * 1500})
+    assert r.status_code == 400
+    assert r.get_json()["detail"]["code"] == "invalid_request"
+    assert "context window is 1024" in r.get_json()["detail"]["message"]
+    # The slot was released: the model still serves.
+    assert client.post("/v1/responses", json={"model": SMOLLM2_ID, "input": "hi"}).status_code == 200
+
+
+def test_a_broken_stream_ends_with_response_failed(client: FlaskClient, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import blueprints.sse as sse
+
+    def broken(job, done):  # type: ignore[no-untyped-def]
+        raise KeyError("bug")
+
+    monkeypatch.setattr(sse, "completed_payload", broken)
+    r = client.post("/v1/responses", json={**TRANSLATE, "stream": True})
+    events = [e for e in sse_events(r.get_data(as_text=True)) if e[0] != "comment"]
+    assert events[-1][0] == "response.failed"
+    assert events[-1][1]["error"] == {"code": "internal_error", "message": "internal server error"}
