@@ -102,7 +102,7 @@ def validation_details(messages: Any, loc: list[str | int] | None = None) -> lis
     if isinstance(messages, dict):
         out = []
         for key, value in messages.items():
-            sub = loc if key in ("_schema", "value") else [*loc, key]
+            sub = loc if key == "_schema" else [*loc, key]
             out.extend(validation_details(value, sub))
         return out
     if isinstance(messages, list) and messages and all(isinstance(m, str) for m in messages):

@@ -136,10 +136,13 @@ class Channel(Generic[T]):
     def get(self, timeout: float | None = None) -> T:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            # Items first: a producer that put and closed must still deliver everything.
+            # Read `closed` before looking at the items: producers put before they close,
+            # so once closed is seen, every item is already in the deque. Checking in the
+            # other order could miss an item put (and the channel closed) in between.
+            closed = self._closed
             if self._items:
                 return self._items.popleft()
-            if self._closed:
+            if closed:
                 raise ChannelClosed()
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:

@@ -169,11 +169,14 @@ class ModelEntry:
             if self.state is ModelState.UNLOADED:
                 return
             self._set_state(ModelState.UNLOADING)
-            executor, self.executor = self.executor, None
+            # The executor stays reachable while draining: a client that leaves mid-drain
+            # must still be able to cancel its job (Pool.cancel looks it up here).
+            executor = self.executor
             if executor is not None:
                 executor.drain(0.0 if force else self.spec.unload_timeout_s)
                 for replica in executor.replicas:
                     self._close_quietly(replica.runtime)
+            self.executor = None
             self.load_override = None
             self._set_state(ModelState.UNLOADED)
 

@@ -69,8 +69,8 @@ def _flatten(messages: Any, prefix: list[str]) -> list[tuple[list[str], str]]:
     if isinstance(messages, dict):
         out: list[tuple[list[str], str]] = []
         for key, value in messages.items():
-            # marshmallow reports Dict values under {"key": {"value": ...}}; drop that level.
-            sub = prefix if key in ("value", "_schema") else [*prefix, str(key)]
+            # Schema-level errors (cross-field rules) belong to the object itself.
+            sub = prefix if key == "_schema" else [*prefix, str(key)]
             out.extend(_flatten(value, sub))
         return out
     if isinstance(messages, list) and all(isinstance(m, str) for m in messages):
