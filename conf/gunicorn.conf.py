@@ -4,10 +4,15 @@ Bind address comes from LLM_POOL_BIND, else service.host/port of the settings fi
 """
 
 import os
+import sys
 
 from llmpool.config.loader import load_settings
+from llmpool.errors import ConfigError
 
-_service = load_settings().service
+try:
+    _service = load_settings().service
+except ConfigError as exc:  # say what is wrong and stop, instead of a traceback per worker
+    sys.exit(f"llm-pool: {exc.message}")
 
 bind = os.environ.get("LLM_POOL_BIND") or f"{_service['host']}:{_service['port']}"
 workers = 1  # never more: each worker would load its own copy of every model

@@ -194,3 +194,33 @@ def test_concurrent_json_requests_all_complete(server: Server) -> None:
     for t in threads:
         t.join(timeout=60)
     assert results == [200] * 12
+
+
+def test_invalid_settings_stop_start_up_with_a_readable_message(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.integration.conftest import ROOT
+
+    base = tmp_path / "settings.json"
+    base.write_text(json.dumps(integration_settings()))
+    local = tmp_path / "local.json"
+    local.write_text(json.dumps({"engine": {"models": {SMOLLM2_ID: {"replicas": "2"}}}}))
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "LLM_POOL_SETTINGS_PATH": str(base),
+        "LLM_POOL_LOCAL_SETTINGS_PATH": str(local),
+        "LLM_POOL_BIND": "127.0.0.1:0",
+    }
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    result = subprocess.run(
+        [str(gunicorn), "-c", "conf/gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert f"{local}: engine.models.{SMOLLM2_ID}.replicas: Not a valid integer." in result.stderr
+    assert "Traceback" not in result.stderr
