@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from blueprints.responses import json_body, pool
 from blueprints.schemas import LoadRequestSchema
+from llmpool.errors import RequestFieldInvalid
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 
@@ -49,6 +50,17 @@ def load_model(name: str) -> Response:
 def unload_model(name: str) -> Response:
     entry = pool().unload(name, force=_flag("force", False))
     return jsonify(entry.row())
+
+
+@bp.get("/models/<name>/logs")
+def model_logs(name: str) -> Response:
+    """The last `tail` lines each replica's child printed (kept after unload or failure)."""
+    raw = request.args.get("tail", "200")
+    if not raw.isdigit() or int(raw) > 100_000:
+        raise RequestFieldInvalid(["query", "tail"], "Must be an integer from 0 to 100000.", "value_error")
+    entry = pool().entry(name)
+    replicas = [{"id": r.replica_id, "pid": r.pid(), "lines": r.logs(int(raw))} for r in entry.last_runtimes]
+    return jsonify({"name": name, "replicas": replicas})
 
 
 @bp.get("/gpu-memory")

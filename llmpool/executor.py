@@ -21,7 +21,7 @@ from typing import Any
 from llmpool.backends.base import Adapter
 from llmpool.errors import BackendError, ModelFailed, ModelUnloading, PoolError, QueueFull
 from llmpool.generation import Final
-from llmpool.greenbridge import ThreadedIterator
+from llmpool.greenbridge import drive
 from llmpool.job import Failed, Job, JobStatus
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class Replica:
     state: ReplicaState = ReplicaState.READY
     inflight: int = 0
     served: int = 0
+    last_error: str | None = None
 
     @property
     def free(self) -> bool:
@@ -55,6 +56,7 @@ class Replica:
             "inflight": self.inflight,
             "served": self.served,
             "pid": self.runtime.pid(),
+            "last_error": self.last_error,
         }
 
 
@@ -176,7 +178,7 @@ class Executor:
         final: Final | None = None
         try:
             job.times.backend_started = time.monotonic()
-            stream = ThreadedIterator(lambda: replica.runtime.generate(job.request))
+            stream = drive(lambda: replica.runtime.generate(job.request), replica.runtime.blocking)
             job.stopper = stream
             if job.cancel_requested:
                 stream.stop()
@@ -204,6 +206,32 @@ class Executor:
                 replica.served += 1
                 self._running.discard(job)
                 self._cond.notify_all()
+
+    def replica_failed(self, replica_id: int, message: str) -> bool:
+        """Mark a replica failed and end its running jobs with backend_error.
+
+        Returns whether any replica is still ready. Queued jobs stay queued for the
+        survivors, or are failed by the dispatcher when none is left.
+        """
+        error = BackendError(message, model=self.model)
+        with self._cond:
+            replica = next(r for r in self.replicas if r.id == replica_id)
+            replica.state = ReplicaState.FAILED
+            replica.last_error = message
+            for job in self._running:
+                if job.replica == replica_id:
+                    job.cancel_error = error
+                    job.cancel_requested = True
+                    if job.stopper is not None:
+                        job.stopper.stop()
+            survivors = any(r.state is ReplicaState.READY for r in self.replicas)
+            if not survivors:
+                for job in list(self._waiting):
+                    del self._waiting[job]
+                    job.status = JobStatus.CANCELLED
+                    job.fail(ModelFailed(message, model=self.model))
+            self._cond.notify_all()
+            return survivors
 
     # -- shutdown --------------------------------------------------------------------
     def drain(self, timeout_s: float) -> None:

@@ -39,6 +39,14 @@ def _original(module: str, name: str) -> Any:
     return getattr(__import__(module), name)
 
 
+_MAIN_THREAD_IDENT = _original("_thread", "get_ident")()
+
+
+def on_main_os_thread() -> bool:
+    """True on the process's main OS thread (under gevent: on the hub's thread)."""
+    return bool(_original("_thread", "get_ident")() == _MAIN_THREAD_IDENT)
+
+
 def start_os_thread(fn: Callable[[], None]) -> None:
     """Run `fn` on a new real OS thread, never a greenlet.
 
@@ -223,3 +231,46 @@ class ThreadedIterator(Generic[T]):
                 self._channel.get()
             except ChannelClosed:
                 return
+
+
+class DirectIterator(Generic[T]):
+    """Drives an I/O-bound iterator on the calling greenlet or thread.
+
+    For adapters that only wait on sockets (child-process servers, remote APIs): under
+    gevent their sockets are cooperative, so no OS thread is needed, and gevent sockets
+    must not be used from a foreign OS thread anyway. Same `stop()` contract as
+    `ThreadedIterator`: the source is closed at the next item.
+    """
+
+    def __init__(self, make_source: Callable[[], Iterator[T]]) -> None:
+        self._make_source = make_source
+        self._stop = False
+
+    def stop(self) -> None:
+        self._stop = True
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop
+
+    def __iter__(self) -> Iterator[T]:
+        source = self._make_source()
+        try:
+            for item in source:
+                if self._stop:
+                    return
+                yield item
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+
+def drive(make_source: Callable[[], Iterator[T]], blocking: bool) -> ThreadedIterator[T] | DirectIterator[T]:
+    """The right driver for a runtime's iterator: an OS thread when it blocks in C."""
+    return ThreadedIterator(make_source) if blocking else DirectIterator(make_source)
+
+
+def call(fn: Callable[[], T], blocking: bool) -> T:
+    """Run `fn` off the hub when it blocks in C, else right here (cooperatively)."""
+    return call_blocking(fn) if blocking else fn()

@@ -7,6 +7,8 @@ only, which validates the edge, logs it and wakes anybody waiting on the model.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import threading
@@ -18,7 +20,7 @@ from llmpool.backends.base import Adapter, Capabilities
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import InvalidLoadRequest, ModelLoadFailed, PoolError
 from llmpool.executor import Executor, Replica
-from llmpool.greenbridge import call_blocking
+from llmpool.greenbridge import call
 from llmpool.states import ModelState, check_transition
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class ModelEntry:
         self.executor: Executor | None = None
         self.load_override: dict[str, Any] | None = None
         self.load_seconds: float | None = None
+        # The runtimes of the current or last load, kept after unload for their logs.
+        self.last_runtimes: list[Adapter] = []
         self._write_lock = threading.Lock()
         self._changed = threading.Condition()
         # Last measured VRAM per override (json key), kept across unloads.
@@ -60,8 +64,13 @@ class ModelEntry:
 
     @property
     def active_spec(self) -> ModelSpec:
-        overrides = (self.load_override or {}).get("overrides") or {}
-        return self.spec.with_overrides(overrides)
+        """The definition as loaded: the load plan's replicas, slots and overrides applied."""
+        plan = self.load_override or {}
+        return dataclasses.replace(
+            self.spec.with_overrides(plan.get("overrides") or {}),
+            replicas=plan.get("replicas", self.spec.replicas),
+            target_inflight=plan.get("target_inflight", self.spec.target_inflight),
+        )
 
     def effective_inflight(self, configured: int) -> int:
         return configured if self.adapter_cls.can_batch else 1
@@ -136,8 +145,10 @@ class ModelEntry:
         try:
             for replica_id in range(plan["replicas"]):
                 runtime = self.adapter_cls(spec, replica_id)
+                runtime.on_failure = functools.partial(self._replica_failed, replica_id)
                 runtimes.append(runtime)
-                call_blocking(runtime.load)
+                self.last_runtimes = runtimes  # logs of a failed start stay readable
+                call(runtime.load, runtime.blocking)
             slots = self.effective_inflight(plan["target_inflight"])
             replicas = [Replica(id=r.replica_id, runtime=r, slots=slots) for r in runtimes]
             self.executor = Executor(self.name, replicas, spec.max_queue)
@@ -162,6 +173,17 @@ class ModelEntry:
         finally:
             self._write_lock.release()
 
+    def _replica_failed(self, replica_id: int, message: str) -> None:
+        """A runtime died on its own (called from the supervisor's watcher)."""
+        executor = self.executor
+        if self.state is not ModelState.LOADED or executor is None:
+            return  # a load in progress reports the failure itself; an unload expects it
+        if executor.replica_failed(replica_id, message):
+            return  # other replicas still serve
+        with self._changed:
+            if self.state is ModelState.LOADED:
+                self._set_state(ModelState.FAILED, error=message)
+
     # -- unload ----------------------------------------------------------------------
     def unload(self, force: bool) -> None:
         """Drain (or cancel at once with `force`), close every runtime, end UNLOADED."""
@@ -182,7 +204,7 @@ class ModelEntry:
 
     def _close_quietly(self, runtime: Adapter) -> None:
         try:
-            call_blocking(runtime.close)
+            call(runtime.close, runtime.blocking)
         except Exception:
             log.exception("closing a runtime of %s failed", self.name)
 

@@ -145,6 +145,8 @@ class Pool:
             return entry
         if entry.state is ModelState.UNLOADING:
             raise ModelUnloading(f"model '{name}' is unloading", model=name)
+        if entry.state is ModelState.FAILED:
+            entry.unload(force=True)  # reap what is left of the failed runtimes first
         entry.begin_load(plan)
         if wait:
             entry.finish_load()

@@ -10,7 +10,7 @@ the iterator's `close()`, so adapters free per-job resources in a `finally`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -82,6 +82,9 @@ class Adapter:
     """Base of all backend adapters; subclasses set the class attributes below."""
 
     backend: ClassVar[str] = ""
+    # True: load/generate block in C (in-process runtimes) and run on real OS threads.
+    # False: they only wait on (gevent-cooperative) sockets and run on the greenlet.
+    blocking: ClassVar[bool] = True
     # False: one job at a time per replica; target_inflight is clamped to 1.
     can_batch: ClassVar[bool] = False
     constraints: ClassVar[tuple[Constraint, ...]] = ()
@@ -89,6 +92,9 @@ class Adapter:
     def __init__(self, spec: ModelSpec, replica_id: int) -> None:
         self.spec = spec
         self.replica_id = replica_id
+        # Set by the model before load: called once if the runtime dies on its own
+        # (a child process exiting), with a message naming why.
+        self.on_failure: Callable[[str], None] | None = None
 
     # -- class-level facts, known before anything loads ------------------------------
     @classmethod
@@ -136,3 +142,7 @@ class Adapter:
     def pid(self) -> int | None:
         """The child process id, for subprocess backends."""
         return None
+
+    def logs(self, tail: int) -> list[str]:
+        """The last `tail` lines the runtime printed (subprocess backends)."""
+        return []

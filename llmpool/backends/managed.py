@@ -1,0 +1,192 @@
+"""Shared base of backends that run their runtime as a supervised child HTTP server.
+
+A subclass says how to build the command line (`build_argv`), where readiness shows
+(`ready_path`) and how to turn a request into a chat payload (`payload`). This base starts
+the child (new port on "address in use"), waits for readiness while watching for an early
+exit, forwards requests as streamed chat completions, and reports a death to the model.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import requests
+from marshmallow import fields, validate
+
+from llmpool.backends.base import Adapter, Capabilities
+from llmpool.backends.openai_chat import chat_messages, stream_chat
+from llmpool.config.fields import StrictFloat, StrictInt
+from llmpool.config.spec import ModelSpec
+from llmpool.errors import BackendError, ModelLoadFailed
+from llmpool.generation import Chunk, GenerationRequest
+from llmpool.supervisor import ChildFailed, ChildProcess, ChildSpec, pick_port
+
+PORT_ATTEMPTS = 3
+
+
+def supervision_fields(prefix: str, start_timeout_s: float) -> dict[str, fields.Field]:
+    """Keys every managed backend has, under its own prefix."""
+    return {
+        f"{prefix}binary": fields.String(load_default=None, allow_none=True),
+        f"{prefix}host": fields.String(load_default="127.0.0.1"),
+        f"{prefix}port": StrictInt(load_default=None, allow_none=True, validate=validate.Range(1, 65535)),
+        f"{prefix}library_path": fields.List(fields.String(), load_default=list),
+        f"{prefix}env": fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict),
+        f"{prefix}extra_args": fields.List(fields.String(), load_default=list),
+        f"{prefix}start_timeout_s": StrictFloat(load_default=start_timeout_s, validate=validate.Range(min=1)),
+        f"{prefix}stop_timeout_s": StrictFloat(load_default=10.0, validate=validate.Range(min=0)),
+        f"{prefix}request_timeout_s": StrictFloat(load_default=600.0, validate=validate.Range(min=1)),
+        f"{prefix}log_lines": StrictInt(load_default=2000, validate=validate.Range(min=10)),
+    }
+
+
+class ManagedServerAdapter(Adapter):
+    blocking = False  # only sockets and child processes: cooperative under gevent
+    can_batch = True  # the server has `target_inflight` slots of its own
+    prefix: ClassVar[str] = ""  # config key prefix, e.g. "llama_server_"
+    process_name: ClassVar[str] = ""  # for messages and log labels
+    ready_path: ClassVar[str] = "/health"
+    # Flags this backend sets itself from the model's settings; refused in extra args.
+    reserved_flags: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, spec: ModelSpec, replica_id: int) -> None:
+        super().__init__(spec, replica_id)
+        self.child: ChildProcess | None = None
+        self.port: int | None = None
+        self._session: requests.Session | None = None
+
+    # -- subclass hooks --------------------------------------------------------------
+    def build_argv(self, binary: str, port: int) -> list[str]:
+        raise NotImplementedError
+
+    def payload(self, request: GenerationRequest) -> dict[str, Any]:
+        d = request.decoding
+        return {
+            "model": self.spec.name,
+            "messages": chat_messages(request),
+            "max_tokens": d.max_tokens,
+            "temperature": d.temperature,
+            "top_p": d.top_p,
+            "top_k": d.top_k,
+            "stop": list(d.stop),
+        }
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def default_binary(self) -> str | None:
+        return shutil.which(self.process_name)
+
+    # -- facts -----------------------------------------------------------------------
+    @classmethod
+    def capabilities(cls, spec: ModelSpec) -> Capabilities:
+        return Capabilities(modalities=spec.modalities, multi_turn=True, thinking_modes=("default",))
+
+    def option(self, key: str) -> Any:
+        return self.spec.options[self.prefix + key]
+
+    @property
+    def label(self) -> str:
+        return f"{self.process_name}[{self.spec.name}#{self.replica_id}]"
+
+    def pid(self) -> int | None:
+        return self.child.pid if self.child is not None else None
+
+    def logs(self, tail: int) -> list[str]:
+        return self.child.tail(tail) if self.child is not None else []
+
+    # -- lifecycle -------------------------------------------------------------------
+    def check_extra_args(self) -> None:
+        for arg in self.option("extra_args"):
+            flag = arg.split("=", 1)[0]
+            if flag in self.reserved_flags:
+                raise ModelLoadFailed(
+                    f"{self.prefix}extra_args must not contain {flag}: the pool sets it "
+                    "(from target_inflight or the model's own keys)",
+                    model=self.spec.name,
+                )
+
+    def load(self) -> None:
+        self.check_extra_args()
+        binary = self.option("binary") or self.default_binary()
+        if not binary:
+            raise ModelLoadFailed(
+                f"no {self.process_name} binary: set {self.prefix}binary or put it on PATH",
+                model=self.spec.name,
+            )
+        fixed_port = self.option("port")
+        for attempt in range(PORT_ATTEMPTS):
+            port = fixed_port or pick_port()
+            child = ChildProcess(
+                self.label,
+                ChildSpec(
+                    argv=self.build_argv(binary, port),
+                    env=dict(self.option("env")),
+                    library_path=list(self.option("library_path")),
+                    log_lines=self.option("log_lines"),
+                    stop_timeout_s=self.option("stop_timeout_s"),
+                ),
+                on_exit=self._child_exited,
+            )
+            self.child = child
+            try:
+                child.start()
+                child.wait_ready(functools.partial(self._probe, port), self.option("start_timeout_s"))
+            except ChildFailed as exc:
+                child.stop()
+                if child.address_in_use() and fixed_port is None and attempt + 1 < PORT_ATTEMPTS:
+                    continue  # lost the race for the port: try another
+                raise ModelLoadFailed(exc.describe(), model=self.spec.name) from exc
+            self.port = port
+            self._session = requests.Session()
+            return
+
+    def _url(self, port: int, path: str) -> str:
+        return f"http://{self.option('host')}:{port}{path}"
+
+    def _probe(self, port: int) -> bool:
+        try:
+            response = requests.get(self._url(port, self.ready_path), headers=self.headers(), timeout=2)
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
+
+    def _child_exited(self, returncode: int, tail: list[str]) -> None:
+        if self.on_failure is not None:
+            self.on_failure(self._death_message(returncode, tail))
+
+    def _death_message(self, returncode: int | None, tail: list[str]) -> str:
+        last = "\n".join(tail[-20:])
+        return f"{self.label} exited with {returncode}" + (f"\n--- last output ---\n{last}" if last else "")
+
+    def close(self) -> None:
+        if self.child is not None:
+            self.child.stop()
+        if self._session is not None:
+            self._session.close()
+
+    # -- generation ------------------------------------------------------------------
+    def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
+        if self._session is None or self.port is None or self.child is None:
+            raise BackendError("runtime is not loaded", model=self.spec.name)
+        try:
+            yield from stream_chat(
+                self._session,
+                self._url(self.port, "/v1/chat/completions"),
+                self.payload(request),
+                headers=self.headers(),
+                timeout=(5.0, self.option("request_timeout_s")),
+                label=self.label,
+            )
+        except BackendError as exc:
+            # A dying child closes its sockets a moment before it can be reaped: give the
+            # watcher that moment, so the error can say the process died and why.
+            if self.child.wait_exit(0.5):
+                raise BackendError(
+                    self._death_message(self.child.returncode, self.child.tail()), model=self.spec.name
+                ) from exc
+            exc.model = self.spec.name
+            raise

@@ -1,0 +1,203 @@
+"""Supervision of runtime child processes (llama-server, vllm serve).
+
+Guarantees, in llama-swap's manner:
+- each child starts in its own process group (session), so stopping it reaches every
+  process it spawned; on Linux it also gets PDEATHSIG=SIGKILL, so a pool killed with
+  SIGKILL cannot orphan it;
+- its stdout/stderr go to a ring buffer (last `log_lines` lines) read by a cooperative
+  reader, so logs survive the child and are served to operators;
+- readiness polling gives up as soon as the child exits and reports its last lines;
+- stop is SIGTERM to the group, SIGKILL to the group after `stop_timeout_s`, then reap;
+- an exit nobody asked for is reported once through `on_exit`.
+
+Threading: every method runs on cooperative threads (greenlets under gevent, where
+`subprocess` is patched, so waiting on a child never blocks the hub).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import enum
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from llmpool.greenbridge import on_main_os_thread
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_ADDRESS_IN_USE = ("address already in use", "couldn't bind", "failed to bind", "errno 98")
+
+
+class ProcessState(enum.StrEnum):
+    NEW = "new"
+    STARTING = "starting"
+    READY = "ready"
+    EXITED = "exited"  # died without being asked to
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class ChildFailed(Exception):
+    """The child could not be started or did not become ready; `tail` holds its last lines."""
+
+    def __init__(self, message: str, tail: list[str]):
+        super().__init__(message)
+        self.tail = tail
+
+    def describe(self, lines: int = 20) -> str:
+        shown = "\n".join(self.tail[-lines:])
+        return f"{self}\n--- last output ---\n{shown}" if shown else str(self)
+
+
+@dataclass
+class ChildSpec:
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    library_path: Sequence[str] = ()
+    log_lines: int = 2000
+    stop_timeout_s: float = 10.0
+
+    def environment(self) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        if self.library_path:
+            parts = [*self.library_path, env.get("LD_LIBRARY_PATH", "")]
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in parts if p)
+        return env
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: the process group and stop() still apply
+
+
+def pick_port() -> int:
+    """A port that is free right now. Another process may take it before the child
+    binds, so callers retry with a new port when the child reports the address in use."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ChildProcess:
+    def __init__(
+        self, label: str, spec: ChildSpec, on_exit: Callable[[int, list[str]], None] | None = None
+    ) -> None:
+        self.label = label
+        self.spec = spec
+        self.on_exit = on_exit
+        self.state = ProcessState.NEW
+        self.returncode: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: collections.deque[str] = collections.deque(maxlen=spec.log_lines)
+        self._reader: threading.Thread | None = None
+        self._exited = threading.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def tail(self, n: int | None = None) -> list[str]:
+        lines = list(self._log)
+        return lines if n is None else lines[-n:] if n > 0 else []
+
+    def start(self) -> None:
+        self.state = ProcessState.STARTING
+        log.info("%s: starting %s", self.label, " ".join(self.spec.argv))
+        try:
+            self._proc = subprocess.Popen(
+                self.spec.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=self.spec.environment(),
+                start_new_session=True,
+                # PDEATHSIG follows the *thread* that forked: only safe from the main one.
+                preexec_fn=_die_with_parent if on_main_os_thread() else None,  # noqa: PLW1509
+            )
+        except OSError as exc:
+            self.state = ProcessState.EXITED
+            raise ChildFailed(f"cannot start {self.spec.argv[0]}: {exc}", []) from exc
+        self._reader = threading.Thread(target=self._read_output, name=f"log-{self.label}", daemon=True)
+        self._reader.start()
+        threading.Thread(target=self._watch, name=f"watch-{self.label}", daemon=True).start()
+
+    def _read_output(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        with self._proc.stdout:  # closed at EOF: the child is gone or closed its output
+            for raw in self._proc.stdout:
+                self._log.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
+
+    def _watch(self) -> None:
+        assert self._proc is not None
+        returncode = self._proc.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=2)  # let the last lines land before reporting
+        self.returncode = returncode
+        self._exited.set()
+        if self.state in (ProcessState.STARTING, ProcessState.READY):
+            self.state = ProcessState.EXITED
+            log.warning("%s exited unexpectedly with %s", self.label, returncode)
+            if self.on_exit is not None:
+                self.on_exit(returncode, self.tail())
+
+    def wait_exit(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for the child to be gone (and its last lines read)."""
+        return self._exited.wait(timeout_s)
+
+    def alive(self) -> bool:
+        return self._proc is not None and self.returncode is None and self._proc.poll() is None
+
+    def address_in_use(self) -> bool:
+        text = "\n".join(self.tail(50)).lower()
+        return any(marker in text for marker in _ADDRESS_IN_USE)
+
+    def wait_ready(self, probe: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> None:
+        """Poll `probe` until it returns True; fail at once if the child exits."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not self.alive():
+                self._exited.wait(2)  # the watcher fills in returncode and the last lines
+                raise ChildFailed(
+                    f"{self.label} exited with {self.returncode} before it was ready", self.tail()
+                )
+            if probe():
+                self.state = ProcessState.READY
+                return
+            if time.monotonic() >= deadline:
+                raise ChildFailed(f"{self.label} not ready after {timeout_s:g}s", self.tail())
+            time.sleep(interval_s)
+
+    def stop(self) -> None:
+        """SIGTERM the group, SIGKILL it after stop_timeout_s, reap. Idempotent."""
+        proc = self._proc
+        if proc is None or self.state is ProcessState.STOPPED:
+            return
+        self.state = ProcessState.STOPPING
+        self._signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=self.spec.stop_timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s ignored SIGTERM for %gs: SIGKILL", self.label, self.spec.stop_timeout_s)
+        # SIGKILL the group even if the leader exited: a grandchild may linger in it.
+        self._signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self._exited.wait(5)
+        self.state = ProcessState.STOPPED
+
+    @staticmethod
+    def _signal_group(pgid: int, sig: signal.Signals) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass  # the group is already gone
