@@ -77,6 +77,10 @@ class ManagedServerAdapter(Adapter):
     def headers(self) -> dict[str, str]:
         return {}
 
+    def child_env(self) -> dict[str, str]:
+        """Variables set for the child on top of the pool's environment."""
+        return dict(self.option("env"))
+
     def default_binary(self) -> str | None:
         return shutil.which(self.process_name)
 
@@ -124,7 +128,7 @@ class ManagedServerAdapter(Adapter):
                 self.label,
                 ChildSpec(
                     argv=self.build_argv(binary, port),
-                    env=dict(self.option("env")),
+                    env=self.child_env(),
                     library_path=list(self.option("library_path")),
                     log_lines=self.option("log_lines"),
                     stop_timeout_s=self.option("stop_timeout_s"),

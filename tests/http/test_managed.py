@@ -223,3 +223,42 @@ def test_extra_args_may_not_set_parallel(make_app: Callable[..., Flask]) -> None
     r = client.post("/v1/admin/models/bad/load")
     assert r.status_code == 500
     assert "--parallel" in r.get_json()["detail"]["message"]
+
+
+def test_vllm_serve_child_with_api_key_and_speculative_config(make_app: Callable[..., Flask]) -> None:
+    settings = {
+        "engine": {
+            "models": {
+                "vs": {
+                    "backend": "vllm_serve",
+                    "vllm_model": "/models/some-model",
+                    "vllm_max_model_len": 4096,
+                    "vllm_speculative_method": "mtp",
+                    "vllm_num_speculative_tokens": 2,
+                    "vllm_serve_binary": FAKE,
+                    "vllm_serve_api_key": "sk-secret-123",
+                    "vllm_serve_start_timeout_s": 20,
+                    "target_inflight": 3,
+                }
+            }
+        }
+    }
+    client = make_app(settings).test_client()
+    loaded = load(client, "vs")
+    assert loaded["definition"]["vllm_serve_api_key"] == "***"
+    lines = client.get("/v1/admin/models/vs/logs").get_json()["replicas"][0]["lines"]
+    argv_line = next(line for line in lines if line.startswith("fake runtime"))
+    assert "'serve', '/models/some-model'" in argv_line
+    assert "'--max-num-seqs', '3'" in argv_line
+    assert '\'--speculative-config\', \'{"method":"mtp","num_speculative_tokens":2}\'' in argv_line
+    assert "sk-secret-123" not in argv_line  # the key travels in the environment only
+    assert "api key set: True" in lines
+    out = client.post("/v1/responses", json={"model": "vs", "input": "hi", "decoding": {"max_tokens": 4}})
+    assert out.status_code == 200, out.get_json()  # the key reached the child's auth check
+    assert out.get_json()["output_text"] == "tok0 tok1 tok2 tok3 "
+    assert (
+        client.post(
+            "/v1/responses", json={"model": "vs", "input": "hi", "decoding": {"max_tokens": 5000}}
+        ).status_code
+        == 422
+    )

@@ -42,6 +42,7 @@ def say(line: str) -> None:
 say(f"fake runtime pid={os.getpid()} argv={sys.argv[1:]}")
 say(f"LD_LIBRARY_PATH={os.environ.get('LD_LIBRARY_PATH', '')}")
 say(f"FAKE_ENV={os.environ.get('FAKE_ENV', '')}")
+say(f"api key set: {'VLLM_API_KEY' in os.environ}")
 for i in range(args.fake_log_lines):
     say(f"log line {i}")
 if args.fake_ignore_sigterm:
@@ -59,8 +60,17 @@ if args.fake_spawn_grandchild:
 time.sleep(args.fake_startup_delay)
 
 
+API_KEY = os.environ.get("VLLM_API_KEY")  # like vLLM: when set, every call must carry it
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+
+    def _authorised(self) -> bool:
+        if API_KEY is None or self.headers.get("Authorization") == f"Bearer {API_KEY}":
+            return True
+        self._json(401, {"error": {"message": "Unauthorized"}})
+        return False
 
     def log_message(self, fmt: str, *a: object) -> None:
         say("request: " + fmt % a)
@@ -74,6 +84,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:
+        if not self._authorised():
+            return
         if self.path == "/health":
             self._json(503 if args.fake_never_ready else 200, {"status": "ok"})
         elif self.path == "/v1/models":
@@ -82,6 +94,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": {"message": "not found"}})
 
     def do_POST(self) -> None:
+        if not self._authorised():
+            return
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         n = min(args.fake_tokens, body.get("max_tokens") or args.fake_tokens)
         prompt = sum(len(str(m.get("content", "")).split()) for m in body["messages"])
