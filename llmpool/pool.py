@@ -190,12 +190,26 @@ class Pool:
         threading.Thread(target=self.start, name="startup-loader", daemon=True).start()
 
     def shutdown(self) -> None:
-        """Cancel everything and close every runtime; idempotent."""
+        """Cancel everything and close every runtime, all models at once; idempotent.
+
+        Concurrent because each child may take its stop timeout to die, and the service
+        manager's own stop timeout covers the whole shutdown.
+        """
         self._closed = True
-        for entry in self.models.values():
-            if entry.state is ModelState.LOADING:
-                entry.wait_settled(timeout=60)
-            try:
-                entry.unload(force=True)
-            except Exception:
-                log.exception("shutting down %s failed", entry.name)
+        stoppers = [
+            threading.Thread(target=self._shutdown_one, args=(entry,), name=f"shutdown-{entry.name}")
+            for entry in self.models.values()
+        ]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join()
+
+    @staticmethod
+    def _shutdown_one(entry: ModelEntry) -> None:
+        if entry.state is ModelState.LOADING:
+            entry.wait_settled(timeout=60)
+        try:
+            entry.unload(force=True)
+        except Exception:
+            log.exception("shutting down %s failed", entry.name)
