@@ -27,6 +27,7 @@ from llmpool.job import Failed, Job, JobStatus
 log = logging.getLogger(__name__)
 
 _STOP = object()
+STOP_GRACE_S = 5.0  # how long drain waits for stopped socket-bound jobs (see drain)
 
 
 class ReplicaState(enum.StrEnum):
@@ -253,8 +254,20 @@ class Executor:
                 job.cancel_requested = True
                 if job.stopper is not None:
                     job.stopper.stop()
+            # A stopped in-process job ends at its next token, and its runtime must not be
+            # closed under it: wait. A socket-bound job on a stalled upstream only sees the
+            # stop at its next chunk: after a grace, return, and closing the runtime (its
+            # child or connection) breaks the socket it waits on.
+            grace_end = time.monotonic() + STOP_GRACE_S
             while self._running:
-                self._cond.wait(1.0)
+                if time.monotonic() >= grace_end and not any(r.runtime.blocking for r in self.replicas):
+                    log.warning(
+                        "%s: %d job(s) still waiting on their runtime; closing it",
+                        self.model,
+                        len(self._running),
+                    )
+                    break
+                self._cond.wait(0.2)
             self._stopped = True
             self._cond.notify_all()
         self._queue.put(_STOP)

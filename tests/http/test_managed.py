@@ -262,3 +262,36 @@ def test_vllm_serve_child_with_api_key_and_speculative_config(make_app: Callable
         ).status_code
         == 422
     )
+
+
+def test_forced_unload_is_not_held_up_by_a_stalled_upstream(
+    make_app: Callable[..., Flask], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import llmpool.executor
+
+    monkeypatch.setattr(llmpool.executor, "STOP_GRACE_S", 0.5)
+    client = make_app({"engine": {"models": {"stall": fake_model("--fake-stall-after", "3")}}}).test_client()
+    pid = load(client, "stall")["replica_states"][0]["pid"]
+    result: dict[str, Any] = {}
+
+    def stream() -> None:
+        r = client.post("/v1/responses", json={"model": "stall", "input": "x", "stream": True})
+        result["events"] = [e for e in sse_events(r.get_data(as_text=True)) if e[0] != "comment"]
+
+    worker = threading.Thread(target=stream)
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not any(
+        "stalling" in ln
+        for ln in client.get("/v1/admin/models/stall/logs").get_json()["replicas"][0]["lines"]
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    r = client.post("/v1/admin/models/stall/unload?force=true")
+    assert r.status_code == 200 and r.get_json()["state"] == "unloaded"
+    assert time.monotonic() - t0 < 5  # grace (0.5 s) + the child's stop, not the 600 s read timeout
+    worker.join(timeout=5)
+    assert not worker.is_alive()
+    assert result["events"][-1][0] == "response.failed"
+    assert not pid_alive(pid)

@@ -29,6 +29,7 @@ parser.add_argument("--fake-never-ready", action="store_true")
 parser.add_argument("--fake-ignore-sigterm", action="store_true")
 parser.add_argument("--fake-exit-at-start", action="store_true")
 parser.add_argument("--fake-exit-after", type=int, default=None, help="die mid-stream after N tokens")
+parser.add_argument("--fake-stall-after", type=int, default=None, help="stop sending after N tokens")
 parser.add_argument("--fake-port-in-use-once", default=None, help="fail like a lost port race once")
 parser.add_argument("--fake-spawn-grandchild", action="store_true")
 parser.add_argument("--fake-log-lines", type=int, default=0)
@@ -108,6 +109,9 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()  # no length: the stream ends when the connection closes
         try:
             for i in range(n):
+                if args.fake_stall_after is not None and i == args.fake_stall_after:
+                    say("stalling")
+                    time.sleep(3600)
                 if args.fake_exit_after is not None and i == args.fake_exit_after:
                     say("fatal: simulated crash mid-stream")
                     os._exit(9)
