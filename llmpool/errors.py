@@ -156,3 +156,34 @@ class RequestFieldInvalid(PoolError):
         super().__init__(msg)
         self.loc = loc
         self.type = type_
+
+
+# Remote upstreams (openai_remote): what the provider did, in the pool's terms.
+class UpstreamAuthentication(BackendError):
+    code = "upstream_authentication"
+
+
+class UpstreamRateLimit(BackendError):
+    status = 429
+    code = "upstream_rate_limit"
+
+
+class UpstreamInvalidRequest(BackendError):
+    code = "upstream_invalid_request"
+
+
+class UpstreamServerError(BackendError):
+    code = "upstream_server_error"
+
+
+class UpstreamTimeout(BackendError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamConnection(BackendError):
+    code = "upstream_connection"
+
+
+class UpstreamParse(BackendError):
+    code = "upstream_parse"

@@ -17,10 +17,10 @@ import requests
 from marshmallow import fields, validate
 
 from llmpool.backends.base import Adapter, Capabilities
-from llmpool.backends.openai_chat import chat_messages, stream_chat
+from llmpool.backends.openai_chat import UpstreamFailure, chat_messages, stream_chat
 from llmpool.config.fields import StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
-from llmpool.errors import BackendError, ModelLoadFailed
+from llmpool.errors import BackendError, BackendTimeout, InvalidRequest, ModelLoadFailed, PoolError
 from llmpool.generation import Chunk, GenerationRequest
 from llmpool.supervisor import ChildFailed, ChildProcess, ChildSpec, pick_port
 
@@ -185,12 +185,18 @@ class ManagedServerAdapter(Adapter):
                 timeout=(5.0, self.option("request_timeout_s")),
                 label=self.label,
             )
-        except BackendError as exc:
-            # A dying child closes its sockets a moment before it can be reaped: give the
-            # watcher that moment, so the error can say the process died and why.
-            if self.child.wait_exit(0.5):
-                raise BackendError(
-                    self._death_message(self.child.returncode, self.child.tail()), model=self.spec.name
-                ) from exc
-            exc.model = self.spec.name
-            raise
+        except UpstreamFailure as exc:
+            raise self._local_error(exc) from exc
+
+    def _local_error(self, exc: UpstreamFailure) -> PoolError:
+        """Our own child failed a request: say why in the pool's terms."""
+        model = self.spec.name
+        # A dying child closes its sockets a moment before it can be reaped: give the
+        # watcher that moment, so the error can say the process died and why.
+        if self.child is not None and exc.kind != "status" and self.child.wait_exit(0.5):
+            return BackendError(self._death_message(self.child.returncode, self.child.tail()), model=model)
+        if exc.kind == "status" and exc.status == 400:
+            return InvalidRequest(exc.message, model=model)  # e.g. prompt beyond the context
+        if exc.kind == "timeout":
+            return BackendTimeout(exc.message, model=model)
+        return BackendError(exc.message, model=model)

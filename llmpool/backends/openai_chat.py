@@ -16,8 +16,23 @@ from typing import Any
 import requests
 import urllib3
 
-from llmpool.errors import BackendError, BackendTimeout
 from llmpool.generation import Chunk, Final, GenerationRequest
+
+
+class UpstreamFailure(Exception):
+    """What went wrong talking to an OpenAI-compatible server, for the adapter to map.
+
+    `kind`: "status" (an HTTP error answer; `status` set), "timeout", "connection",
+    "parse" (not the protocol we speak) or "truncated" (stream cut before it finished).
+    `output_started`: whether any delta was already yielded (then nothing may be retried).
+    """
+
+    def __init__(self, kind: str, message: str, *, status: int | None = None, output_started: bool = False):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.output_started = output_started
 
 
 def chat_messages(request: GenerationRequest) -> list[dict[str, Any]]:
@@ -97,21 +112,29 @@ def stream_chat(
     timeout: tuple[float, float] = (5.0, 600.0),
     label: str = "runtime",
 ) -> Iterator[Chunk]:
-    """POST `payload` with stream=true and yield chunks; raises BackendError/BackendTimeout."""
+    """POST `payload` with stream=true and yield chunks as they arrive.
+
+    Raises UpstreamFailure; the read timeout bounds the wait for the first byte and every
+    pause between two chunks.
+    """
     started = time.perf_counter()
     body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
     try:
         response = session.post(url, json=body, headers=headers, stream=True, timeout=timeout)
     except requests.Timeout as exc:
-        raise BackendTimeout(f"{label} did not answer in time: {exc}") from exc
+        raise UpstreamFailure("timeout", f"{label} did not answer in time: {exc}") from exc
     except requests.RequestException as exc:
-        raise BackendError(f"cannot reach {label}: {exc}") from exc
+        raise UpstreamFailure("connection", f"cannot reach {label}: {exc}") from exc
     first: float | None = None
     finish, usage, timings = "stop", None, None
     ended = False  # [DONE] or a finish_reason seen: anything else is a truncated stream
     try:
         if response.status_code >= 400:
-            raise BackendError(f"{label} answered {response.status_code}: {_error_text(response)}")
+            raise UpstreamFailure(
+                "status",
+                f"{label} answered {response.status_code}: {_error_text(response)}",
+                status=response.status_code,
+            )
         for line in _lines_as_they_arrive(response):
             if not line.startswith(b"data:"):
                 continue  # blank separators, comments, event names
@@ -122,8 +145,9 @@ def stream_chat(
             obj = json.loads(data)
             if obj.get("error"):
                 error = obj["error"]
-                raise BackendError(
-                    f"{label}: {error.get('message', error) if isinstance(error, dict) else error}"
+                text = error.get("message", error) if isinstance(error, dict) else error
+                raise UpstreamFailure(
+                    "status", f"{label}: {str(text)[:500]}", output_started=first is not None
                 )
             usage = obj.get("usage") or usage
             timings = obj.get("timings") or timings
@@ -137,13 +161,19 @@ def stream_chat(
                 if choice.get("finish_reason"):
                     finish, ended = choice["finish_reason"], True
         if not ended:
-            raise BackendError(f"{label} closed the stream before it finished")
+            raise UpstreamFailure(
+                "truncated", f"{label} closed the stream before it finished", output_started=first is not None
+            )
         yield Chunk(final=_final(finish, usage, timings, started, first))
-    except (requests.Timeout, urllib3.exceptions.ReadTimeoutError) as exc:
-        raise BackendTimeout(f"{label} stalled: {exc}") from exc
+    except (requests.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+        raise UpstreamFailure("timeout", f"{label} stalled: {exc}", output_started=first is not None) from exc
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-        raise BackendError(f"connection to {label} lost: {exc}") from exc
-    except (ValueError, AttributeError) as exc:
-        raise BackendError(f"{label} sent a malformed stream: {exc}") from exc
+        raise UpstreamFailure(
+            "connection", f"connection to {label} lost: {exc}", output_started=first is not None
+        ) from exc
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise UpstreamFailure(
+            "parse", f"{label} sent a malformed stream: {exc}", output_started=first is not None
+        ) from exc
     finally:
         response.close()  # on cancel too: the server sees the disconnect and stops
