@@ -7,7 +7,7 @@ import logging
 
 from flask import Flask
 
-from blueprints import admin, responses
+from blueprints import admin, openai_compat, responses
 from blueprints.errors import register_error_handlers
 from llmpool.config.loader import load_settings
 from llmpool.config.spec import Settings
@@ -33,6 +33,7 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["llmpool"] = pool
     app.register_blueprint(responses.bp)
+    app.register_blueprint(openai_compat.bp)
     app.register_blueprint(admin.bp)
     register_error_handlers(app)
     # gunicorn's worker_exit hook shuts the pool down; this covers `flask run` and tests.

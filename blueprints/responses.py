@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from blueprints.schemas import ResponsesRequestSchema
-from blueprints.sse import completed_payload, stream_job
+from blueprints.sse import completed_payload, sse_response, stream_job
 from llmpool.generation import GenerationRequest, Message
 from llmpool.job import Done, Failed, Job
 from llmpool.pool import Pool
@@ -43,13 +43,19 @@ def to_generation_request(body: dict[str, Any], p: Pool) -> GenerationRequest:
     )
 
 
-def _wait_for_result(job: Job) -> Done:
-    while True:
-        event = job.events.get()
-        if isinstance(event, Done):
-            return event
-        if isinstance(event, Failed):
-            raise event.error
+def wait_for_result(p: Pool, job: Job) -> Done:
+    """Block this greenlet until `job` ends: its Done, or its error raised. If the wait is
+    interrupted (the worker is stopping the request), the job is cancelled."""
+    try:
+        while True:
+            event = job.events.get()
+            if isinstance(event, Done):
+                return event
+            if isinstance(event, Failed):
+                raise event.error
+    finally:
+        if not job.finished:
+            p.cancel(job)
 
 
 @bp.post("/v1/responses")
@@ -64,13 +70,8 @@ def create_response() -> Response:
         pool_started=started,
     )
     if body["stream"]:
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        return Response(stream_job(p, job), mimetype="text/event-stream", headers=headers)
-    try:
-        done = _wait_for_result(job)
-    finally:
-        if not job.finished:
-            p.cancel(job)
+        return sse_response(stream_job(p, job))
+    done = wait_for_result(p, job)
     payload = completed_payload(job, done)
     payload.update(
         object="response",

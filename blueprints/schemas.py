@@ -1,13 +1,18 @@
-"""Request-body schemas (marshmallow). Unknown keys are errors everywhere."""
+"""Request-body schemas (marshmallow). Unknown keys are errors everywhere in our own API.
+
+The one exception is the OpenAI-compatible request (`ChatCompletionsRequestSchema`):
+OpenAI clients send keys such as `user`, `seed` or `frequency_penalty` that change nothing
+here, so unknown keys are dropped there; the view rejects values it cannot honour.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from llmpool.config.fields import StrictBool, StrictInt
-from llmpool.config.schema import DecodingSchema
+from llmpool.config.schema import DecodingSchema, decoding_fields
 
 THINKING = ("default", "enabled", "disabled")
 DETAIL = ("auto", "low", "high")
@@ -88,6 +93,64 @@ class ResponsesRequestSchema(_Strict):
                 raise ValidationError("Must contain at least one message.", "messages")
             if messages[-1]["role"] != "user":
                 raise ValidationError("The last message must have role 'user'.", "messages")
+
+
+CHAT_ROLES = ("system", "developer", "user", "assistant")
+
+
+class _Lenient(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+
+class ChatMessageSchema(_Lenient):
+    # `developer` is OpenAI's newer name for `system`; extra keys such as `name` are dropped.
+    role = fields.String(required=True, validate=validate.OneOf(CHAT_ROLES))
+    content = Content(required=True)
+
+
+class StreamOptionsSchema(_Lenient):
+    include_usage = StrictBool(load_default=False, allow_none=True)
+
+
+class Stop(fields.Field):
+    """OpenAI's `stop`: a string or a list of strings (max 16), normalised to a list."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ValidationError("Must be a string or an array of strings.")
+        if len(items) > 16:
+            raise ValidationError("At most 16 stop strings.")
+        return items
+
+
+def _optional_decoding(name: str) -> fields.Field:
+    """The decoding setting's field and range, but optional and nullable as OpenAI's are."""
+    model = decoding_fields()[name]
+    return type(model)(load_default=None, allow_none=True, validate=model.validators)
+
+
+class ChatCompletionsRequestSchema(_Lenient):
+    model = fields.String(required=True, validate=validate.Length(min=1))
+    messages = fields.List(fields.Nested(ChatMessageSchema), required=True, validate=validate.Length(min=1))
+    temperature = _optional_decoding("temperature")
+    top_p = _optional_decoding("top_p")
+    max_tokens = _optional_decoding("max_tokens")
+    max_completion_tokens = _optional_decoding("max_tokens")
+    stop = Stop(load_default=None, allow_none=True)
+    stream = StrictBool(load_default=False, allow_none=True)
+    stream_options = fields.Nested(StreamOptionsSchema, load_default=None, allow_none=True)
+    # Not OpenAI's, but vLLM's server takes them too.
+    top_k = _optional_decoding("top_k")
+    repetition_penalty = _optional_decoding("repetition_penalty")
+    allow_remote = StrictBool(load_default=False, allow_none=True)
+    # Loaded so the view can refuse values it cannot honour with a 400 (not silently drop).
+    n = StrictInt(load_default=None, allow_none=True)
+    logprobs = StrictBool(load_default=None, allow_none=True)
+    tools = fields.Raw(load_default=None, allow_none=True)
+    functions = fields.Raw(load_default=None, allow_none=True)
+    response_format = fields.Raw(load_default=None, allow_none=True)
 
 
 class LoadRequestSchema(_Strict):

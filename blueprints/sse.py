@@ -1,9 +1,14 @@
-"""Server-sent events for POST /v1/responses (SPEC §3).
+"""Server-sent events over a job's event stream.
 
-Order: response.created, `: queued N` comments each second while waiting, reasoning and
-output deltas as the backend produces them, response.metrics, response.completed; or
-response.failed when the job fails after the stream began. A client that goes away closes
-this generator (GeneratorExit at the next write), which cancels the job.
+Shared by every streaming endpoint: `job_events` walks a job's events and fills the
+silences with SSE comment lines (`: queued N` each second while queued, `: working` during
+a long prefill), and `cancel_on_close` turns a body generator into one that never raises
+once started and cancels the job when the client goes away (GeneratorExit at the next
+write closes it).
+
+POST /v1/responses framing (SPEC §3), in order: response.created, comments while waiting,
+reasoning and output deltas as the backend produces them, response.metrics,
+response.completed; or response.failed when the job fails after the stream began.
 """
 
 from __future__ import annotations
@@ -11,18 +16,66 @@ from __future__ import annotations
 import json
 import logging
 import queue
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from llmpool.job import Delta, Done, Failed, Job, JobStatus
+from flask import Response
+
+from llmpool.job import Delta, Done, Event, Failed, Job, JobStatus
 from llmpool.pool import Pool
 
 QUEUED_COMMENT_INTERVAL_S = 1.0
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 log = logging.getLogger("llmpool.http")
 
 
+def sse_response(body: Iterator[str]) -> Response:
+    return Response(body, mimetype="text/event-stream", headers=SSE_HEADERS)
+
+
+def data_line(data: Any) -> str:
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
 def frame(event: str, data: dict[str, Any]) -> str:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    return f"event: {event}\n{data_line(data)}"
+
+
+def job_events(pool: Pool, job: Job) -> Iterator[Event | str]:
+    """The job's events in order, ending after its Done or Failed.
+
+    Between events that are more than a second apart it yields a ready-to-write SSE
+    comment line (a `str`): the queue position while the job waits, else `: working`, so
+    proxies do not time out and the client sees where it stands. Blocks only the calling
+    greenlet/thread.
+    """
+    if job.status is JobStatus.QUEUED and (place := pool.position(job)):
+        yield f": queued {place}\n\n"
+    while True:
+        try:
+            event = job.events.get(timeout=QUEUED_COMMENT_INTERVAL_S)
+        except queue.Empty:
+            if job.status is JobStatus.QUEUED and (place := pool.position(job)):
+                yield f": queued {place}\n\n"
+            else:
+                yield ": working\n\n"  # long prefill: keep proxies from timing out
+            continue
+        yield event
+        if isinstance(event, Done | Failed):
+            return
+
+
+def cancel_on_close(pool: Pool, job: Job, body: Iterator[str], on_bug: Callable[[], str]) -> Iterator[str]:
+    """`body`, except that a bug inside it ends the stream with `on_bug()` (logged, never
+    raised: the status line is long gone), and that closing it early cancels the job."""
+    try:
+        yield from body
+    except Exception:
+        log.exception("stream of %s broke", job.id)
+        yield on_bug()
+    finally:
+        if not job.finished:
+            pool.cancel(job)
 
 
 def completed_payload(job: Job, done: Done) -> dict[str, Any]:
@@ -40,32 +93,21 @@ def completed_payload(job: Job, done: Done) -> dict[str, Any]:
 
 
 def stream_job(pool: Pool, job: Job) -> Iterator[str]:
-    """The SSE body for `job`; never raises once started (a bug becomes response.failed)."""
-    try:
-        yield from _events(pool, job)
-    except Exception:
-        log.exception("stream of %s broke", job.id)
+    """The /v1/responses SSE body for `job`; never raises once started."""
+
+    def bug() -> str:
         error = {"code": "internal_error", "message": "internal server error"}
-        yield frame("response.failed", {"id": job.id, "error": error})
-    finally:
-        if not job.finished:
-            pool.cancel(job)
+        return frame("response.failed", {"id": job.id, "error": error})
+
+    return cancel_on_close(pool, job, _events(pool, job), bug)
 
 
 def _events(pool: Pool, job: Job) -> Iterator[str]:
     yield frame("response.created", {"id": job.id, "model": job.model})
-    if job.status is JobStatus.QUEUED and (place := pool.position(job)):
-        yield f": queued {place}\n\n"
-    while True:
-        try:
-            event = job.events.get(timeout=QUEUED_COMMENT_INTERVAL_S)
-        except queue.Empty:
-            if job.status is JobStatus.QUEUED and (place := pool.position(job)):
-                yield f": queued {place}\n\n"
-            else:
-                yield ": working\n\n"  # long prefill: keep proxies from timing out
-            continue
-        if isinstance(event, Delta):
+    for event in job_events(pool, job):
+        if isinstance(event, str):
+            yield event
+        elif isinstance(event, Delta):
             if event.reasoning:
                 yield frame("response.reasoning_text.delta", {"id": job.id, "delta": event.reasoning})
             if event.text:
@@ -73,8 +115,6 @@ def _events(pool: Pool, job: Job) -> Iterator[str]:
         elif isinstance(event, Done):
             yield frame("response.metrics", {"id": job.id, "metrics": job.metrics(event.final)})
             yield frame("response.completed", completed_payload(job, event))
-            return
         elif isinstance(event, Failed):
             error = {"code": event.error.code, "message": event.error.message}
             yield frame("response.failed", {"id": job.id, "error": error})
-            return

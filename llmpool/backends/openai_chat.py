@@ -25,14 +25,24 @@ class UpstreamFailure(Exception):
     `kind`: "status" (an HTTP error answer; `status` set), "timeout", "connection",
     "parse" (not the protocol we speak) or "truncated" (stream cut before it finished).
     `output_started`: whether any delta was already yielded (then nothing may be retried).
+    `retry_after`: the server's Retry-After header on a status answer, verbatim, if any.
     """
 
-    def __init__(self, kind: str, message: str, *, status: int | None = None, output_started: bool = False):
+    def __init__(
+        self,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        output_started: bool = False,
+        retry_after: str | None = None,
+    ):
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.status = status
         self.output_started = output_started
+        self.retry_after = retry_after
 
 
 def chat_messages(request: GenerationRequest) -> list[dict[str, Any]]:
@@ -74,7 +84,8 @@ def _final(
     )
 
 
-def _error_text(response: requests.Response) -> str:
+def error_text(response: requests.Response) -> str:
+    """The server's error message (OpenAI `{"error": {"message"}}` or the raw body), ≤500 chars."""
     try:
         body = response.json()
         error = body.get("error", body) if isinstance(body, dict) else body
@@ -101,6 +112,21 @@ def _lines_as_they_arrive(response: requests.Response) -> Iterator[bytes]:
             yield line.rstrip(b"\r")
     if pending:
         yield pending
+
+
+def _finish_body(response: requests.Response) -> None:
+    """Read what follows `[DONE]` (normally just the chunked-encoding terminator).
+
+    A body read to its end lets urllib3 put the connection back in the session's pool for
+    the next request (keep-alive); one left unread makes `close()` drop the connection.
+    Bounded, and best effort: on any trouble the caller's `close()` drops it instead.
+    """
+    budget = 65536
+    try:
+        while budget > 0 and (data := response.raw.read1(budget)):
+            budget -= len(data)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
+        pass
 
 
 def stream_chat(
@@ -132,8 +158,9 @@ def stream_chat(
         if response.status_code >= 400:
             raise UpstreamFailure(
                 "status",
-                f"{label} answered {response.status_code}: {_error_text(response)}",
+                f"{label} answered {response.status_code}: {error_text(response)}",
                 status=response.status_code,
+                retry_after=response.headers.get("Retry-After"),
             )
         for line in _lines_as_they_arrive(response):
             if not line.startswith(b"data:"):
@@ -164,6 +191,7 @@ def stream_chat(
             raise UpstreamFailure(
                 "truncated", f"{label} closed the stream before it finished", output_started=first is not None
             )
+        _finish_body(response)
         yield Chunk(final=_final(finish, usage, timings, started, first))
     except (requests.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
         raise UpstreamFailure("timeout", f"{label} stalled: {exc}", output_started=first is not None) from exc
@@ -176,4 +204,6 @@ def stream_chat(
             "parse", f"{label} sent a malformed stream: {exc}", output_started=first is not None
         ) from exc
     finally:
-        response.close()  # on cancel too: the server sees the disconnect and stops
+        # On cancel or error the connection is dropped, so the server sees the disconnect
+        # and stops; a body read to its end already went back to the pool (no-op here).
+        response.close()

@@ -1,0 +1,311 @@
+"""A remote OpenAI-compatible Chat Completions API (`openai_remote`), SPEC §7.
+
+Nothing runs locally: `load` reads the API key from the environment variable named by
+`remote_api_key_env` and opens one pooled keep-alive `requests.Session` per replica, sized
+to `target_inflight` (the executor never runs more jobs than that on a replica, so
+requests reuse connections instead of opening one each). `generate` streams through
+`openai_chat.stream_chat`, retries what is safe to retry, and maps every upstream failure
+to an `upstream_*` error.
+
+The key lives only in the session's headers: it is never logged, never put in an error
+(upstream messages are scrubbed of it, in case a provider echoes it), and the admin row
+shows only the variable's name. Requests reach this backend only with
+`allow_remote: true` (`Pool._admit` checks `is_remote` before anything is queued).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import weakref
+from collections.abc import Iterator
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import requests
+from marshmallow import fields, validate
+from requests.adapters import HTTPAdapter
+
+from llmpool.backends.base import Adapter, Capabilities
+from llmpool.backends.openai_chat import UpstreamFailure, chat_messages, error_text, stream_chat
+from llmpool.config.fields import StrictFloat, StrictInt
+from llmpool.config.spec import ModelSpec
+from llmpool.errors import (
+    BackendError,
+    ModelLoadFailed,
+    PoolError,
+    UpstreamAuthentication,
+    UpstreamConnection,
+    UpstreamInvalidRequest,
+    UpstreamParse,
+    UpstreamRateLimit,
+    UpstreamServerError,
+    UpstreamTimeout,
+)
+from llmpool.generation import Chunk, GenerationRequest
+
+log = logging.getLogger(__name__)
+
+P = "remote_"
+API_KINDS = ("chat_completions",)
+HEALTH_CHECKS = ("config_only", "models")
+THINKING = ("default", "enabled", "disabled")
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Jittered exponential backoff between retries: attempt n waits about BASE * 2**(n-1),
+# at most CAP; an upstream Retry-After up to CAP is honoured as a minimum.
+BACKOFF_BASE_S = 0.2
+BACKOFF_CAP_S = 5.0
+
+
+def backoff_delay(attempt: int, retry_after: str | None = None) -> float:
+    """Seconds to wait before retry `attempt` (1-based): "equal jitter" in [d/2, d]."""
+    ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
+    delay = ceiling / 2 + random.uniform(0, ceiling / 2)
+    try:
+        asked = float(retry_after) if retry_after is not None else 0.0
+    except ValueError:
+        asked = 0.0  # an HTTP-date: not worth parsing for a capped wait
+    return max(delay, min(asked, BACKOFF_CAP_S))
+
+
+def retryable(exc: UpstreamFailure) -> bool:
+    """Connection errors, 429 and 5xx, and only while nothing reached the client.
+
+    Timeouts are not retried: the upstream may still be working (and billing) on it.
+    """
+    if exc.output_started:
+        return False
+    if exc.kind == "connection":
+        return True
+    return exc.kind == "status" and exc.status is not None and (exc.status == 429 or exc.status >= 500)
+
+
+def upstream_error(exc: UpstreamFailure, model: str, secret: str | None = None) -> PoolError:
+    """The pool's error for an upstream failure (SPEC §4 `upstream_*`), key scrubbed."""
+    message = exc.message.replace(secret, "***") if secret else exc.message
+    status = exc.status
+    if exc.kind == "timeout":
+        return UpstreamTimeout(message, model=model)
+    if exc.kind in ("connection", "truncated"):
+        return UpstreamConnection(message, model=model)
+    if exc.kind == "parse":
+        return UpstreamParse(message, model=model)
+    if status in (401, 403):
+        return UpstreamAuthentication(message, model=model)
+    if status == 429:
+        retry_after = (exc.retry_after or "").strip()[:64] or "1"
+        return UpstreamRateLimit(message, model=model, headers={"Retry-After": retry_after})
+    if status is not None and 400 <= status < 500:
+        return UpstreamInvalidRequest(message, model=model)  # 400, 404, 413, 422 and the rest
+    return UpstreamServerError(message, model=model)  # 5xx, or an error event in the stream
+
+
+class OpenAIRemoteAdapter(Adapter):
+    backend = "openai_remote"
+    is_remote: ClassVar[bool] = True  # Pool._admit requires allow_remote for these
+    blocking = False  # sockets only: cooperative under gevent
+    can_batch = True  # target_inflight bounds our own concurrency towards the upstream
+
+    def __init__(self, spec: ModelSpec, replica_id: int) -> None:
+        super().__init__(spec, replica_id)
+        self._session: requests.Session | None = None
+        self._key: str | None = None
+        # Responses being streamed, so `close()` can break a read stalled on the upstream.
+        self._open: weakref.WeakSet[requests.Response] = weakref.WeakSet()
+
+    # -- class-level facts -----------------------------------------------------------
+    @classmethod
+    def config_fields(cls) -> dict[str, fields.Field]:
+        return {
+            P + "api_kind": fields.String(
+                load_default="chat_completions", validate=validate.OneOf(API_KINDS)
+            ),
+            P + "base_url": fields.Url(required=True, schemes={"http", "https"}, require_tld=False),
+            # The *name* of the variable holding the key; unset for upstreams without auth.
+            # Held to the shape of a name, so a key pasted here by mistake is refused
+            # (without echoing it) instead of being shown as a "name" in admin rows.
+            P + "api_key_env": fields.String(
+                load_default=None,
+                allow_none=True,
+                validate=validate.Regexp(ENV_NAME, error="Must be an environment variable name."),
+            ),
+            P + "model": fields.String(required=True, validate=validate.Length(min=1)),
+            P + "timeout_s": StrictFloat(
+                load_default=120.0, validate=validate.Range(min=0, min_inclusive=False)
+            ),
+            P + "health_check": fields.String(
+                load_default="config_only", validate=validate.OneOf(HEALTH_CHECKS)
+            ),
+            P + "max_retries": StrictInt(load_default=0, validate=validate.Range(0, 10)),
+            P + "thinking": fields.String(
+                load_default=None, allow_none=True, validate=validate.OneOf(THINKING)
+            ),
+            P + "headers": fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict),
+        }
+
+    @classmethod
+    def capabilities(cls, spec: ModelSpec) -> Capabilities:
+        # An operator who sets remote_thinking says the upstream understands
+        # chat_template_kwargs, so requests may then choose per request too.
+        thinking = spec.options.get(P + "thinking") in ("enabled", "disabled")
+        return Capabilities(
+            modalities=spec.modalities,
+            multi_turn=True,
+            thinking_modes=THINKING if thinking else ("default",),
+        )
+
+    # -- helpers ---------------------------------------------------------------------
+    def option(self, key: str) -> Any:
+        return self.spec.options[P + key]
+
+    @property
+    def label(self) -> str:
+        # Scheme, host and port only: a base URL may carry user:password.
+        url = urlsplit(self.option("base_url"))
+        host = url.hostname or "?"
+        return f"upstream '{self.option('model')}' at {url.scheme}://{host}" + (
+            f":{url.port}" if url.port else ""
+        )
+
+    def _url(self, path: str) -> str:
+        return self.option("base_url").rstrip("/") + path
+
+    def _timeout(self) -> tuple[float, float]:
+        t = float(self.option("timeout_s"))
+        return (t, t)  # connect; read = first byte and every pause between chunks
+
+    # -- lifecycle -------------------------------------------------------------------
+    def load(self) -> None:
+        """Read the key, open the pooled session, optionally probe `GET {base}/models`.
+
+        Raises ModelLoadFailed naming the variable (never its value) when the key is missing.
+        """
+        name = self.spec.name
+        key_env = self.option("api_key_env")
+        if key_env:
+            self._key = os.environ.get(key_env) or None
+            if self._key is None:
+                raise ModelLoadFailed(
+                    f"remote_api_key_env names the environment variable {key_env}, "
+                    "which is not set (or empty) in the pool's environment",
+                    model=name,
+                )
+        session = requests.Session()
+        # pool_maxsize = the replica's slots: every concurrent job keeps its own connection
+        # alive between requests. Not blocking: should more ever run, they get extra ones.
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.spec.target_inflight)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        session.headers.update(self.option("headers"))
+        if self._key is not None:
+            session.headers["Authorization"] = f"Bearer {self._key}"
+        session.hooks["response"].append(self._track)
+        self._session = session
+        if self.option("health_check") == "models":
+            self._check_models(session)
+
+    def _track(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._open.add(response)
+
+    def _check_models(self, session: requests.Session) -> None:
+        name, model = self.spec.name, self.option("model")
+        try:
+            response = session.get(self._url("/models"), timeout=self._timeout())
+        except requests.Timeout as exc:
+            raise ModelLoadFailed(f"{self.label}: GET /models timed out: {exc}", model=name) from None
+        except requests.RequestException as exc:
+            raise ModelLoadFailed(f"cannot reach {self.label}: {exc}", model=name) from None
+        with response:
+            if response.status_code != 200:
+                text = self._scrub(error_text(response))
+                raise ModelLoadFailed(
+                    f"{self.label}: GET /models answered {response.status_code}: {text}", model=name
+                )
+            try:
+                ids = [m.get("id") for m in response.json().get("data") or ()]
+            except (ValueError, AttributeError):
+                raise ModelLoadFailed(
+                    f"{self.label}: GET /models did not answer a model list", model=name
+                ) from None
+        if model not in ids:
+            listed = ", ".join(str(i) for i in ids[:20])
+            raise ModelLoadFailed(
+                f"{self.label}: remote_model {model!r} is not listed ({listed})", model=name
+            )
+
+    def close(self) -> None:
+        """Drop the session. A job still waiting on the upstream (a forced unload after
+        the grace period) has its socket shut down, so its read ends now, not at the
+        timeout."""
+        for response in list(self._open):
+            try:
+                response.raw.shutdown()
+            except (ValueError, RuntimeError, OSError):
+                pass  # already finished or released to the pool
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+        self._key = None
+
+    # -- generation ------------------------------------------------------------------
+    def payload(self, request: GenerationRequest) -> dict[str, Any]:
+        """Chat Completions body: temperature, top_p, max_tokens and stop are mapped;
+        beam_size, top_k and repetition_penalty have no Chat Completions field and are
+        ignored."""
+        d = request.decoding
+        body: dict[str, Any] = {
+            "model": self.option("model"),
+            "messages": chat_messages(request),
+            "max_tokens": d.max_tokens,
+            "temperature": d.temperature,
+            "top_p": d.top_p,
+        }
+        if d.stop:
+            body["stop"] = list(d.stop)
+        thinking = request.thinking if request.thinking != "default" else self.option("thinking")
+        if thinking in ("enabled", "disabled"):
+            # The convention of vLLM, SGLang and llama-server for Qwen3-style templates.
+            body["chat_template_kwargs"] = {"enable_thinking": thinking == "enabled"}
+        return body
+
+    def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
+        """Stream from the upstream; retry before any output, else raise `upstream_*`.
+
+        Cooperative (sockets and sleeps only). Closing the iterator closes the upstream
+        connection, so a cancelled job stops the provider's generation too.
+        """
+        session = self._session
+        if session is None:
+            raise BackendError("remote model is not loaded", model=self.spec.name)
+        payload = self.payload(request)
+        retries = int(self.option("max_retries"))
+        attempt = 0
+        while True:
+            try:
+                yield from stream_chat(
+                    session,
+                    self._url("/chat/completions"),
+                    payload,
+                    timeout=self._timeout(),
+                    label=self.label,
+                )
+                return
+            except UpstreamFailure as exc:
+                if attempt >= retries or not retryable(exc):
+                    raise upstream_error(exc, self.spec.name, self._key) from None
+                attempt += 1
+                delay = backoff_delay(attempt, exc.retry_after)
+                log.warning(
+                    "%s: %s; retry %d/%d in %.2fs",
+                    self.spec.name,
+                    self._scrub(exc.message),
+                    attempt,
+                    retries,
+                    delay,
+                )
+                time.sleep(delay)
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
