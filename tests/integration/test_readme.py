@@ -32,11 +32,12 @@ def readme_server(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str) -
 
 def test_readme_has_the_examples() -> None:
     blocks = readme_shell_blocks()
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     assert "Translate to Dutch" in blocks[0] and '"stream": true' in blocks[1]
+    assert "/v1/chat/completions" in blocks[2]
 
 
-@pytest.mark.parametrize("index", range(4))
+@pytest.mark.parametrize("index", range(5))
 def test_readme_example_runs_as_written(readme_server: Server, index: int) -> None:
     assert shutil.which("curl"), "curl is needed to run the README examples"
     script = readme_shell_blocks()[index]
@@ -50,7 +51,8 @@ def test_readme_example_runs_as_written(readme_server: Server, index: int) -> No
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert '"detail"' not in out, out  # no error body from any of the calls
-    expected = ['"output_text"', "event: response.completed", '"models"', '"gpus"'][index]
+    markers = ['"output_text"', "event: response.completed", '"chat.completion"', '"models"', '"gpus"']
+    expected = markers[index]
     assert expected in out, out
 
 
