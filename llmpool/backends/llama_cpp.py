@@ -18,12 +18,12 @@ from typing import Any, ClassVar
 
 from marshmallow import fields, validate
 
+from llmpool import prompts
 from llmpool.backends.base import Adapter, Capabilities, Constraint
 from llmpool.config.fields import StrictBool, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest, content_text
-from llmpool.prompts import generic
 
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN = ("on", "off", "auto")
@@ -131,7 +131,8 @@ class LlamaCppAdapter(Adapter):
     def _prompt(self, request: GenerationRequest) -> tuple[str, list[str], bool]:
         """(prompt text, stop strings, whether the text carries special tokens)."""
         if request.messages is None and self.spec.prompt_format == "generic":
-            return generic.render(request), list(generic.STOP), False
+            rendered = prompts.render("generic", request)
+            return rendered.text, list(rendered.stop), False
         if self._formatter is None:
             raise InvalidRequest(
                 "this GGUF has no chat template; send single-turn input with prompt_format generic",

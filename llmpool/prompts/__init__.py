@@ -1,4 +1,43 @@
-"""Prompt formats: one module per format, each turning a request into runtime input.
+"""Prompt formats: one module per format, each turning a request into raw prompt text.
 
-Issue-by-issue the set grows; `generic` is the plain-text format every backend can use.
+Used by every backend that builds raw prompt text (llama_cpp's raw path, ct2, exllamav3);
+backends that speak chat messages (llama_server, vllm, remote) use the runtime's template.
+
+Contract of a format module: `render(request, thinking) -> Rendered`, where `thinking` is
+the request's `thinking` resolved against the model ("default" | "enabled" |
+"disabled"), plus `MULTI_TURN: bool` and `THINKING_MODES: tuple[str, ...]`.
 """
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+
+from llmpool.generation import GenerationRequest
+
+
+@dataclass(frozen=True)
+class Rendered:
+    text: str
+    stop: tuple[str, ...] = ()  # the format's own stop strings (request stops are added later)
+
+
+def _formats() -> dict[str, ModuleType]:
+    from llmpool.prompts import generic
+
+    return {"generic": generic}
+
+
+def get(name: str) -> ModuleType:
+    """The module of a prompt format; KeyError for a format not implemented yet."""
+    return _formats()[name]
+
+
+def render(name: str, request: GenerationRequest, thinking: str = "default") -> Rendered:
+    rendered: Rendered = get(name).render(request, thinking)
+    return rendered
+
+
+def stops(rendered: Rendered, request: GenerationRequest) -> list[str]:
+    """Format stops plus request stops, de-duplicated, order kept."""
+    return list(dict.fromkeys([*rendered.stop, *request.decoding.stop]))

@@ -114,16 +114,16 @@ def test_tokens_per_second_is_none_when_generation_time_is_zero() -> None:
 
 # -- generic prompt format -------------------------------------------------------------
 def test_generic_prompt_without_instructions() -> None:
-    assert generic.render(GenerationRequest(input="Hello there")) == "Hello there\n"
+    assert generic.render(GenerationRequest(input="Hello there")).text == "Hello there\n"
 
 
 def test_generic_prompt_with_instructions() -> None:
     request = GenerationRequest(input="Hello there", instructions="You are terse.")
-    assert generic.render(request) == "You are terse.\n\nHello there\n"
+    assert generic.render(request).text == "You are terse.\n\nHello there\n"
 
 
 def test_generic_prompt_ignores_empty_instructions() -> None:
-    assert generic.render(GenerationRequest(input="Hi", instructions="")) == "Hi\n"
+    assert generic.render(GenerationRequest(input="Hi", instructions="")).text == "Hi\n"
 
 
 def test_generic_prompt_concatenates_a_text_only_content_array() -> None:
@@ -131,7 +131,7 @@ def test_generic_prompt_concatenates_a_text_only_content_array() -> None:
         input=[{"type": "text", "text": "Translate: "}, {"type": "text", "text": "bonjour"}],
         instructions="Be brief.",
     )
-    assert generic.render(request) == "Be brief.\n\nTranslate: bonjour\n"
+    assert generic.render(request).text == "Be brief.\n\nTranslate: bonjour\n"
 
 
 def test_generic_prompt_rejects_multi_turn_messages() -> None:
