@@ -131,7 +131,7 @@ class LlamaCppAdapter(Adapter):
     def _prompt(self, request: GenerationRequest) -> tuple[str, list[str], bool]:
         """(prompt text, stop strings, whether the text carries special tokens)."""
         if request.messages is None and self.spec.prompt_format == "generic":
-            rendered = prompts.render("generic", request)
+            rendered = prompts.render(self.spec, request)
             return rendered.text, list(rendered.stop), False
         if self._formatter is None:
             raise InvalidRequest(

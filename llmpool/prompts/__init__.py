@@ -4,8 +4,8 @@ Used by every backend that builds raw prompt text (llama_cpp's raw path, ct2, ex
 backends that speak chat messages (llama_server, vllm, remote) use the runtime's template.
 
 Contract of a format module: `render(request, thinking) -> Rendered`, where `thinking` is
-the request's `thinking` resolved against the model ("default" | "enabled" |
-"disabled"), plus `MULTI_TURN: bool` and `THINKING_MODES: tuple[str, ...]`.
+"enabled" or "disabled" (already resolved against the model's `enable_thinking`), plus
+`MULTI_TURN: bool` and `THINKING_MODES: tuple[str, ...]` (what admission offers).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
+from llmpool.config.spec import ModelSpec
 from llmpool.generation import GenerationRequest
 
 
@@ -33,8 +34,16 @@ def get(name: str) -> ModuleType:
     return _formats()[name]
 
 
-def render(name: str, request: GenerationRequest, thinking: str = "default") -> Rendered:
-    rendered: Rendered = get(name).render(request, thinking)
+def render(spec: ModelSpec, request: GenerationRequest) -> Rendered:
+    """The raw prompt for `request` in the model's format, thinking resolved.
+
+    `request.thinking` "default" follows the model's `enable_thinking`; admission has
+    already refused modes the format does not offer (400 thinking_unsupported).
+    """
+    thinking = request.thinking
+    if thinking == "default":
+        thinking = "enabled" if spec.enable_thinking else "disabled"
+    rendered: Rendered = get(spec.prompt_format).render(request, thinking)
     return rendered
 
 

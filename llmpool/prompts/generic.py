@@ -14,7 +14,7 @@ MULTI_TURN = False
 THINKING_MODES: tuple[str, ...] = ("default",)
 
 
-def render(request: GenerationRequest, thinking: str = "default") -> Rendered:
+def render(request: GenerationRequest, thinking: str = "disabled") -> Rendered:
     """The prompt text for a single-turn request (`input` must be set)."""
     if request.input is None:
         raise ValueError("the generic raw prompt takes single-turn input")
