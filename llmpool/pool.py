@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from llmpool import gpu
+from llmpool import gpu, prompts
 from llmpool.backends import registry
 from llmpool.config.spec import Settings
 from llmpool.errors import (
@@ -105,6 +105,7 @@ class Pool:
                 f"(offered: {', '.join(caps.thinking_modes)})",
                 model=model,
             )
+        prompts.check(entry.spec, request)  # format rules, e.g. TranslateGemma's target language
         limit = entry.adapter_cls.max_tokens_limit(entry.active_spec)
         if limit is not None and request.decoding.max_tokens > limit:
             raise RequestFieldInvalid(

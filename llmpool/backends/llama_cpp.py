@@ -2,9 +2,15 @@
 
 Two prompt paths, both ending in one raw completion over token ids (so tokenisation is
 timed and counted exactly once):
-- chat path (`messages`, and single-turn input for the template formats): the GGUF's own
-  chat template, rendered with llama-cpp-python's Jinja2 formatter;
-- raw path (single-turn input with `prompt_format: generic`): the generic prompt text.
+- chat path (`messages`, and single-turn input for `gemma4_template`): the GGUF's own
+  chat template, rendered with llama-cpp-python's Jinja2 formatter, `enable_thinking`
+  passed to it;
+- raw path (single-turn input for every other format, and any request when the GGUF has
+  no chat template): the model's prompt format from `llmpool.prompts`.
+Both texts carry special-token markup, so they are tokenised with `special=True`.
+
+For `gemma4_template` the output goes through the format's `ReasoningSplitter`, so text
+inside `<|channel>thought…<channel|>` comes back as reasoning deltas.
 
 A `Llama` object is not thread-safe and cannot batch, so each replica serves one job at a
 time (`can_batch = False`).
@@ -23,12 +29,13 @@ from llmpool.backends.base import Adapter, Capabilities, Constraint
 from llmpool.config.fields import StrictBool, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
-from llmpool.generation import Chunk, Final, GenerationRequest, content_text
+from llmpool.generation import Chunk, Final, GenerationRequest
+from llmpool.prompts import gemma4
 
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN = ("on", "off", "auto")
-TEMPLATE_FORMATS = ("mistral_template", "qwen3_template", "gemma4_template")
-CHAT_FORMATS = ("generic", *TEMPLATE_FORMATS)
+# Formats whose single-turn input also goes through the GGUF's chat template.
+GGUF_TEMPLATE_FIRST = ("gemma4_template",)
 DEFAULT_N_CTX = 4096
 
 
@@ -64,10 +71,11 @@ class LlamaCppAdapter(Adapter):
     @classmethod
     def capabilities(cls, spec: ModelSpec) -> Capabilities:
         # Text only: GGUF vision goes through llama_server (mmproj), not the Python binding.
+        fmt = prompts.get(spec.prompt_format)
         return Capabilities(
             modalities=("text",),
-            multi_turn=spec.prompt_format in CHAT_FORMATS,
-            thinking_modes=("default",),
+            multi_turn=bool(fmt.MULTI_TURN),
+            thinking_modes=tuple(fmt.THINKING_MODES),
         )
 
     @classmethod
@@ -128,34 +136,30 @@ class LlamaCppAdapter(Adapter):
             llm.close()
 
     # -- generation ------------------------------------------------------------------
-    def _prompt(self, request: GenerationRequest) -> tuple[str, list[str], bool]:
-        """(prompt text, stop strings, whether the text carries special tokens)."""
-        if request.messages is None and self.spec.prompt_format == "generic":
+    def _prompt(self, request: GenerationRequest) -> tuple[str, list[str]]:
+        """(prompt text with special-token markup, stop strings incl. the request's)."""
+        fmt = prompts.get(self.spec.prompt_format)
+        chat = request.messages is not None or self.spec.prompt_format in GGUF_TEMPLATE_FIRST
+        if not chat or self._formatter is None:
             rendered = prompts.render(self.spec, request)
-            return rendered.text, list(rendered.stop), False
-        if self._formatter is None:
-            raise InvalidRequest(
-                "this GGUF has no chat template; send single-turn input with prompt_format generic",
-                model=self.spec.name,
-            )
+            return rendered.text, prompts.stops(rendered, request)
         messages: list[dict[str, str]] = []
         if request.instructions:
             messages.append({"role": "system", "content": request.instructions})
-        if request.messages is not None:
-            messages += [{"role": m.role, "content": content_text(m.content)} for m in request.messages]
-        else:
-            messages.append({"role": "user", "content": content_text(request.input or "")})
-        rendered = self._formatter(messages=messages)
-        stop = rendered.stop if isinstance(rendered.stop, list) else [rendered.stop] if rendered.stop else []
-        return rendered.prompt, stop, True
+        messages += [{"role": role, "content": text} for role, text in prompts.turns(request)]
+        thinking = prompts.resolve_thinking(self.spec, request) == "enabled"
+        out = self._formatter(messages=messages, enable_thinking=thinking)
+        template_stop = out.stop if isinstance(out.stop, list) else [out.stop] if out.stop else []
+        rendered = prompts.Rendered(out.prompt, (*template_stop, *fmt.STOP))
+        return rendered.text, prompts.stops(rendered, request)
 
     def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
         llm = self._llm
         if llm is None:
             raise BackendError("runtime is not loaded", model=self.spec.name)
         started = time.perf_counter()
-        prompt, stop, special = self._prompt(request)
-        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=special)
+        prompt, stop = self._prompt(request)
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
         tokenized = time.perf_counter()
         n_ctx = llm.n_ctx()
         if len(tokens) >= n_ctx:
@@ -163,6 +167,11 @@ class LlamaCppAdapter(Adapter):
                 f"prompt is {len(tokens)} tokens; the context window is {n_ctx}",
                 model=self.spec.name,
             )
+        # Evaluate every prompt from scratch: llama-cpp-python otherwise reuses the KV cache
+        # of the previous job's common prefix, and logits computed in a different batch
+        # shape differ in the last bits, enough to flip a near-tie under greedy decoding
+        # (the same request then gives a different answer depending on what ran before).
+        llm.reset()
         d = request.decoding
         stream = llm.create_completion(
             prompt=tokens,
@@ -171,9 +180,10 @@ class LlamaCppAdapter(Adapter):
             top_p=d.top_p,
             top_k=d.top_k,
             repeat_penalty=d.repetition_penalty,
-            stop=[*stop, *d.stop],
+            stop=stop,
             stream=True,
         )
+        splitter = gemma4.ReasoningSplitter() if self.spec.prompt_format == "gemma4_template" else None
         first: float | None = None
         finish = "stop"
         pieces: list[str] = []
@@ -185,10 +195,12 @@ class LlamaCppAdapter(Adapter):
                     if first is None:
                         first = time.perf_counter()
                     pieces.append(text)
-                    yield Chunk(text=text)
+                    yield from _chunks(splitter, text)
                 finish = choice.get("finish_reason") or finish
         finally:
             stream.close()  # a cancelled job stops llama.cpp here, at the next token
+        if splitter is not None:
+            yield from (Chunk(text=t, reasoning=r) for t, r in splitter.flush())
         done = time.perf_counter()
         output = "".join(pieces)
         n_out = len(llm.tokenize(output.encode("utf-8"), add_bos=False, special=False)) if output else 0
@@ -202,3 +214,11 @@ class LlamaCppAdapter(Adapter):
                 generate_total_ms=round((done - tokenized) * 1000, 3),
             )
         )
+
+
+def _chunks(splitter: gemma4.ReasoningSplitter | None, text: str) -> Iterator[Chunk]:
+    if splitter is None:
+        yield Chunk(text=text)
+        return
+    for answer, reasoning in splitter.feed(text):
+        yield Chunk(text=answer, reasoning=reasoning)

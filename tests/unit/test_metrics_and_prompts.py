@@ -112,18 +112,26 @@ def test_tokens_per_second_is_none_when_generation_time_is_zero() -> None:
     assert m["engine_tokens_per_second"] is None
 
 
-# -- generic prompt format -------------------------------------------------------------
+# -- generic prompt format (ChatML) ---------------------------------------------------
 def test_generic_prompt_without_instructions() -> None:
-    assert generic.render(GenerationRequest(input="Hello there")).text == "Hello there\n"
+    assert generic.render(GenerationRequest(input="Hello there")).text == (
+        "<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_generic_prompt_with_instructions() -> None:
     request = GenerationRequest(input="Hello there", instructions="You are terse.")
-    assert generic.render(request).text == "You are terse.\n\nHello there\n"
+    assert generic.render(request).text == (
+        "<|im_start|>system\nYou are terse.<|im_end|>\n"
+        "<|im_start|>user\nHello there<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
 
 
 def test_generic_prompt_ignores_empty_instructions() -> None:
-    assert generic.render(GenerationRequest(input="Hi", instructions="")).text == "Hi\n"
+    assert generic.render(GenerationRequest(input="Hi", instructions="")).text == (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_generic_prompt_concatenates_a_text_only_content_array() -> None:
@@ -131,17 +139,28 @@ def test_generic_prompt_concatenates_a_text_only_content_array() -> None:
         input=[{"type": "text", "text": "Translate: "}, {"type": "text", "text": "bonjour"}],
         instructions="Be brief.",
     )
-    assert generic.render(request).text == "Be brief.\n\nTranslate: bonjour\n"
+    assert generic.render(request).text == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\nTranslate: bonjour<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
 
 
-def test_generic_prompt_rejects_multi_turn_messages() -> None:
-    request = GenerationRequest(messages=(Message(role="user", content="hi"),))
-    with pytest.raises(ValueError):
-        generic.render(request)
+def test_generic_prompt_renders_multi_turn_messages() -> None:
+    request = GenerationRequest(
+        messages=(Message("user", "hi"), Message("assistant", "hello"), Message("user", "bye"))
+    )
+    assert generic.render(request).text == (
+        "<|im_start|>user\nhi<|im_end|>\n"
+        "<|im_start|>assistant\nhello<|im_end|>\n"
+        "<|im_start|>user\nbye<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
 
 
-def test_generic_format_adds_no_stop_strings() -> None:
-    assert generic.STOP == ()
+def test_generic_format_stops_at_the_end_of_turn_marker() -> None:
+    assert generic.STOP == ("<|im_end|>",)
+    assert generic.render(GenerationRequest(input="x")).stop == ("<|im_end|>",)
 
 
 def test_content_text_skips_non_text_items() -> None:
