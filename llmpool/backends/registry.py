@@ -7,13 +7,15 @@ the table holds classes directly.
 from __future__ import annotations
 
 from llmpool.backends.base import Adapter
+from llmpool.backends.exllamav3 import ExLlamaV3Adapter
 from llmpool.backends.llama_cpp import LlamaCppAdapter
 from llmpool.backends.llama_server import LlamaServerAdapter
 from llmpool.backends.openai_remote import OpenAIRemoteAdapter
 from llmpool.backends.vllm_serve import VllmServeAdapter
 
 _ADAPTERS: dict[str, type[Adapter]] = {
-    cls.backend: cls for cls in (LlamaCppAdapter, LlamaServerAdapter, OpenAIRemoteAdapter, VllmServeAdapter)
+    cls.backend: cls
+    for cls in (ExLlamaV3Adapter, LlamaCppAdapter, LlamaServerAdapter, OpenAIRemoteAdapter, VllmServeAdapter)
 }
 
 
