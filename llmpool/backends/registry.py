@@ -7,6 +7,7 @@ the table holds classes directly.
 from __future__ import annotations
 
 from llmpool.backends.base import Adapter
+from llmpool.backends.ct2 import Ct2Adapter
 from llmpool.backends.exllamav3 import ExLlamaV3Adapter
 from llmpool.backends.llama_cpp import LlamaCppAdapter
 from llmpool.backends.llama_server import LlamaServerAdapter
@@ -15,7 +16,14 @@ from llmpool.backends.vllm_serve import VllmServeAdapter
 
 _ADAPTERS: dict[str, type[Adapter]] = {
     cls.backend: cls
-    for cls in (ExLlamaV3Adapter, LlamaCppAdapter, LlamaServerAdapter, OpenAIRemoteAdapter, VllmServeAdapter)
+    for cls in (
+        Ct2Adapter,
+        ExLlamaV3Adapter,
+        LlamaCppAdapter,
+        LlamaServerAdapter,
+        OpenAIRemoteAdapter,
+        VllmServeAdapter,
+    )
 }
 
 
