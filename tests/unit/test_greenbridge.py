@@ -296,6 +296,7 @@ def test_channel_under_gevent_does_not_block_the_hub() -> None:
     assert result["items"] == [0, 1, 2, 3, 4]
     # Each item takes ~40 ms on the producer's OS thread; the ticker (5 ms) must keep
     # running on the hub while the consumer greenlet waits.
-    assert min(result["ticks_per_wait"]) >= 2, result
+    # A blocked hub gives 0 ticks; under a loaded CPU a wait may see only one.
+    assert min(result["ticks_per_wait"]) >= 1, result
     assert result["iterated"] == [0, 1, 2]
-    assert result["iter_ticks"] >= 6, result
+    assert result["iter_ticks"] >= 3, result
