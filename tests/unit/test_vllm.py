@@ -1,0 +1,338 @@
+"""vllm (in-process): keys, engine arguments, prompt mapping, and our async→thread bridge.
+
+vLLM itself is not installed in this venv; tests/vllm_inprocess runs the real engine.
+The fake engine here stands in for vLLM's documented `AsyncLLM` surface (an async
+`generate` yielding cumulative `RequestOutput`s, an async `abort`) to test *our* bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmpool import greenbridge
+from llmpool.backends import registry, vllm_keys
+from llmpool.backends.vllm import (
+    LoopThread,
+    VllmAdapter,
+    build_engine_kwargs,
+    sampling_kwargs,
+    stream_outputs,
+    template_messages,
+)
+from llmpool.config.loader import load_settings
+from llmpool.config.spec import ModelSpec
+from llmpool.errors import BackendError, ConfigError, InvalidRequest, ModelLoadFailed
+from llmpool.generation import Decoding, GenerationRequest, Message
+
+PNG = b"\x89PNG\r\n\x1a\nfake"
+DATA_URL = "data:image/png;base64," + base64.b64encode(PNG).decode()
+
+
+def spec_of(write_settings: Callable[..., Path], **keys: Any) -> ModelSpec:
+    definition = {"backend": "vllm", "vllm_model": "/models/m", **keys}
+    write_settings({"engine": {"models": {"v": definition}}})
+    return load_settings().models["v"]
+
+
+# -- configuration -----------------------------------------------------------------------
+def test_registered_with_the_shared_keys_and_constraints(write_settings: Callable[..., Path]) -> None:
+    assert registry.get("vllm") is VllmAdapter
+    assert VllmAdapter.blocking and VllmAdapter.can_batch
+    assert VllmAdapter.constraints == vllm_keys.CONSTRAINTS
+    assert set(VllmAdapter.config_fields()) == set(vllm_keys.engine_fields())
+    spec = spec_of(write_settings, vllm_max_model_len=2048, modalities=["text", "image"])
+    caps = VllmAdapter.capabilities(spec)
+    assert caps.modalities == ("text", "image") and caps.multi_turn and caps.thinking_modes == ("default",)
+    assert VllmAdapter.max_tokens_limit(spec) == 2048
+    assert VllmAdapter.max_tokens_limit(spec_of(write_settings)) is None
+
+
+@pytest.mark.parametrize(
+    ("keys", "where"),
+    [
+        ({"vllm_kv_cache_dtype": "int4"}, "vllm_kv_cache_dtype"),
+        ({"vllm_max_model_len": 100}, "vllm_max_model_len"),
+        ({"vllm_enforce_eager": "true"}, "vllm_enforce_eager"),
+        ({"vllm_serve_api_key": "x"}, "vllm_serve_api_key"),  # vllm_serve's, not ours
+        ({"vllm_model": None}, "vllm_model"),
+    ],
+)
+def test_bad_keys_are_rejected_at_start_up(
+    write_settings: Callable[..., Path], keys: dict[str, Any], where: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"engine.models.v.{where}"):
+        spec_of(write_settings, **keys)
+
+
+def test_artifact_size_is_that_of_the_vllm_model_dir(
+    write_settings: Callable[..., Path], tmp_path: Path
+) -> None:
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "model.safetensors").write_bytes(b"x" * 1000)
+    assert VllmAdapter.artifact_size_bytes(spec_of(write_settings, vllm_model=str(tmp_path / "w"))) == 1000
+    assert VllmAdapter.artifact_size_bytes(spec_of(write_settings, vllm_model="org/hub-id")) is None
+
+
+# -- engine arguments ----------------------------------------------------------------------
+def test_minimal_engine_kwargs(write_settings: Callable[..., Path]) -> None:
+    assert build_engine_kwargs(spec_of(write_settings, target_inflight=3)) == {
+        "model": "/models/m",
+        "served_model_name": "v",
+        "max_num_seqs": 3,
+        "trust_remote_code": False,
+        "enforce_eager": False,
+    }
+
+
+def test_every_key_maps_to_its_engine_arg(write_settings: Callable[..., Path]) -> None:
+    spec = spec_of(
+        write_settings,
+        vllm_dtype="bfloat16",
+        vllm_gpu_memory_utilization=0.5,
+        vllm_kv_cache_memory_bytes=2147483648,
+        vllm_kv_cache_dtype="fp8",
+        vllm_max_model_len=8192,
+        vllm_tensor_parallel_size=2,
+        vllm_trust_remote_code=True,
+        vllm_enforce_eager=True,
+        vllm_limit_mm_per_prompt={"image": 2},
+        vllm_mm_processor_kwargs={"min_pixels": 100},
+        vllm_max_pixels=4014080,
+        vllm_speculative_method="mtp",
+        vllm_speculative_model="google/assistant",
+        vllm_speculative_moe_backend="triton",
+        vllm_speculative_attention_backend="triton_attn",
+        vllm_num_speculative_tokens=4,
+    ).with_overrides({"vllm_max_model_len": 4096})
+    assert build_engine_kwargs(spec) == {
+        "model": "/models/m",
+        "served_model_name": "v",
+        "max_num_seqs": 1,
+        "trust_remote_code": True,
+        "enforce_eager": True,
+        "dtype": "bfloat16",
+        "gpu_memory_utilization": 0.5,
+        "kv_cache_memory_bytes": 2147483648,
+        "kv_cache_dtype": "fp8",
+        "max_model_len": 4096,  # the live override wins
+        "tensor_parallel_size": 2,
+        "limit_mm_per_prompt": {"image": 2},
+        "mm_processor_kwargs": {"min_pixels": 100, "max_pixels": 4014080},
+        "speculative_config": {
+            "method": "mtp",
+            "model": "google/assistant",
+            "moe_backend": "triton",
+            "attention_backend": "triton_attn",
+            "num_speculative_tokens": 4,
+        },
+    }
+
+
+def test_load_without_vllm_fails_cleanly_and_sets_the_sampler_default(
+    write_settings: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VLLM_USE_FLASHINFER_SAMPLER", raising=False)
+    adapter = VllmAdapter(spec_of(write_settings), 0)
+    with pytest.raises(ModelLoadFailed, match="vllm is not installed"):
+        adapter.load()
+    assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "0"
+    monkeypatch.setenv("VLLM_USE_FLASHINFER_SAMPLER", "1")
+    with pytest.raises(ModelLoadFailed):
+        adapter.load()
+    assert os.environ["VLLM_USE_FLASHINFER_SAMPLER"] == "1"  # the operator's choice stays
+    adapter.close()  # unloaded: a no-op
+    with pytest.raises(BackendError, match="not loaded"):
+        next(iter(adapter.generate(GenerationRequest(input="x"))))
+
+
+# -- prompt and sampling -------------------------------------------------------------------
+def test_messages_for_the_chat_template() -> None:
+    request = GenerationRequest(
+        instructions="be brief",
+        messages=(
+            Message("user", "hi"),
+            Message("assistant", [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]),
+            Message(
+                "user",
+                [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": DATA_URL}},
+                ],
+            ),
+        ),
+    )
+    messages, images = template_messages(request)
+    assert messages == [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": [{"type": "text", "text": "what is this?"}, {"type": "image"}]},
+    ]
+    assert images == [PNG]
+    assert template_messages(GenerationRequest(input="one")) == ([{"role": "user", "content": "one"}], [])
+
+
+@pytest.mark.parametrize(
+    "url", ["https://example.com/a.png", "data:image/png,raw", "data:image/png;base64,@@"]
+)
+def test_images_must_be_base64_data_urls(url: str) -> None:
+    request = GenerationRequest(input=[{"type": "image_url", "image_url": {"url": url}}])
+    with pytest.raises(InvalidRequest):
+        template_messages(request)
+
+
+class FakeTokenizer:
+    def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+        assert kwargs == {"add_generation_prompt": True, "tokenize": False}
+        return "|".join(f"{m['role']}:{m['content']}" for m in messages) + "|assistant:"
+
+
+def test_prompt_renders_the_template_and_refuses_images_to_a_text_model(
+    write_settings: Callable[..., Path],
+) -> None:
+    adapter = VllmAdapter(spec_of(write_settings), 0)
+    adapter._tokenizer = FakeTokenizer()
+    assert adapter.prompt(GenerationRequest(input="hi", instructions="sys")) == {
+        "prompt": "system:sys|user:hi|assistant:"
+    }
+    with pytest.raises(InvalidRequest, match="images"):
+        adapter.prompt(GenerationRequest(input=[{"type": "image_url", "image_url": {"url": DATA_URL}}]))
+
+
+def test_sampling_kwargs() -> None:
+    d = Decoding(temperature=0.0, top_p=0.9, top_k=0, repetition_penalty=1.1, max_tokens=5000, stop=("x",))
+    assert sampling_kwargs(GenerationRequest(input="x", decoding=d), 2048) == {
+        "temperature": 0.0,
+        "top_p": 0.9,
+        "top_k": 0,
+        "repetition_penalty": 1.1,
+        "max_tokens": 2048,
+        "stop": ["x"],
+    }
+    assert sampling_kwargs(GenerationRequest(input="x"), None)["stop"] is None
+    with pytest.raises(InvalidRequest, match="beam"):
+        sampling_kwargs(GenerationRequest(input="x", decoding=Decoding(beam_size=2)), None)
+
+
+# -- the bridge: an asyncio loop on its own OS thread ------------------------------------
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+
+
+@dataclass
+class Output:
+    prompt_token_ids: list[int]
+    outputs: list[Completion]
+
+
+@dataclass
+class FakeEngine:
+    """vLLM's AsyncLLM surface: cumulative outputs, one per token, `delay` apart."""
+
+    pieces: list[str]
+    delay: float = 0.0
+    fail_after: int | None = None
+    aborted: list[str] = field(default_factory=list)
+    active: set[str] = field(default_factory=set)
+    loop_threads: set[int] = field(default_factory=set)
+
+    async def generate(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Output]:
+        self.active.add(request_id)
+        self.loop_threads.add(greenbridge._original("_thread", "get_ident")())
+        try:
+            text = ""
+            for i, piece in enumerate(self.pieces):
+                if self.fail_after is not None and i == self.fail_after:
+                    raise RuntimeError("engine died")
+                await asyncio.sleep(self.delay)
+                text += piece
+                last = i == len(self.pieces) - 1
+                yield Output([1, 2, 3], [Completion(text, list(range(i + 1)), "length" if last else None)])
+        finally:
+            self.active.discard(request_id)
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+
+@pytest.fixture
+def loop() -> Any:
+    thread = LoopThread()
+    yield thread
+    thread.stop(timeout=5)
+    assert thread.loop.is_closed()
+
+
+def test_stream_yields_deltas_then_final(loop: LoopThread) -> None:
+    engine = FakeEngine(["The", " capital", "", " is", " Paris"])
+    chunks = list(
+        stream_outputs(loop, engine, {"prompt": "p"}, None, time.perf_counter(), time.perf_counter())
+    )
+    assert [c.text for c in chunks[:-1]] == ["The", " capital", " is", " Paris"]
+    final = chunks[-1].final
+    assert final is not None
+    assert (final.finish_reason, final.prompt_tokens, final.output_tokens) == ("length", 3, 5)
+    assert final.time_to_first_token_ms is not None and final.generate_total_ms is not None
+    assert engine.loop_threads and greenbridge._original("_thread", "get_ident")() not in engine.loop_threads
+    assert not engine.aborted
+
+
+def test_closing_the_stream_aborts_the_request(loop: LoopThread) -> None:
+    engine = FakeEngine(["a"] * 1000, delay=0.005)
+    stream = stream_outputs(loop, engine, {}, None, 0.0, 0.0)
+    assert next(stream).text == "a"
+    stream.close()
+    assert len(engine.aborted) == 1
+    deadline = time.monotonic() + 2
+    while engine.active:  # the pump was cancelled: the generator is closed
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_an_engine_error_becomes_a_backend_error(loop: LoopThread) -> None:
+    stream = stream_outputs(loop, FakeEngine(["a", "b", "c"], fail_after=2), {}, None, 0.0, 0.0)
+    assert [next(stream).text, next(stream).text] == ["a", "b"]
+    with pytest.raises(BackendError, match="engine died"):
+        next(stream)
+
+
+def test_loop_call_returns_results_and_raises_errors(loop: LoopThread) -> None:
+    async def ok() -> int:
+        return 42
+
+    async def bad() -> None:
+        raise ValueError("nope")
+
+    async def slow() -> None:
+        await asyncio.sleep(5)
+
+    assert loop.call(ok()) == 42
+    with pytest.raises(ValueError, match="nope"):
+        loop.call(bad())
+    with pytest.raises(TimeoutError):
+        loop.call(slow(), timeout=0.05)
+
+
+def test_load_refuses_plainly_under_the_gevent_worker(
+    write_settings: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmpool import greenbridge
+    from llmpool.backends.vllm import VllmAdapter
+    from llmpool.errors import ModelLoadFailed
+
+    monkeypatch.setattr(greenbridge, "gevent_active", lambda: True)
+    adapter = VllmAdapter(spec_of(write_settings), 0)
+    with pytest.raises(ModelLoadFailed, match="vllm_serve"):
+        adapter.load()
