@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import gc
 import io
 import os
@@ -38,7 +37,7 @@ from marshmallow import fields
 
 from llmpool import greenbridge
 from llmpool.backends import vllm_keys
-from llmpool.backends.base import Adapter, Capabilities, Constraint
+from llmpool.backends.base import Adapter, Constraint
 from llmpool.backends.openai_chat import chat_messages
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
@@ -200,7 +199,7 @@ class LoopThread:
         self.loop.close()
 
 
-class VllmAdapter(Adapter):
+class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
     backend = "vllm"
     blocking = True
     can_batch = True
@@ -216,21 +215,6 @@ class VllmAdapter(Adapter):
     @classmethod
     def config_fields(cls) -> dict[str, fields.Field]:
         return vllm_keys.engine_fields()
-
-    @classmethod
-    def capabilities(cls, spec: ModelSpec) -> Capabilities:
-        return Capabilities(modalities=spec.modalities, multi_turn=True, thinking_modes=("default",))
-
-    @classmethod
-    def max_tokens_limit(cls, spec: ModelSpec) -> int | None:
-        limit = spec.options.get(V + "max_model_len")
-        return int(limit) if limit is not None else None
-
-    @classmethod
-    def artifact_size_bytes(cls, spec: ModelSpec) -> int | None:
-        # The weights live at vllm_model: a local directory, or a hub id (nothing on disk).
-        path = spec.options.get(V + "model")
-        return super().artifact_size_bytes(dataclasses.replace(spec, model_path=path))
 
     # -- lifecycle -------------------------------------------------------------------
     def load(self) -> None:

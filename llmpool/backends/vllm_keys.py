@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 from marshmallow import fields, validate
 
-from llmpool.backends.base import Constraint
+from llmpool.backends.base import Capabilities, Constraint
 from llmpool.config.fields import StrictBool, StrictFloat, StrictInt
+from llmpool.config.spec import ModelSpec
 
 V = "vllm_"
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
@@ -89,3 +91,23 @@ def mm_processor_kwargs(options: Mapping[str, Any]) -> dict[str, Any] | None:
     if options.get(V + "max_pixels") is not None:
         kwargs["max_pixels"] = options[V + "max_pixels"]
     return kwargs or None
+
+
+class VllmModelFacts:
+    """What both vLLM backends (in-process and `vllm serve`) derive the same way from the
+    vllm_* keys. A mixin: put it before the adapter base class."""
+
+    @classmethod
+    def capabilities(cls, spec: ModelSpec) -> Capabilities:
+        return Capabilities(modalities=spec.modalities, multi_turn=True, thinking_modes=("default",))
+
+    @classmethod
+    def max_tokens_limit(cls, spec: ModelSpec) -> int | None:
+        limit = spec.options.get(V + "max_model_len")
+        return int(limit) if limit is not None else None
+
+    @classmethod
+    def artifact_size_bytes(cls, spec: ModelSpec) -> int | None:
+        # The weights live at vllm_model: a local directory, or a hub id (nothing on disk).
+        located = dataclasses.replace(spec, model_path=spec.options.get(V + "model"))
+        return super().artifact_size_bytes(located)  # type: ignore[misc]

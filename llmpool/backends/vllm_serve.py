@@ -6,16 +6,14 @@ Ready when `/v1/models` answers. `--max-num-seqs` is the replica's `target_infli
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any, ClassVar
 
 from marshmallow import fields
 
 from llmpool.backends import vllm_keys
-from llmpool.backends.base import Capabilities, Constraint
+from llmpool.backends.base import Constraint
 from llmpool.backends.managed import ManagedServerAdapter, supervision_fields
-from llmpool.config.spec import ModelSpec
 from llmpool.generation import GenerationRequest
 
 P = "vllm_serve_"
@@ -33,7 +31,7 @@ VALUE_FLAGS = {
 SWITCH_FLAGS = {"trust_remote_code": "--trust-remote-code", "enforce_eager": "--enforce-eager"}
 
 
-class VllmServeAdapter(ManagedServerAdapter):
+class VllmServeAdapter(vllm_keys.VllmModelFacts, ManagedServerAdapter):
     backend = "vllm_serve"
     prefix = P
     process_name = "vllm"
@@ -55,22 +53,6 @@ class VllmServeAdapter(ManagedServerAdapter):
             **vllm_keys.engine_fields(),
             P + "api_key": fields.String(load_default=None, allow_none=True),
         }
-
-    @classmethod
-    def capabilities(cls, spec: ModelSpec) -> Capabilities:
-        return Capabilities(modalities=spec.modalities, multi_turn=True, thinking_modes=("default",))
-
-    @classmethod
-    def max_tokens_limit(cls, spec: ModelSpec) -> int | None:
-        limit = spec.options.get(V + "max_model_len")
-        return int(limit) if limit is not None else None
-
-    @classmethod
-    def artifact_size_bytes(cls, spec: ModelSpec) -> int | None:
-        # The weights live at vllm_model: a local directory, or a hub id (nothing on disk).
-        return super().artifact_size_bytes(
-            dataclasses.replace(spec, model_path=spec.options.get(V + "model"))
-        )
 
     def headers(self) -> dict[str, str]:
         key = self.option("api_key")
