@@ -12,10 +12,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -106,6 +108,24 @@ def stop_server(server: Server) -> int:
         server.process.kill()
         server.process.wait()
         raise
+
+
+def concurrent_responses(server: Server, body: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """POST `body` to /v1/responses from `n` threads at once; every reply must be a 200."""
+    replies: list[requests.Response] = []
+
+    def call() -> None:
+        replies.append(requests.post(f"{server.url}/v1/responses", json=body, timeout=60))
+
+    threads = [threading.Thread(target=call) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(replies) == n
+    for r in replies:
+        assert r.status_code == 200, r.text
+    return [r.json() for r in replies]
 
 
 @pytest.fixture(scope="module")

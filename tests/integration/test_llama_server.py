@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import SMOLLM2_REF
-from tests.integration.conftest import Server, start_server, stop_server
+from tests.integration.conftest import Server, concurrent_responses, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -125,19 +125,8 @@ def test_load_json_and_stream_through_real_llama_server(server: Server) -> None:
 
 
 def test_two_replicas_answer_concurrently(server: Server) -> None:
-    results: list[dict[str, Any]] = []
     body = {"model": MODEL, "input": "Once upon a time,", "decoding": {"max_tokens": 48}}
-
-    def call() -> None:
-        r = requests.post(f"{server.url}/v1/responses", json=body, timeout=60)
-        assert r.status_code == 200, r.text
-        results.append(r.json()["metrics"])
-
-    threads = [threading.Thread(target=call) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results = [r["metrics"] for r in concurrent_responses(server, body, 2)]
     assert sorted(m["replica"] for m in results) == [0, 1]
     assert all(m["engine_queue_wait_ms"] < 50 for m in results)  # nobody waited for the other
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 import requests
 
 from llmpool.supervisor import living_group_members
-from tests.integration.conftest import ROOT, Server, start_server, stop_server
+from tests.integration.conftest import ROOT, Server, concurrent_responses, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -111,24 +110,8 @@ def test_stream_from_vllm_passes_deltas_through(server: Server) -> None:
 
 
 def test_two_requests_share_the_childs_two_slots(server: Server) -> None:
-    metrics: list[dict[str, Any]] = []
-
-    def call() -> None:
-        r = requests.post(
-            f"{server.url}/v1/responses",
-            json={"model": MODEL, "input": "Hi", "decoding": {"max_tokens": 16}},
-            timeout=60,
-        )
-        assert r.status_code == 200, r.text
-        metrics.append(r.json()["metrics"])
-
-    threads = [threading.Thread(target=call) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert len(metrics) == 2
-    assert all(m["engine_queue_wait_ms"] < 50 for m in metrics)  # both ran at once
+    replies = concurrent_responses(server, {"model": MODEL, "input": "Hi", "decoding": {"max_tokens": 16}}, 2)
+    assert all(r["metrics"]["engine_queue_wait_ms"] < 50 for r in replies)  # both ran at once
 
 
 def test_unload_stops_the_whole_vllm_process_group(server: Server) -> None:
