@@ -40,6 +40,8 @@ from llmpool.job import Delta, Done, Failed, Job
 from llmpool.pool import Pool
 
 bp = Blueprint("openai_compat", __name__)
+# One instance each: building a schema deep-copies its fields (measurable per request).
+CHAT_SCHEMA = ChatCompletionsRequestSchema()
 register_openai_error_handlers(bp)
 
 ALLOW_REMOTE_HEADER = "X-LLM-Pool-Allow-Remote"
@@ -49,7 +51,7 @@ SYSTEM_ROLES = ("system", "developer")
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
     started = time.monotonic()
-    body = ChatCompletionsRequestSchema().load(json_body())
+    body = CHAT_SCHEMA.load(json_body())
     refuse_unsupported(body)
     p = pool()
     allow_remote = (

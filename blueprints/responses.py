@@ -14,6 +14,8 @@ from llmpool.job import Done, Failed, Job
 from llmpool.pool import Pool
 
 bp = Blueprint("responses", __name__)
+# One instance each: building a schema deep-copies its fields (measurable per request).
+RESPONSES_SCHEMA = ResponsesRequestSchema()
 
 
 def pool() -> Pool:
@@ -61,7 +63,7 @@ def wait_for_result(p: Pool, job: Job) -> Done:
 @bp.post("/v1/responses")
 def create_response() -> Response:
     started = time.monotonic()
-    body = ResponsesRequestSchema().load(json_body())
+    body = RESPONSES_SCHEMA.load(json_body())
     p = pool()
     job = p.submit(
         body["model"],

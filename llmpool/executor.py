@@ -21,7 +21,7 @@ from typing import Any
 from llmpool.backends.base import Adapter
 from llmpool.errors import BackendError, ModelFailed, ModelUnloading, PoolError, QueueFull
 from llmpool.generation import Final
-from llmpool.greenbridge import drive
+from llmpool.greenbridge import drive, spawn
 from llmpool.job import Failed, Job, JobStatus
 
 log = logging.getLogger(__name__)
@@ -173,7 +173,7 @@ class Executor:
                 job.replica = replica.id
                 job.times.started = time.monotonic()
                 self._running.add(job)
-            threading.Thread(target=self._run, args=(job, replica), name=f"job-{job.id}", daemon=True).start()
+            spawn(self._run, job, replica)
 
     def _run(self, job: Job, replica: Replica) -> None:
         final: Final | None = None

@@ -146,6 +146,9 @@ class ManagedServerAdapter(Adapter):
                 raise ModelLoadFailed(exc.describe(), model=self.spec.name) from exc
             self.port = port
             self._session = requests.Session()
+            # A local child: never through a proxy from the environment, and no per-request
+            # scan of os.environ for one.
+            self._session.trust_env = False
             return
 
     def _url(self, port: int, path: str) -> str:

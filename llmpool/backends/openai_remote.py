@@ -193,6 +193,11 @@ class OpenAIRemoteAdapter(Adapter):
                     model=name,
                 )
         session = requests.Session()
+        # The environment's proxy settings are read once here, not on every request
+        # (requests re-scans os.environ per call when trust_env is on: a sixth of the
+        # pool's CPU per proxied request on an instant upstream, measured in bench/).
+        session.proxies = requests.utils.get_environ_proxies(self.option("base_url"))
+        session.trust_env = False
         # pool_maxsize = the replica's slots: every concurrent job keeps its own connection
         # alive between requests. Not blocking: should more ever run, they get extra ones.
         adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.spec.target_inflight)
