@@ -17,7 +17,10 @@ except ConfigError as exc:  # say what is wrong and stop, instead of a traceback
 bind = os.environ.get("LLM_POOL_BIND") or f"{_service['host']}:{_service['port']}"
 workers = 1  # never more: each worker would load its own copy of every model
 worker_class = "gevent"
-worker_connections = 1000
+# Simultaneous connections the one worker accepts (gunicorn's default is 1000). Queued SSE
+# clients each hold one while they wait, so this must stay above the models' max_queue
+# sum; each costs a greenlet and a socket. Raise the fd limit (LimitNOFILE) to match.
+worker_connections = int(os.environ.get("LLM_POOL_WORKER_CONNECTIONS", "4096"))
 # Streams can run for minutes; the gevent worker's heartbeat is independent of requests.
 timeout = 120
 # On SIGTERM running streams get this long to finish before they are cut and the pool
