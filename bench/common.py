@@ -1,0 +1,232 @@
+"""What every benchmark case shares: processes started, pinned, probed and stopped.
+
+On a machine with two or more cores the server under test runs pinned to one CPU (the
+pool is one gevent worker: one core is what it uses) and the load generator, the static
+upstream and the clients to another, so that they do not take each other's CPU and the
+ratios measured in one run stay comparable. With one core nothing is pinned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+Log = Callable[[str], None]
+
+
+def cpus() -> tuple[list[str], list[str]]:
+    """taskset prefixes for (server under test, load side); empty when there is one core."""
+    n = os.cpu_count() or 1
+    if n < 2:
+        return [], []
+    return ["taskset", "-c", str(n - 1)], ["taskset", "-c", ",".join(str(i) for i in range(n - 1))]
+
+
+SERVER_CPU, LOAD_CPU = cpus()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log_path: Path, timeout_s: float) -> None:
+    """Poll `url` until it answers 200; a process that exits first is an error, with its log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail(log_path)}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready within {timeout_s} s:\n{tail(log_path)}")
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
+    """SIGTERM to the process group, SIGKILL if it lingers: nothing it started survives."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as out:  # the child keeps its own copy of the fd
+        return subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group, so stop() reaches its children too
+        )
+
+
+@dataclass
+class Pool:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    workdir: Path
+
+    def worker_pid(self) -> int:
+        """The gunicorn worker: where models and requests live."""
+        return worker_pid(self.proc.pid)
+
+
+def worker_pid(master: int) -> int:
+    """The gunicorn worker: the master's only child (found by ppid in /proc/*/stat)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue  # exited while we looked
+        # The command name may contain spaces and parentheses: fields start after the last ')'.
+        fields = text.rpartition(")")[2].split()
+        if int(fields[1]) == master:
+            children.append(int(stat.parent.name))
+    if len(children) != 1:
+        raise RuntimeError(f"expected one gunicorn worker under pid {master}, found {children}")
+    return children[0]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)  # reported in kB
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@contextmanager
+def pool_server(
+    settings: dict[str, Any], *, env: dict[str, str] | None = None, timeout_s: float = 120
+) -> Iterator[Pool]:
+    """The pool as operators run it (conf/gunicorn.conf.py, wsgi:app), pinned to the server CPU."""
+    workdir = Path(tempfile.mkdtemp(prefix="llmpool-bench-"))
+    settings_path = workdir / "settings.json"
+    settings_path.write_text(json.dumps(settings))
+    port = free_port()
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    log_path = workdir / "pool.log"
+    proc = spawn(
+        [*SERVER_CPU, gunicorn, "-c", "conf/gunicorn.conf.py", "wsgi:app"],
+        log_path,
+        {
+            "LLM_POOL_SETTINGS_PATH": str(settings_path),
+            "LLM_POOL_LOCAL_SETTINGS_PATH": str(workdir / "local.json"),
+            "LLM_POOL_BIND": f"127.0.0.1:{port}",
+            **(env or {}),
+        },
+    )
+    pool = Pool(f"http://127.0.0.1:{port}", proc, log_path, workdir)
+    try:
+        wait_http(pool.url + "/readyz", proc, "the pool", log_path, timeout_s)
+        yield pool
+    finally:
+        stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def quantiles_ms(samples_s: list[float]) -> dict[str, float]:
+    """p50/p90/p99/max in ms of a list of durations in seconds."""
+    ordered = sorted(samples_s)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": round(ordered[-1] * 1000, 3)}
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def command_version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def package_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_kb = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kb = int(line.split()[1])
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "pinning": "server on CPU " + SERVER_CPU[-1] + ", load side on " + LOAD_CPU[-1]
+        if SERVER_CPU
+        else "none",
+    }
+
+
+@dataclass
+class Figures:
+    """Everything one run measured, by case; what is written to the JSON file."""
+
+    meta: dict[str, Any] = field(default_factory=dict)
+    cases: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"meta": self.meta, **self.cases, "errors": self.errors}

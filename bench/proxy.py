@@ -1,0 +1,136 @@
+"""Case 1: what a proxy adds on an instant upstream (nginx answering fixed bodies).
+
+Three targets, the same wrk run against each: nginx directly, the pool
+(`openai_remote` -> nginx, `POST /v1/chat/completions`) and LiteLLM's proxy (one worker,
+same upstream). Sequential latency from one connection, then requests/s at 1, 16 and 64
+connections. "Added" latency is a target's percentile minus nginx's.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench.common import ROOT, SERVER_CPU, Log, free_port, pool_server, spawn, stop, wait_http
+from bench.loadgen import run_wrk
+from bench.upstream import MODEL, static_upstream
+
+CONCURRENCY = (1, 16, 64)
+LITELLM_ENV = "LLM_POOL_BENCH_LITELLM"
+DEFAULT_LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
+ALLOW_REMOTE = {"X-LLM-Pool-Allow-Remote": "true"}
+
+
+def pool_settings(upstream: str) -> dict[str, Any]:
+    return {
+        "service": {"log_level": "warning"},
+        "engine": {
+            "models": {
+                MODEL: {
+                    "backend": "openai_remote",
+                    "remote_base_url": upstream + "/sse/v1",
+                    "remote_model": MODEL,
+                    "remote_timeout_s": 30,
+                    # Never the bottleneck: 64 connections => at most 64 jobs at once.
+                    "target_inflight": 128,
+                    "max_queue": 1024,
+                    "enabled": True,
+                }
+            }
+        },
+    }
+
+
+def litellm_binary() -> Path:
+    path = Path(os.environ.get(LITELLM_ENV) or DEFAULT_LITELLM)
+    if not path.exists():
+        raise RuntimeError(f"LiteLLM not found at {path}: `make bench` installs it (.venv-litellm)")
+    return path
+
+
+@contextmanager
+def litellm_proxy(upstream: str, workdir: Path) -> Iterator[str]:
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        textwrap.dedent(
+            f"""\
+            model_list:
+              - model_name: {MODEL}
+                litellm_params:
+                  model: openai/{MODEL}
+                  api_base: {upstream}/json/v1
+                  api_key: none
+            litellm_settings:
+              telemetry: false
+            """
+        )
+    )
+    port = free_port()
+    log_path = workdir / "litellm.log"
+    proc = spawn(
+        [
+            *SERVER_CPU,
+            str(litellm_binary()),
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        log_path,
+        {
+            # Offline: no model cost map download; no master key for a local benchmark.
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_TELEMETRY": "False",
+        },
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, "LiteLLM", log_path, 180)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+def measure(url: str, seconds: float, headers: dict[str, str] | None, log: Log, name: str) -> dict[str, Any]:
+    runs = {}
+    run_wrk(url, connections=1, seconds=1, headers=headers)  # warm-up: imports, pools, JIT-less caches
+    for c in CONCURRENCY:
+        log(f"proxy: {name}, {c} connection(s), {seconds:g} s")
+        result = run_wrk(url, connections=c, seconds=seconds, headers=headers)
+        if result["errors"] or result["non2xx"]:
+            raise RuntimeError(f"{name} failed requests under load: {result}")
+        runs[str(c)] = result
+    return runs
+
+
+def run(*, seconds: float = 10, log: Log = print, workdir: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {"loadgen": "wrk, 1 thread, keep-alive", "seconds_per_run": seconds}
+    with static_upstream() as upstream:
+        out["direct"] = measure(upstream + "/json/v1/chat/completions", seconds, None, log, "nginx direct")
+        with pool_server(pool_settings(upstream)) as pool:
+            out["pool"] = measure(pool.url + "/v1/chat/completions", seconds, ALLOW_REMOTE, log, "pool")
+        log("proxy: starting LiteLLM (takes a while)")
+        with litellm_proxy(upstream, workdir) as litellm:
+            out["litellm"] = measure(litellm + "/v1/chat/completions", seconds, None, log, "LiteLLM")
+    direct = out["direct"]["1"]
+    out["added_ms"] = {
+        name: {q: round(out[name]["1"][q] - direct[q], 3) for q in ("p50_ms", "p99_ms")}
+        for name in ("pool", "litellm")
+    }
+    lite = out["added_ms"]["litellm"]["p50_ms"]
+    out["pool_added_p50_vs_litellm"] = (
+        round(out["added_ms"]["pool"]["p50_ms"] / lite, 3) if lite > 0 else None
+    )
+    out["pool_rps_vs_litellm"] = {
+        str(c): round(out["pool"][str(c)]["rps"] / out["litellm"][str(c)]["rps"], 2) for c in CONCURRENCY
+    }
+    return out

@@ -1,0 +1,236 @@
+"""The figures of one run as a markdown page (RESULTS.md) and a chart (overhead.png).
+
+Every number comes from the JSON file the run wrote; nothing here measures anything.
+Targets are the ones issue 6 set; each row says whether this run reached it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None]]:
+    """(what, target, value, met) for every target the run has a figure for."""
+    rows: list[tuple[str, str, float | None, bool | None]] = []
+
+    def add(what: str, target: str, value: float | None, ok: Any) -> None:
+        rows.append((what, target, value, None if value is None else bool(ok(value))))
+
+    proxy = r.get("proxy")
+    if proxy:
+        added = proxy["added_ms"]["pool"]["p50_ms"]
+        add("proxy: pool added p50, sequential (ms)", "<= 0.5", added, lambda v: v <= 0.5)
+        add(
+            "proxy: pool added p50 / LiteLLM added p50",
+            "<= 0.2",
+            proxy["pool_added_p50_vs_litellm"],
+            lambda v: v <= 0.2,
+        )
+        add(
+            "proxy: pool req/s / LiteLLM req/s at 64",
+            ">= 5",
+            proxy["pool_rps_vs_litellm"]["64"],
+            lambda v: v >= 5,
+        )
+    streaming = r.get("streaming")
+    if streaming:
+        for n in ("1", "4"):
+            if n in streaming:
+                add(
+                    f"streaming: pool / direct tokens/s, {n} stream(s)",
+                    ">= 0.98",
+                    streaming[n]["tokens_per_s_ratio"],
+                    lambda v: v >= 0.98,
+                )
+    inproc = r.get("inprocess")
+    if inproc:
+        add("in-process: pool / bare tokens/s", ">= 0.97", inproc["tokens_per_s_ratio"], lambda v: v >= 0.97)
+    many = r.get("many_clients")
+    if many:
+        add(
+            f"{many['clients']} queued clients: worker RSS while waiting (MB)",
+            "< 300",
+            many["rss_mb"]["waiting_peak"],
+            lambda v: v < 300,
+        )
+        add(
+            f"{many['clients']} queued clients: GET /v1/models p99 (ms)",
+            "<= 20",
+            many["models_ms"]["p99"],
+            lambda v: v <= 20,
+        )
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def markdown(r: dict[str, Any], command: str) -> str:
+    meta = r["meta"]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Produced by `{command}` on {meta['date']}"
+        + (" (a smoke run: too short to quote)." if meta.get("smoke") else "."),
+        "Ratios are measured within one run; absolute times on a shared 2-core machine are noise.",
+        "",
+        "## Machine and versions",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {_fmt(v)} |" for k, v in meta["machine"].items()]
+    lines += [f"| {k} | {v} |" for k, v in meta["versions"].items()]
+    lines += ["", "## Targets", "", "| figure | target | this run | met |", "|---|---|---|---|"]
+    for what, target, value, met in targets(r):
+        lines.append(
+            f"| {what} | {target} | {_fmt(value)} | {'-' if met is None else ('yes' if met else 'NO')} |"
+        )
+    proxy = r.get("proxy")
+    if proxy:
+        lines += [
+            "",
+            "## 1. Proxy overhead on an instant upstream (nginx, fixed bodies)",
+            "",
+            f"wrk, {proxy['seconds_per_run']:g} s per run, keep-alive. nginx direct is also the ceiling of "
+            "wrk + upstream here. The pool reaches nginx through `openai_remote` (a streamed upstream "
+            "call); LiteLLM through its OpenAI provider (a non-streamed one).",
+            "",
+            "| target | conns | req/s | p50 ms | p90 ms | p99 ms |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name in ("direct", "pool", "litellm"):
+            for c, row in proxy[name].items():
+                lines.append(
+                    f"| {name} | {c} | {_fmt(row['rps'])} | {_fmt(row['p50_ms'])} | {_fmt(row['p90_ms'])} "
+                    f"| {_fmt(row['p99_ms'])} |"
+                )
+        lines += [
+            "",
+            "| added over direct, 1 connection | p50 ms | p99 ms |",
+            "|---|---|---|",
+        ]
+        for name, added in proxy["added_ms"].items():
+            lines.append(f"| {name} | {_fmt(added['p50_ms'])} | {_fmt(added['p99_ms'])} |")
+        rps = ", ".join(f"{c}: {v}x" for c, v in proxy["pool_rps_vs_litellm"].items())
+        lines += ["", f"Pool req/s over LiteLLM's by connections: {rps}."]
+    streaming = r.get("streaming")
+    if streaming:
+        lines += [
+            "",
+            "## 2. Streaming: pool vs its llama-server child directly",
+            "",
+            f"SmolLM2 Q4_1, greedy, {streaming['max_tokens']} tokens, {streaming['repeats']} runs per side.",
+            "",
+            "| streams | side | TTFT ms (median) | decode tok/s (median) |",
+            "|---|---|---|---|",
+        ]
+        for n in ("1", "4"):
+            if n not in streaming:
+                continue
+            for side in ("direct", "pool"):
+                s = streaming[n][side]
+                lines.append(
+                    f"| {n} | {side} | {_fmt(s['ttft_ms_median'])} | {_fmt(s['tokens_per_s_median'])} |"
+                )
+            lines.append(
+                f"| {n} | pool/direct | +{_fmt(streaming[n]['ttft_added_ms'])} ms | "
+                f"{_fmt(streaming[n]['tokens_per_s_ratio'])} |"
+            )
+    inproc = r.get("inprocess")
+    if inproc:
+        lines += [
+            "",
+            "## 3. In-process llama_cpp: pool vs a bare llama-cpp-python loop",
+            "",
+            f"{inproc['threads']} thread, {inproc['max_tokens']} tokens, greedy, "
+            "both pinned to the server CPU.",
+            "",
+            "| side | decode tok/s (median) | runs | TTFT ms (median) |",
+            "|---|---|---|---|",
+        ]
+        for side in ("bare", "pool"):
+            s = inproc[side]
+            lines.append(
+                f"| {side} | {_fmt(s['tokens_per_s_median'])} | {s['runs']} | {_fmt(s['ttft_ms_median'])} |"
+            )
+        lines.append(f"| pool/bare | {_fmt(inproc['tokens_per_s_ratio'])} | | |")
+    many = r.get("many_clients")
+    if many:
+        lines += [
+            "",
+            f"## 4. {many['clients']} SSE clients queued on one model",
+            "",
+            "| figure | value |",
+            "|---|---|",
+        ]
+        for key in ("connected", "failed", "queued_seen", "inflight_seen", "drain_s"):
+            if key in many:
+                lines.append(f"| {key} | {_fmt(many[key])} |")
+        for key, value in many["rss_mb"].items():
+            lines.append(f"| worker RSS {key} (MB) | {_fmt(value)} |")
+        for key, value in many["models_ms"].items():
+            lines.append(f"| GET /v1/models {key} (ms) | {_fmt(value)} |")
+    loads = r.get("load_times")
+    if loads:
+        lines += [
+            "",
+            "## 5. Load call (admin API, waits for ready)",
+            "",
+            "| backend | median s | runs |",
+            "|---|---|---|",
+        ]
+        for backend in ("llama_server", "llama_cpp"):
+            if backend in loads:
+                lines.append(
+                    f"| {backend} | {_fmt(loads[backend]['median_s'])} | {loads[backend]['all_s']} |"
+                )
+    if r.get("errors"):
+        lines += ["", "## Cases that failed", ""]
+        lines += [f"- **{case}**: {message}" for case, message in r["errors"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def chart(r: dict[str, Any], path: Path) -> bool:
+    """The overhead comparison as a PNG; False when the run has no proxy figures."""
+    proxy = r.get("proxy")
+    if not proxy:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write files only
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    names = ["pool", "litellm"]
+    added = [proxy["added_ms"][n]["p50_ms"] for n in names]
+    bars = left.bar(["llm-pool", "LiteLLM"], added, color=["#2b7bba", "#d95f02"])
+    left.bar_label(bars, fmt="%.2f ms")
+    left.set_title("Added latency over nginx direct (p50, 1 connection)")
+    left.set_ylabel("ms")
+    conns = list(proxy["pool"].keys())
+    width = 0.27
+    for i, (name, label, color) in enumerate(
+        [
+            ("direct", "nginx direct", "#7f7f7f"),
+            ("pool", "llm-pool", "#2b7bba"),
+            ("litellm", "LiteLLM", "#d95f02"),
+        ]
+    ):
+        xs = [j + (i - 1) * width for j in range(len(conns))]
+        right.bar(xs, [proxy[name][c]["rps"] for c in conns], width, label=label, color=color)
+    right.set_yscale("log")
+    right.set_xticks(range(len(conns)), [f"{c} conn" for c in conns])
+    right.set_title("Requests/s (log scale)")
+    right.legend()
+    fig.suptitle(f"Proxy overhead on an instant upstream - {r['meta']['date']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

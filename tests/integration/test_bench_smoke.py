@@ -1,0 +1,48 @@
+"""`make bench`'s harness, run end to end with a few requests per case (`--smoke`).
+
+Real processes throughout: nginx, wrk, LiteLLM's proxy (`make test` installs them, as
+`make bench` does), the pool under gunicorn, llama-server and llama-cpp-python. The
+figures of so short a run mean nothing; what is checked is that every case ran, that
+each produced the figures RESULTS.md reports, and that the three output files exist.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.integration.conftest import ROOT
+
+
+def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["errors"] == {}
+    assert results["meta"]["smoke"] is True
+    proxy = results["proxy"]
+    for target in ("direct", "pool", "litellm"):
+        for conns in ("1", "16", "64"):
+            run = proxy[target][conns]
+            assert run["requests"] > 0 and run["errors"] == 0 and run["non2xx"] == 0, (target, conns, run)
+    assert set(proxy["added_ms"]) == {"pool", "litellm"}
+    for n in ("1", "4"):
+        assert results["streaming"][n]["direct"]["tokens_median"] > 0
+        assert results["streaming"][n]["pool"]["tokens_median"] > 0
+    assert results["inprocess"]["tokens_per_s_ratio"] > 0
+    many = results["many_clients"]
+    assert many["connected"] == many["clients"] and many["failed"] == 0
+    assert many["queued_seen"] >= many["clients"] - 2  # one runs; the rest really waited
+    assert results["load_times"]["llama_server"]["median_s"] > 0
+    assert results["load_times"]["llama_cpp"]["median_s"] > 0
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert "## Targets" in page and "smoke run" in page
+    assert (tmp_path / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
