@@ -3,11 +3,20 @@
 Bind address comes from LLM_POOL_BIND, else service.host/port of the settings files.
 """
 
-import os
-import sys
+# Patch first, in the master: the settings check below imports every backend, and with it
+# requests -> urllib3 -> ssl. Patched only later in the worker, urllib3 would keep the
+# unpatched SSLContext and every read from an HTTPS upstream would block the whole
+# worker (gevent warns "Monkey-patching ssl after ssl has already been imported"). The
+# worker's own patch_all() is then a no-op.
+from gevent import monkey
 
-from llmpool.config.loader import load_settings
-from llmpool.errors import ConfigError
+monkey.patch_all()
+
+import os  # noqa: E402
+import sys  # noqa: E402
+
+from llmpool.config.loader import load_settings  # noqa: E402
+from llmpool.errors import ConfigError  # noqa: E402
 
 try:
     _service = load_settings().service

@@ -197,6 +197,8 @@ class OpenAIRemoteAdapter(Adapter):
         # (requests re-scans os.environ per call when trust_env is on: a sixth of the
         # pool's CPU per proxied request on an instant upstream, measured in bench/).
         session.proxies = requests.utils.get_environ_proxies(self.option("base_url"))
+        # ...and so is a CA bundle named the way requests reads it (trust_env off skips that).
+        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         session.trust_env = False
         # pool_maxsize = the replica's slots: every concurrent job keeps its own connection
         # alive between requests. Not blocking: should more ever run, they get extra ones.

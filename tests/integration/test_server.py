@@ -63,6 +63,12 @@ def hard_close(sock: socket.socket) -> None:
     sock.close()
 
 
+def test_gevent_patches_before_ssl_is_imported(server: Server) -> None:
+    # Patched too late, urllib3 keeps the blocking SSLContext: HTTPS upstream reads would
+    # stall the worker. gevent says so in the log when it happens.
+    assert "MonkeyPatchWarning" not in server.log()
+
+
 def test_json_reply(server: Server) -> None:
     r = requests.post(
         server.url + "/v1/responses",

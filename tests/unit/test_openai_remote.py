@@ -319,6 +319,31 @@ def test_no_key_env_sends_no_authorization_and_extra_headers_go_along(
     assert "Authorization" not in headers and headers["X-Tenant"] == "t1"
 
 
+def test_proxy_and_ca_bundle_from_the_environment_are_read_once_at_load(
+    make_spec: MakeSpec, adapters: list[OpenAIRemoteAdapter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corp-bundle.pem")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    adapter = loaded(make_spec(), adapters)  # https://api.example.com/v1
+    session = adapter._session
+    assert session is not None
+    assert session.proxies.get("https") == "http://proxy.example:3128"
+    assert session.verify == "/etc/ssl/corp-bundle.pem"
+    # Not re-read per request (requests would scan os.environ on every call).
+    assert session.trust_env is False
+
+
+def test_no_proxy_exempts_the_upstream(
+    make_spec: MakeSpec, adapters: list[OpenAIRemoteAdapter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "api.example.com")
+    session = loaded(make_spec(), adapters)._session
+    assert session is not None and "https" not in session.proxies
+
+
 def test_missing_key_variable_fails_the_load_naming_it(
     make_spec: MakeSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:
