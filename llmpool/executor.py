@@ -10,7 +10,6 @@ driven by more jobs than it has slots.
 from __future__ import annotations
 
 import enum
-import itertools
 import logging
 import queue
 import threading
@@ -61,6 +60,43 @@ class Replica:
         }
 
 
+class WaitingLine:
+    """The live queued jobs in arrival order, and their 1-based places in line.
+
+    Every queued SSE stream asks for its place about once a second; counting the jobs
+    ahead on each ask made 1000 waiting clients cost O(n^2) a second on the hub. Places
+    are computed in one pass, and only again after the line changed.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: dict[Job, None] = {}  # insertion order is arrival order
+        self._places: dict[Job, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def add(self, job: Job) -> None:
+        self._jobs[job] = None
+        self._places = None
+
+    def discard(self, job: Job) -> bool:
+        """Take `job` out of line; False when it was not in it (any more)."""
+        if job not in self._jobs:
+            return False
+        del self._jobs[job]
+        self._places = None
+        return True
+
+    def take_all(self) -> list[Job]:
+        jobs, self._jobs, self._places = list(self._jobs), {}, None
+        return jobs
+
+    def place(self, job: Job) -> int:
+        if self._places is None:
+            self._places = {queued: i for i, queued in enumerate(self._jobs, 1)}
+        return self._places.get(job, 0)
+
+
 class Executor:
     """Queue, replica choice and cancellation for one loaded model."""
 
@@ -68,11 +104,11 @@ class Executor:
         self.model = model
         self.replicas = replicas
         self.max_queue = max_queue
-        # The FIFO itself. Cancelled jobs are removed lazily (skipped when dequeued), so
-        # the bound and the depth are kept on `_waiting`, the live queued jobs -> ticket.
+        # The FIFO the dispatcher takes from. A job cancelled while queued leaves it at once
+        # (see cancel), so clients that connect and drop cannot grow it past max_queue;
+        # the bound, the depth and places in line are kept on `_line`.
         self._queue: queue.Queue[Any] = queue.Queue()
-        self._waiting: dict[Job, int] = {}
-        self._tickets = itertools.count()
+        self._line = WaitingLine()
         self._cond = threading.Condition()
         self._running: set[Job] = set()
         self._admitting = True
@@ -87,21 +123,18 @@ class Executor:
         with self._cond:
             if not self._admitting:
                 raise ModelUnloading(f"model '{self.model}' is unloading", model=self.model)
-            if len(self._waiting) >= self.max_queue:
+            if len(self._line) >= self.max_queue:
                 raise QueueFull(
                     f"queue of model '{self.model}' is full ({self.max_queue} waiting)",
                     model=self.model,
                 )
-            self._waiting[job] = next(self._tickets)
+            self._line.add(job)
             self._queue.put(job)
 
     def position(self, job: Job) -> int:
         """1-based place of a queued job in line, 0 once it left the queue."""
         with self._cond:
-            ticket = self._waiting.get(job)
-            if ticket is None:
-                return 0
-            return 1 + sum(1 for t in self._waiting.values() if t < ticket)
+            return self._line.place(job)
 
     def cancel(self, job: Job, error: PoolError | None = None) -> None:
         """Drop a queued job, or stop a running one at its next token.
@@ -110,8 +143,9 @@ class Executor:
         nobody listens.
         """
         with self._cond:
-            queued = self._waiting.pop(job, None) is not None
+            queued = self._line.discard(job)
         if queued:
+            self._drop_from_fifo(job)
             job.status = JobStatus.CANCELLED
             if error is not None:
                 job.fail(error)
@@ -122,10 +156,18 @@ class Executor:
             if job.stopper is not None:
                 job.stopper.stop()
 
+    def _drop_from_fifo(self, job: Job) -> None:
+        # queue.Queue has no remove(); its deque and mutex are what its own methods use.
+        with self._queue.mutex:
+            try:
+                self._queue.queue.remove(job)
+            except ValueError:
+                pass  # the dispatcher took it a moment ago and will skip it
+
     # -- observation -----------------------------------------------------------------
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        return len(self._line)
 
     @property
     def inflight(self) -> int:
@@ -162,8 +204,8 @@ class Executor:
             if job is _STOP:
                 return
             with self._cond:
-                if self._waiting.pop(job, None) is None:
-                    continue  # cancelled while queued
+                if not self._line.discard(job):
+                    continue  # failed while queued (no replica left, unload)
                 replica = self._pick()
                 if replica is None:
                     job.fail(ModelFailed(f"no replica of '{self.model}' is alive", model=self.model))
@@ -227,8 +269,7 @@ class Executor:
                         job.stopper.stop()
             survivors = any(r.state is ReplicaState.READY for r in self.replicas)
             if not survivors:
-                for job in list(self._waiting):
-                    del self._waiting[job]
+                for job in self._line.take_all():
                     job.status = JobStatus.CANCELLED
                     job.fail(ModelFailed(message, model=self.model))
             self._cond.notify_all()
@@ -241,7 +282,7 @@ class Executor:
         unloading = ModelUnloading(f"model '{self.model}' is unloading", model=self.model)
         with self._cond:
             self._admitting = False
-            queued, self._waiting = list(self._waiting), {}
+            queued = self._line.take_all()
         for job in queued:
             job.status = JobStatus.CANCELLED
             job.fail(unloading)

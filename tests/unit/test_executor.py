@@ -227,6 +227,29 @@ def test_cancelled_queued_job_frees_its_place_in_the_queue(make_pool: Callable[.
     assert pool.position(again) == 1
 
 
+def test_jobs_cancelled_while_queued_leave_the_fifo_too(make_pool: Callable[..., Pool]) -> None:
+    # Clients that connect and drop while the only slot is busy must not pile up in the
+    # dispatcher's FIFO (each would keep its request) beyond the max_queue bound.
+    pool = loaded(make_pool, max_queue=2, scripted_tokens=LONG)
+    assert running(pool.submit("m", request(pool)))
+    for _ in range(50):
+        pool.cancel(pool.submit("m", request(pool)))
+    ex = executor(pool)
+    assert ex.queue_depth == 0
+    assert ex._queue.qsize() == 0
+
+
+def test_places_in_line_follow_every_change(make_pool: Callable[..., Pool]) -> None:
+    pool = loaded(make_pool, max_queue=100, scripted_tokens=LONG)
+    assert running(pool.submit("m", request(pool)))
+    waiting = [pool.submit("m", request(pool)) for _ in range(6)]
+    assert [pool.position(j) for j in waiting] == [1, 2, 3, 4, 5, 6]
+    pool.cancel(waiting[2])
+    pool.cancel(waiting[4])
+    late = pool.submit("m", request(pool))
+    assert [pool.position(j) for j in [*waiting, late]] == [1, 2, 0, 3, 0, 4, 5]
+
+
 # -- replica choice --------------------------------------------------------------------
 def test_ties_go_round_robin_across_replicas(make_pool: Callable[..., Pool]) -> None:
     pool = loaded(make_pool, replicas=2, target_inflight=2, scripted_tokens=LONG)
