@@ -17,7 +17,7 @@ import requests
 from marshmallow import fields, validate
 
 from llmpool.backends.base import Adapter, Capabilities
-from llmpool.backends.openai_chat import UpstreamFailure, chat_messages, stream_chat
+from llmpool.backends.openai_chat import ChatUpstream, UpstreamFailure, chat_messages, stream_chat
 from llmpool.config.fields import StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, BackendTimeout, InvalidRequest, ModelLoadFailed, PoolError
@@ -56,7 +56,7 @@ class ManagedServerAdapter(Adapter):
         super().__init__(spec, replica_id)
         self.child: ChildProcess | None = None
         self.port: int | None = None
-        self._session: requests.Session | None = None
+        self._upstream: ChatUpstream | None = None
 
     # -- subclass hooks --------------------------------------------------------------
     def build_argv(self, binary: str, port: int) -> list[str]:
@@ -145,10 +145,10 @@ class ManagedServerAdapter(Adapter):
                     continue  # lost the race for the port: try another
                 raise ModelLoadFailed(exc.describe(), model=self.spec.name) from exc
             self.port = port
-            self._session = requests.Session()
-            # A local child: never through a proxy from the environment, and no per-request
-            # scan of os.environ for one.
-            self._session.trust_env = False
+            # A local child: never through a proxy from the environment.
+            self._upstream = ChatUpstream(
+                self._url(port, ""), maxsize=self.spec.target_inflight, headers=self.headers()
+            )
             return
 
     def _url(self, port: int, path: str) -> str:
@@ -172,19 +172,19 @@ class ManagedServerAdapter(Adapter):
     def close(self) -> None:
         if self.child is not None:
             self.child.stop()
-        if self._session is not None:
-            self._session.close()
+        if self._upstream is not None:
+            self._upstream.close()
+            self._upstream = None
 
     # -- generation ------------------------------------------------------------------
     def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
-        if self._session is None or self.port is None or self.child is None:
+        if self._upstream is None or self.port is None or self.child is None:
             raise BackendError("runtime is not loaded", model=self.spec.name)
         try:
             yield from stream_chat(
-                self._session,
+                self._upstream,
                 self._url(self.port, "/v1/chat/completions"),
                 self.payload(request),
-                headers=self.headers(),
                 timeout=(5.0, self.option("request_timeout_s")),
                 label=self.label,
             )

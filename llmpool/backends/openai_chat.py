@@ -3,15 +3,18 @@ that talks to such a server (llama-server and vllm serve children; remote APIs).
 
 `stream_chat` yields our `Chunk`s as the server's SSE chunks arrive (no re-chunking) and
 closes the HTTP response when the consumer stops, which is how a cancelled job makes the
-server stop generating.
+server stop generating. `ChatUpstream` holds the keep-alive connections it uses.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
+import weakref
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import urllib3
@@ -43,6 +46,83 @@ class UpstreamFailure(Exception):
         self.status = status
         self.output_started = output_started
         self.retry_after = retry_after
+
+
+class ChatUpstream:
+    """Keep-alive connections to one OpenAI-compatible server, for `stream_chat`.
+
+    urllib3 directly rather than a `requests.Session`: requests' per-call layer (request
+    preparation, hooks, settings merge) was about a seventh of the pool's CPU per request
+    on an instant upstream (bench/). `maxsize` connections are kept alive (more are
+    opened should more requests run at once). Default headers, proxy and CA bundle are
+    fixed here; `from_env` reads the proxy and the CA bundle from the environment the way
+    requests does (`HTTPS_PROXY`/`NO_PROXY`, `REQUESTS_CA_BUNDLE`), for remote servers;
+    local children get neither.
+    """
+
+    def __init__(
+        self, base_url: str, *, maxsize: int, headers: dict[str, str] | None = None, from_env: bool = False
+    ) -> None:
+        proxy: str | None = None
+        ca_certs = requests.utils.DEFAULT_CA_BUNDLE_PATH
+        if from_env:
+            proxies = requests.utils.get_environ_proxies(base_url)
+            proxy = proxies.get(urlsplit(base_url).scheme) or proxies.get("all")
+            ca_certs = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or ca_certs
+        self.proxy, self.ca_certs, self.maxsize = proxy, ca_certs, maxsize
+        self.headers = {"User-Agent": "llm-pool", **(headers or {})}
+        options: dict[str, Any] = {"num_pools": 4, "maxsize": maxsize, "ca_certs": ca_certs}
+        self._manager = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+        # Responses being read, so `abort()` can break a read stalled on the server.
+        self._open: weakref.WeakSet[urllib3.BaseHTTPResponse] = weakref.WeakSet()
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: tuple[float, float],
+    ) -> urllib3.BaseHTTPResponse:
+        """Send, return once the status line and headers are in; the body is left unread.
+
+        Raises urllib3's errors (no retries, no redirects: the caller decides).
+        """
+        sent = {**self.headers, **(headers or {})}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            sent["Content-Type"] = "application/json"
+        response = self._manager.request(
+            method,
+            url,
+            body=data,
+            headers=sent,
+            preload_content=False,
+            retries=False,
+            redirect=False,
+            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+        )
+        self._open.add(response)
+        return response
+
+    def abort(self) -> None:
+        """Shut down the sockets of responses still being read: their reads end now."""
+        for response in list(self._open):
+            try:
+                response.shutdown()
+            except (OSError, ValueError, RuntimeError):
+                pass  # already finished, or back in the pool
+
+    def close(self) -> None:
+        self.abort()
+        self._manager.clear()
+
+
+def read_capped(response: urllib3.BaseHTTPResponse, limit: int = 1 << 20) -> bytes:
+    """At most `limit` bytes of a body, for error messages and small JSON answers."""
+    return bytes(response.read(limit, decode_content=True))
 
 
 def chat_messages(request: GenerationRequest) -> list[dict[str, Any]]:
@@ -84,18 +164,18 @@ def _final(
     )
 
 
-def error_text(response: requests.Response) -> str:
+def error_text(body: bytes) -> str:
     """The server's error message (OpenAI `{"error": {"message"}}` or the raw body), ≤500 chars."""
     try:
-        body = response.json()
-        error = body.get("error", body) if isinstance(body, dict) else body
+        parsed = json.loads(body)
+        error = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
         message = error.get("message", error) if isinstance(error, dict) else error
         return str(message)[:500]
     except ValueError:
-        return response.text[:500]
+        return body.decode("utf-8", "replace")[:500]
 
 
-def _lines_as_they_arrive(response: requests.Response) -> Iterator[bytes]:
+def _lines_as_they_arrive(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
     """Split the body into lines as bytes arrive.
 
     `Response.iter_lines` waits for 512 bytes (or the end of a close-delimited body)
@@ -103,7 +183,7 @@ def _lines_as_they_arrive(response: requests.Response) -> Iterator[bytes]:
     """
     pending = b""
     while True:
-        data = response.raw.read1(65536)
+        data = response.read1(65536)
         if not data:
             break
         pending += data
@@ -114,23 +194,22 @@ def _lines_as_they_arrive(response: requests.Response) -> Iterator[bytes]:
         yield pending
 
 
-def _finish_body(response: requests.Response) -> None:
-    """Read what follows `[DONE]` (normally just the chunked-encoding terminator).
-
-    A body read to its end lets urllib3 put the connection back in the session's pool for
-    the next request (keep-alive); one left unread makes `close()` drop the connection.
-    Bounded, and best effort: on any trouble the caller's `close()` drops it instead.
+def _finish_body(response: urllib3.BaseHTTPResponse) -> bool:
+    """Read what follows `[DONE]` (normally just the chunked-encoding terminator); True
+    when the body ended, so the connection can go back to the pool for the next request
+    (keep-alive). Bounded, and best effort: on any trouble the connection is dropped.
     """
     budget = 65536
     try:
-        while budget > 0 and (data := response.raw.read1(budget)):
+        while budget > 0 and (data := response.read1(budget)):
             budget -= len(data)
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError):
-        pass
+        return budget > 0
+    except (urllib3.exceptions.HTTPError, OSError):
+        return False
 
 
 def stream_chat(
-    session: requests.Session,
+    upstream: ChatUpstream,
     url: str,
     payload: dict[str, Any],
     *,
@@ -146,20 +225,25 @@ def stream_chat(
     started = time.perf_counter()
     body = {**payload, "stream": True, "stream_options": {"include_usage": True}}
     try:
-        response = session.post(url, json=body, headers=headers, stream=True, timeout=timeout)
-    except requests.Timeout as exc:
+        response = upstream.request("POST", url, body=body, headers=headers, timeout=timeout)
+    except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError subclass
+        raise UpstreamFailure("connection", f"cannot reach {label}: {exc}") from exc
+    except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
         raise UpstreamFailure("timeout", f"{label} did not answer in time: {exc}") from exc
-    except requests.RequestException as exc:
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise UpstreamFailure("connection", f"cannot reach {label}: {exc}") from exc
     first: float | None = None
     finish, usage, timings = "stop", None, None
     ended = False  # [DONE] or a finish_reason seen: anything else is a truncated stream
+    reusable = False
     try:
-        if response.status_code >= 400:
+        if response.status >= 400:
+            text = error_text(read_capped(response))
+            reusable = _finish_body(response)  # an error answer read to its end keeps the connection
             raise UpstreamFailure(
                 "status",
-                f"{label} answered {response.status_code}: {error_text(response)}",
-                status=response.status_code,
+                f"{label} answered {response.status}: {text}",
+                status=response.status,
                 retry_after=response.headers.get("Retry-After"),
             )
         for line in _lines_as_they_arrive(response):
@@ -191,11 +275,11 @@ def stream_chat(
             raise UpstreamFailure(
                 "truncated", f"{label} closed the stream before it finished", output_started=first is not None
             )
-        _finish_body(response)
+        reusable = _finish_body(response)
         yield Chunk(final=_final(finish, usage, timings, started, first))
-    except (requests.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+    except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
         raise UpstreamFailure("timeout", f"{label} stalled: {exc}", output_started=first is not None) from exc
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise UpstreamFailure(
             "connection", f"connection to {label} lost: {exc}", output_started=first is not None
         ) from exc
@@ -204,6 +288,9 @@ def stream_chat(
             "parse", f"{label} sent a malformed stream: {exc}", output_started=first is not None
         ) from exc
     finally:
-        # On cancel or error the connection is dropped, so the server sees the disconnect
-        # and stops; a body read to its end already went back to the pool (no-op here).
-        response.close()
+        # A body read to its end returns its connection to the pool alive. On cancel or
+        # error the connection is closed first, so the server sees the disconnect and
+        # stops; the pool then opens a fresh one in its place.
+        if not reusable:
+            response.close()
+        response.release_conn()

@@ -1,35 +1,41 @@
 """A remote OpenAI-compatible Chat Completions API (`openai_remote`), SPEC §7.
 
 Nothing runs locally: `load` reads the API key from the environment variable named by
-`remote_api_key_env` and opens one pooled keep-alive `requests.Session` per replica, sized
-to `target_inflight` (the executor never runs more jobs than that on a replica, so
-requests reuse connections instead of opening one each). `generate` streams through
-`openai_chat.stream_chat`, retries what is safe to retry, and maps every upstream failure
-to an `upstream_*` error.
+`remote_api_key_env` and opens one pool of keep-alive connections per replica
+(`openai_chat.ChatUpstream`), sized to `target_inflight` (the executor never runs more
+jobs than that on a replica, so requests reuse connections instead of opening one each).
+`generate` streams through `openai_chat.stream_chat`, retries what is safe to retry, and
+maps every upstream failure to an `upstream_*` error.
 
-The key lives only in the session's headers: it is never logged, never put in an error
-(upstream messages are scrubbed of it, in case a provider echoes it), and the admin row
+The key lives only in the connection pool's headers: it is never logged, never put in an
+error (upstream messages are scrubbed of it, in case a provider echoes it), and the admin row
 shows only the variable's name. Requests reach this backend only with
 `allow_remote: true` (`Pool._admit` checks `is_remote` before anything is queued).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import time
-import weakref
 from collections.abc import Iterator
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-import requests
+import urllib3
 from marshmallow import fields, validate
-from requests.adapters import HTTPAdapter
 
 from llmpool.backends.base import Adapter, Capabilities
-from llmpool.backends.openai_chat import UpstreamFailure, chat_messages, error_text, stream_chat
+from llmpool.backends.openai_chat import (
+    ChatUpstream,
+    UpstreamFailure,
+    chat_messages,
+    error_text,
+    read_capped,
+    stream_chat,
+)
 from llmpool.config.fields import StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import (
@@ -110,10 +116,8 @@ class OpenAIRemoteAdapter(Adapter):
 
     def __init__(self, spec: ModelSpec, replica_id: int) -> None:
         super().__init__(spec, replica_id)
-        self._session: requests.Session | None = None
+        self._upstream: ChatUpstream | None = None
         self._key: str | None = None
-        # Responses being streamed, so `close()` can break a read stalled on the upstream.
-        self._open: weakref.WeakSet[requests.Response] = weakref.WeakSet()
 
     # -- class-level facts -----------------------------------------------------------
     @classmethod
@@ -192,50 +196,40 @@ class OpenAIRemoteAdapter(Adapter):
                     "which is not set (or empty) in the pool's environment",
                     model=name,
                 )
-        session = requests.Session()
-        # The environment's proxy settings are read once here, not on every request
-        # (requests re-scans os.environ per call when trust_env is on: a sixth of the
-        # pool's CPU per proxied request on an instant upstream, measured in bench/).
-        session.proxies = requests.utils.get_environ_proxies(self.option("base_url"))
-        # ...and so is a CA bundle named the way requests reads it (trust_env off skips that).
-        session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-        session.trust_env = False
-        # pool_maxsize = the replica's slots: every concurrent job keeps its own connection
-        # alive between requests. Not blocking: should more ever run, they get extra ones.
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.spec.target_inflight)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
-        session.headers.update(self.option("headers"))
+        headers = dict(self.option("headers"))
         if self._key is not None:
-            session.headers["Authorization"] = f"Bearer {self._key}"
-        session.hooks["response"].append(self._track)
-        self._session = session
+            headers["Authorization"] = f"Bearer {self._key}"
+        # maxsize = the replica's slots: every concurrent job keeps its own connection
+        # alive between requests. The environment's proxy and CA bundle are read here,
+        # once (requests would re-read os.environ on every call).
+        upstream = ChatUpstream(
+            self.option("base_url"), maxsize=self.spec.target_inflight, headers=headers, from_env=True
+        )
+        self._upstream = upstream
         if self.option("health_check") == "models":
-            self._check_models(session)
+            self._check_models(upstream)
 
-    def _track(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
-        self._open.add(response)
-
-    def _check_models(self, session: requests.Session) -> None:
+    def _check_models(self, upstream: ChatUpstream) -> None:
         name, model = self.spec.name, self.option("model")
         try:
-            response = session.get(self._url("/models"), timeout=self._timeout())
-        except requests.Timeout as exc:
-            raise ModelLoadFailed(f"{self.label}: GET /models timed out: {exc}", model=name) from None
-        except requests.RequestException as exc:
+            response = upstream.request("GET", self._url("/models"), timeout=self._timeout())
+            body = read_capped(response)
+            response.release_conn()
+        except urllib3.exceptions.NewConnectionError as exc:
             raise ModelLoadFailed(f"cannot reach {self.label}: {exc}", model=name) from None
-        with response:
-            if response.status_code != 200:
-                text = self._scrub(error_text(response))
-                raise ModelLoadFailed(
-                    f"{self.label}: GET /models answered {response.status_code}: {text}", model=name
-                )
-            try:
-                ids = [m.get("id") for m in response.json().get("data") or ()]
-            except (ValueError, AttributeError):
-                raise ModelLoadFailed(
-                    f"{self.label}: GET /models did not answer a model list", model=name
-                ) from None
+        except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
+            raise ModelLoadFailed(f"{self.label}: GET /models timed out: {exc}", model=name) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ModelLoadFailed(f"cannot reach {self.label}: {exc}", model=name) from None
+        if response.status != 200:
+            text = self._scrub(error_text(body))
+            raise ModelLoadFailed(f"{self.label}: GET /models answered {response.status}: {text}", model=name)
+        try:
+            ids = [m.get("id") for m in json.loads(body).get("data") or ()]
+        except (ValueError, AttributeError):
+            raise ModelLoadFailed(
+                f"{self.label}: GET /models did not answer a model list", model=name
+            ) from None
         if model not in ids:
             listed = ", ".join(str(i) for i in ids[:20])
             raise ModelLoadFailed(
@@ -243,17 +237,12 @@ class OpenAIRemoteAdapter(Adapter):
             )
 
     def close(self) -> None:
-        """Drop the session. A job still waiting on the upstream (a forced unload after
-        the grace period) has its socket shut down, so its read ends now, not at the
-        timeout."""
-        for response in list(self._open):
-            try:
-                response.raw.shutdown()
-            except (ValueError, RuntimeError, OSError):
-                pass  # already finished or released to the pool
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        """Drop the connections. A job still waiting on the upstream (a forced unload
+        after the grace period) has its socket shut down, so its read ends now, not at
+        the timeout."""
+        if self._upstream is not None:
+            self._upstream.close()
+            self._upstream = None
         self._key = None
 
     # -- generation ------------------------------------------------------------------
@@ -283,8 +272,8 @@ class OpenAIRemoteAdapter(Adapter):
         Cooperative (sockets and sleeps only). Closing the iterator closes the upstream
         connection, so a cancelled job stops the provider's generation too.
         """
-        session = self._session
-        if session is None:
+        upstream = self._upstream
+        if upstream is None:
             raise BackendError("remote model is not loaded", model=self.spec.name)
         payload = self.payload(request)
         retries = int(self.option("max_retries"))
@@ -292,7 +281,7 @@ class OpenAIRemoteAdapter(Adapter):
         while True:
             try:
                 yield from stream_chat(
-                    session,
+                    upstream,
                     self._url("/chat/completions"),
                     payload,
                     timeout=self._timeout(),

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 
 from llmpool.backends import registry
 from llmpool.backends.openai_chat import UpstreamFailure
@@ -327,12 +328,11 @@ def test_proxy_and_ca_bundle_from_the_environment_are_read_once_at_load(
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     adapter = loaded(make_spec(), adapters)  # https://api.example.com/v1
-    session = adapter._session
-    assert session is not None
-    assert session.proxies.get("https") == "http://proxy.example:3128"
-    assert session.verify == "/etc/ssl/corp-bundle.pem"
-    # Not re-read per request (requests would scan os.environ on every call).
-    assert session.trust_env is False
+    upstream = adapter._upstream
+    assert upstream is not None
+    assert upstream.proxy == "http://proxy.example:3128"
+    assert upstream.ca_certs == "/etc/ssl/corp-bundle.pem"
+    assert isinstance(upstream._manager, urllib3.ProxyManager)
 
 
 def test_no_proxy_exempts_the_upstream(
@@ -340,8 +340,8 @@ def test_no_proxy_exempts_the_upstream(
 ) -> None:
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     monkeypatch.setenv("NO_PROXY", "api.example.com")
-    session = loaded(make_spec(), adapters)._session
-    assert session is not None and "https" not in session.proxies
+    upstream = loaded(make_spec(), adapters)._upstream
+    assert upstream is not None and upstream.proxy is None
 
 
 def test_missing_key_variable_fails_the_load_naming_it(
@@ -372,9 +372,9 @@ def test_sequential_requests_reuse_one_keep_alive_connection(
 
 def test_pool_size_is_target_inflight(make_spec: MakeSpec, adapters: list[OpenAIRemoteAdapter]) -> None:
     adapter = loaded(make_spec(common={"target_inflight": 5}), adapters)
-    assert adapter._session is not None
-    http = adapter._session.get_adapter("https://api.example.com/v1")
-    assert http._pool_maxsize == 5  # type: ignore[attr-defined]
+    assert adapter._upstream is not None
+    connections = adapter._upstream._manager.connection_from_url("https://api.example.com/v1")
+    assert connections.pool is not None and connections.pool.maxsize == 5
 
 
 def test_retries_429_then_succeeds_and_gives_up_after_max_retries(
