@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import inprocess, load_times, many_clients, proxy, report, streaming
-from bench.common import ROOT, Figures, command_version, machine, package_version
+from bench.common import (
+    LAYOUTS,
+    ROOT,
+    Figures,
+    command_version,
+    machine,
+    package_version,
+    pin_self_to_load_side,
+)
 from bench.proxy import litellm_binary
 
 CASES = ("proxy", "streaming", "inprocess", "many_clients", "load_times")
@@ -58,12 +66,18 @@ def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[st
     """Each case with its run length: full, or a few requests each for --smoke."""
     return {
         "proxy": lambda log: proxy.run(seconds=1 if smoke else 10, log=log, workdir=workdir),
-        "streaming": lambda log: streaming.run(
-            repeats=1 if smoke else 4, max_tokens=16 if smoke else 200, log=log
-        ),
-        "inprocess": lambda log: inprocess.run(
-            repeats=2 if smoke else 6, max_tokens=16 if smoke else 200, log=log
-        ),
+        "streaming": lambda log: {
+            layout: streaming.run(
+                repeats=1 if smoke else 4, max_tokens=16 if smoke else 200, layout=layout, log=log
+            )
+            for layout in LAYOUTS
+        },
+        "inprocess": lambda log: {
+            layout: inprocess.run(
+                repeats=2 if smoke else 8, max_tokens=16 if smoke else 200, layout=layout, log=log
+            )
+            for layout in LAYOUTS
+        },
         "many_clients": lambda log: many_clients.run(
             clients=20 if smoke else 1000, probes=20 if smoke else 300, log=log
         ),
@@ -86,6 +100,7 @@ def main() -> int:
     if unknown:
         parser.error(f"unknown case(s): {', '.join(unknown)}")
     args.out.mkdir(parents=True, exist_ok=True)
+    pin_self_to_load_side()  # the SSE clients of the streaming cases run in this process
     began = time.monotonic()
 
     def log(message: str) -> None:

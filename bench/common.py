@@ -30,15 +30,31 @@ ROOT = Path(__file__).resolve().parents[1]
 Log = Callable[[str], None]
 
 
-def cpus() -> tuple[list[str], list[str]]:
-    """taskset prefixes for (server under test, load side); empty when there is one core."""
+def cpus() -> tuple[list[str], list[str], list[str]]:
+    """taskset prefixes for (server under test, load side, every CPU); empty with one core."""
     n = os.cpu_count() or 1
     if n < 2:
-        return [], []
-    return ["taskset", "-c", str(n - 1)], ["taskset", "-c", ",".join(str(i) for i in range(n - 1))]
+        return [], [], []
+    return (
+        ["taskset", "-c", str(n - 1)],
+        ["taskset", "-c", ",".join(str(i) for i in range(n - 1))],
+        ["taskset", "-c", f"0-{n - 1}"],
+    )
 
 
-SERVER_CPU, LOAD_CPU = cpus()
+SERVER_CPU, LOAD_CPU, ALL_CPUS = cpus()
+# Where a runtime's decoding runs relative to the pool's own work (streaming, in-process):
+# "shared": the pool, its runtime and its single decode thread on one core, so every
+# microsecond the pool spends per token is taken from decoding (the strict case on a
+# CPU-only box); "split": the server side may use every core, the decode thread one of
+# them, the pool's hub another, as on a GPU box where decoding is not on the pool's CPU.
+LAYOUTS = {"shared": SERVER_CPU, "split": ALL_CPUS}
+
+
+def pin_self_to_load_side() -> None:
+    """Keep this process (and the clients it runs) off the server CPU."""
+    if LOAD_CPU:
+        os.sched_setaffinity(0, {int(c) for c in LOAD_CPU[-1].split(",")})
 
 
 def free_port() -> int:
@@ -133,7 +149,11 @@ def rss_mb(pid: int) -> float:
 
 @contextmanager
 def pool_server(
-    settings: dict[str, Any], *, env: dict[str, str] | None = None, timeout_s: float = 120
+    settings: dict[str, Any],
+    *,
+    env: dict[str, str] | None = None,
+    timeout_s: float = 120,
+    cpus: list[str] | None = None,
 ) -> Iterator[Pool]:
     """The pool as operators run it (conf/gunicorn.conf.py, wsgi:app), pinned to the server CPU."""
     workdir = Path(tempfile.mkdtemp(prefix="llmpool-bench-"))
@@ -143,7 +163,7 @@ def pool_server(
     gunicorn = str(Path(sys.executable).with_name("gunicorn"))
     log_path = workdir / "pool.log"
     proc = spawn(
-        [*SERVER_CPU, gunicorn, "-c", "conf/gunicorn.conf.py", "wsgi:app"],
+        [*(SERVER_CPU if cpus is None else cpus), gunicorn, "-c", "conf/gunicorn.conf.py", "wsgi:app"],
         log_path,
         {
             "LLM_POOL_SETTINGS_PATH": str(settings_path),

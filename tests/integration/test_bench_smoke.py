@@ -34,10 +34,11 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
             run = proxy[target][conns]
             assert run["requests"] > 0 and run["errors"] == 0 and run["non2xx"] == 0, (target, conns, run)
     assert set(proxy["added_ms"]) == {"pool", "litellm"}
-    for n in ("1", "4"):
-        assert results["streaming"][n]["direct"]["tokens_median"] > 0
-        assert results["streaming"][n]["pool"]["tokens_median"] > 0
-    assert results["inprocess"]["tokens_per_s_ratio"] > 0
+    for layout in ("shared", "split"):
+        for n in ("1", "4"):
+            assert results["streaming"][layout][n]["direct"]["tokens_median"] > 0
+            assert results["streaming"][layout][n]["pool"]["tokens_median"] > 0
+        assert results["inprocess"][layout]["tokens_per_s_ratio"] > 0
     many = results["many_clients"]
     assert many["connected"] == many["clients"] and many["failed"] == 0
     assert many["queued_seen"] >= many["clients"] - 2  # one runs; the rest really waited
