@@ -26,7 +26,6 @@ VLLM_POOL_DEPS := flask marshmallow requests nvidia-ml-py gunicorn gevent pytest
 LITELLM_VENV ?= .venv-litellm
 LITELLM_STAMP := $(LITELLM_VENV)/.ready
 LITELLM := litellm[proxy]==1.104.0
-BENCH_TOOLS := /usr/sbin/nginx /usr/bin/wrk
 LINT_PATHS := llmpool blueprints tests bench wsgi.py conf/gunicorn.conf.py
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
@@ -70,11 +69,12 @@ $(LITELLM_STAMP):
 	$(LITELLM_VENV)/bin/pip install -q '$(LITELLM)'
 	touch $@
 
-$(BENCH_TOOLS):
-	@command -v apt-get >/dev/null || { echo "need nginx and wrk: install them (Debian: nginx-light wrk)"; exit 1; }
-	apt-get update -qq && apt-get install -y -qq nginx-light wrk
-
-bench-tools: $(BENCH_TOOLS) $(LITELLM_STAMP)
+# nginx and wrk from the distribution (one apt-get for both, only when one is missing).
+bench-tools: $(LITELLM_STAMP)
+	@if ! { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || ! command -v wrk >/dev/null; then \
+		command -v apt-get >/dev/null || { echo "need nginx and wrk (Debian: nginx-light wrk)"; exit 1; }; \
+		apt-get update -qq && apt-get install -y -qq nginx-light wrk; \
+	fi
 
 # Not part of `make test` (which runs a smoke of the same harness): about 10 minutes.
 bench: $(STAMP) bench-tools

@@ -13,18 +13,16 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import requests
+from tests.integration.conftest import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 Log = Callable[[str], None]
@@ -55,34 +53,6 @@ def pin_self_to_load_side() -> None:
     """Keep this process (and the clients it runs) off the server CPU."""
     if LOAD_CPU:
         os.sched_setaffinity(0, {int(c) for c in LOAD_CPU[-1].split(",")})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, log_path: Path, timeout_s: float) -> None:
-    """Poll `url` until it answers 200; a process that exits first is an error, with its log."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{tail(log_path)}")
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} not ready within {timeout_s} s:\n{tail(log_path)}")
-
-
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def stop(proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
@@ -174,27 +144,11 @@ def pool_server(
     )
     pool = Pool(f"http://127.0.0.1:{port}", proc, log_path, workdir)
     try:
-        wait_http(pool.url + "/readyz", proc, "the pool", log_path, timeout_s)
+        wait_ready(pool.url + "/readyz", proc, "the pool", log_path, timeout_s)
         yield pool
     finally:
         stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def quantiles_ms(samples_s: list[float]) -> dict[str, float]:
-    """p50/p90/p99/max in ms of a list of durations in seconds."""
-    ordered = sorted(samples_s)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
-
-    return {"p50": at(0.50), "p90": at(0.90), "p99": at(0.99), "max": round(ordered[-1] * 1000, 3)}
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def command_version(argv: list[str]) -> str:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
 from bench import streaming
-from bench.common import LAYOUTS, ROOT, Log, median, pool_server
+from bench.common import LAYOUTS, ROOT, Log, pool_server
 from bench.streaming import DECODING, PROMPT, SMOLLM2, Stream
 
 MODEL = "smollm2-inprocess"
@@ -129,10 +130,10 @@ def through_pool(url: str, max_tokens: int) -> Stream:
 def rates(streams: list[Stream]) -> dict[str, Any]:
     return {
         "runs": len(streams),
-        "tokens_per_s_median": round(median([s.tokens_per_s for s in streams]), 2),
+        "tokens_per_s_median": round(statistics.median([s.tokens_per_s for s in streams]), 2),
         "tokens_per_s_all": [round(s.tokens_per_s, 2) for s in streams],
-        "ttft_ms_median": round(median([s.ttft_s for s in streams]) * 1000, 2),
-        "tokens_median": median([float(s.tokens) for s in streams]),
+        "ttft_ms_median": round(statistics.median([s.ttft_s for s in streams]) * 1000, 2),
+        "tokens_median": statistics.median([float(s.tokens) for s in streams]),
     }
 
 

@@ -8,12 +8,13 @@ between runs. Both SmolLM2 Q4_1, both start disabled.
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
 import requests
 
-from bench.common import Log, median, pool_server
+from bench.common import Log, pool_server
 from bench.streaming import SMOLLM2
 
 MODELS = {
@@ -48,7 +49,7 @@ def run(*, repeats: int = 3, log: Log = print) -> dict[str, Any]:
                 if r.status_code != 200:
                     raise RuntimeError(f"unload of {name} failed: {r.status_code} {r.text[:500]}")
             out[extra["backend"]] = {
-                "median_s": round(median(times), 3),
+                "median_s": round(statistics.median(times), 3),
                 "all_s": [round(t, 3) for t in times],
             }
     return out

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import queue
 import resource
 import signal
@@ -31,20 +30,17 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlparse
 
 import requests
 
-from bench.common import rss_mb, worker_pid
+from bench.common import ROOT, Pool, pool_server, rss_mb
 from tests.conftest import SMOLLM2_ID, SMOLLM2_REF
-from tests.integration.conftest import ROOT, Server, start_server, stop_server
 
 # conf/gunicorn.conf.py reads it: gunicorn's gevent worker serves at most
 # `worker_connections` sockets at once (default 1000) and leaves the rest unaccepted in
@@ -228,7 +224,7 @@ async def generate_load(url: str, clients: int) -> None:
 # -- the measuring side (this process) -------------------------------------------------
 
 
-def admin_row(session: requests.Session, server: Server) -> dict[str, Any]:
+def admin_row(session: requests.Session, server: Pool) -> dict[str, Any]:
     rows = session.get(server.url + "/v1/admin/models", timeout=PROBE_TIMEOUT_S).json()["models"]
     return next(r for r in rows if r["name"] == SMOLLM2_ID)
 
@@ -256,7 +252,7 @@ def next_report(lines: queue.Queue[dict[str, Any] | None], timeout_s: float) -> 
     return message
 
 
-def wait_drained(session: requests.Session, server: Server, timeout_s: float) -> float:
+def wait_drained(session: requests.Session, server: Pool, timeout_s: float) -> float:
     """Seconds until the model has nothing queued and nothing running."""
     t0 = time.monotonic()
     while True:
@@ -282,19 +278,17 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
 def run(*, clients: int = 1000, probes: int = 300, log: Callable[[str], None] = print) -> dict[str, Any]:
     started = time.monotonic()
     raise_nofile()
-    previous = os.environ.get(WORKER_CONNECTIONS_ENV)
-    os.environ[WORKER_CONNECTIONS_ENV] = str(clients + 256)
     log(f"many clients: starting the pool (max_queue {clients + 64})")
-    try:
-        server = start_server(Path(tempfile.mkdtemp(prefix="many-clients-")), settings(clients))
-    finally:
-        if previous is None:
-            os.environ.pop(WORKER_CONNECTIONS_ENV, None)
-        else:
-            os.environ[WORKER_CONNECTIONS_ENV] = previous
+    with pool_server(settings(clients), env={WORKER_CONNECTIONS_ENV: str(clients + 256)}) as server:
+        return _measure(server, clients, probes, log, started)
+
+
+def _measure(
+    server: Pool, clients: int, probes: int, log: Callable[[str], None], started: float
+) -> dict[str, Any]:
     generator: subprocess.Popen[bytes] | None = None
     try:
-        worker = worker_pid(server.process.pid)
+        worker = server.worker_pid()
         session = requests.Session()
         session.get(server.url + "/v1/models", timeout=PROBE_TIMEOUT_S).raise_for_status()
         rss = {"idle": rss_mb(worker)}
@@ -371,7 +365,6 @@ def run(*, clients: int = 1000, probes: int = 300, log: Callable[[str], None] = 
         if generator is not None and generator.poll() is None:
             generator.kill()
             generator.wait()
-        stop_server(server)
 
 
 def main() -> None:

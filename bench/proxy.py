@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, SERVER_CPU, Log, free_port, pool_server, spawn, stop, wait_http
+from bench.common import ROOT, SERVER_CPU, Log, free_port, pool_server, spawn, stop, wait_ready
 from bench.loadgen import run_wrk
 from bench.upstream import MODEL, static_upstream
 
@@ -94,7 +94,7 @@ def litellm_proxy(upstream: str, workdir: Path) -> Iterator[str]:
         },
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, "LiteLLM", log_path, 180)
+        wait_ready(f"http://127.0.0.1:{port}/health/liveliness", proc, "LiteLLM", log_path, 180)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(proc)

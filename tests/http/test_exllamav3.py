@@ -15,7 +15,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.fake_exllamav3 import installed, make_model_dir, registered
+from tests.fake_exllamav3 import installed, make_model_dir
 from tests.http.conftest import sse_events
 
 MODEL = "exl3-fake"
@@ -24,7 +24,7 @@ REPLY = "Bonjour, le monde."
 
 @pytest.fixture
 def exl() -> Iterator[ModuleType]:
-    with registered(), installed() as module:
+    with installed() as module:
         yield module
 
 

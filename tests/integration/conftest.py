@@ -86,18 +86,51 @@ def start_server(tmp: Path, settings: dict, timeout_s: float = 60) -> Server:
             stderr=subprocess.STDOUT,
         )
     server = Server(f"http://127.0.0.1:{port}", process, log_path)
+    try:
+        wait_ready(server.url + "/readyz", process, "server", log_path, timeout_s)
+    except RuntimeError:
+        stop_server(server)
+        raise
+    return server
+
+
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], what: str, log_path: Path, timeout_s: float
+) -> None:
+    """Poll `url` until it answers 200. A process that exits first, or a deadline that
+    passes, is a RuntimeError carrying the end of the process's log."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log_tail(log_path)}")
         try:
-            if requests.get(server.url + "/readyz", timeout=1).status_code == 200:
-                return server
-        except requests.ConnectionError:
-            pass
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or still starting up
         time.sleep(0.1)
-    stop_server(server)
-    raise RuntimeError(f"server not ready within {timeout_s}s:\n{server.log()}")
+    raise RuntimeError(f"{what} not ready within {timeout_s} s:\n{log_tail(log_path)}")
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def sse_events(url: str, body: dict[str, Any]) -> list[tuple[str, Any]]:
+    """POST a streaming /v1/responses body; its events as (name, data) in order."""
+    events: list[tuple[str, Any]] = []
+    with requests.post(f"{url}/v1/responses", json={**body, "stream": True}, stream=True, timeout=60) as r:
+        assert r.status_code == 200, r.text
+        name = None
+        for line in r.iter_lines(chunk_size=None, decode_unicode=True):
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                events.append((str(name), json.loads(line[6:])))
+    return events
 
 
 def stop_server(server: Server) -> int:

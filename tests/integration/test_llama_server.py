@@ -3,7 +3,6 @@ by the pool under gunicorn + gevent."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -16,7 +15,7 @@ import pytest
 import requests
 
 from tests.conftest import SMOLLM2_REF
-from tests.integration.conftest import Server, concurrent_responses, start_server, stop_server
+from tests.integration.conftest import Server, concurrent_responses, sse_events, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -76,17 +75,7 @@ def load(server: Server, name: str = MODEL) -> list[int]:
 
 
 def stream(server: Server, body: dict[str, Any]) -> tuple[list[tuple[str, Any]], float]:
-    events: list[tuple[str, Any]] = []
-    with requests.post(
-        f"{server.url}/v1/responses", json={**body, "stream": True}, stream=True, timeout=60
-    ) as r:
-        name = None
-        for line in r.iter_lines(chunk_size=None, decode_unicode=True):
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((str(name), json.loads(line[6:])))
-    return events, time.monotonic()
+    return sse_events(server.url, body), time.monotonic()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ cancellation on gevent's cooperative sockets."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.integration.conftest import Server, free_port, start_server, stop_server
+from tests.integration.conftest import Server, free_port, sse_events, start_server, stop_server, wait_ready
 from tests.runtimes.misbehaving_upstream import MisbehavingUpstream, Reply
 
 pytestmark = pytest.mark.integration
@@ -47,18 +46,7 @@ def upstream_url(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str) ->
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {process.returncode}:\n{log_path.read_text()}")
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"llama-server not ready in 120 s:\n{log_path.read_text()}")
-            time.sleep(0.1)
+        wait_ready(f"http://127.0.0.1:{port}/health", process, "llama-server", log_path, 120)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -124,18 +112,7 @@ def post(server: Server, **body: Any) -> requests.Response:
 
 
 def stream(server: Server, **body: Any) -> list[tuple[str, Any]]:
-    events: list[tuple[str, Any]] = []
-    with requests.post(
-        f"{server.url}/v1/responses", json={"model": MODEL, "stream": True, **body}, stream=True, timeout=60
-    ) as r:
-        assert r.status_code == 200, r.text
-        name = None
-        for line in r.iter_lines(chunk_size=None, decode_unicode=True):
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((str(name), json.loads(line[6:])))
-    return events
+    return sse_events(server.url, {"model": MODEL, **body})
 
 
 def test_json_and_stream_through_a_real_upstream(server: Server) -> None:

@@ -7,7 +7,6 @@ the paths in LLM_POOL_TEST_VLLM_SERVE / LLM_POOL_TEST_VLLM_MODEL.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,14 @@ import pytest
 import requests
 
 from llmpool.supervisor import living_group_members
-from tests.integration.conftest import ROOT, Server, concurrent_responses, start_server, stop_server
+from tests.integration.conftest import (
+    ROOT,
+    Server,
+    concurrent_responses,
+    sse_events,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -93,15 +99,9 @@ def test_json_reply_from_vllm(server: Server) -> None:
 
 
 def test_stream_from_vllm_passes_deltas_through(server: Server) -> None:
-    events: list[tuple[str, Any]] = []
-    body = {"model": MODEL, "input": "Tell me a story.", "stream": True, "decoding": {"max_tokens": 24}}
-    with requests.post(f"{server.url}/v1/responses", json=body, stream=True, timeout=60) as r:
-        name = None
-        for line in r.iter_lines(chunk_size=None, decode_unicode=True):
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((str(name), json.loads(line[6:])))
+    events = sse_events(
+        server.url, {"model": MODEL, "input": "Tell me a story.", "decoding": {"max_tokens": 24}}
+    )
     names = [n for n, _ in events]
     assert names[0] == "response.created" and names[-1] == "response.completed"
     deltas = [d["delta"] for n, d in events if n == "response.output_text.delta"]

@@ -73,12 +73,12 @@ def main() -> None:
             try:
                 delattr(model.config, attr)
             except AttributeError:
-                pass
+                pass  # a class-level default, not saved; the config.json check below decides
     if hasattr(model, "is_quantized"):
         try:
             model.is_quantized = False
-        except Exception:
-            pass
+        except AttributeError:
+            pass  # a read-only property in some transformers versions; derived from the above
     model.to(dtype)
 
     model.save_pretrained(str(out), safe_serialization=True)

@@ -8,7 +8,6 @@ the GPU-only run against the real library.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,14 +16,13 @@ from typing import Any
 
 import pytest
 
-from llmpool import prompts
+from llmpool import gpu, prompts
 from llmpool.backends.exllamav3 import CACHE_QUANTS, ExLlamaV3Adapter
 from llmpool.config.loader import load_settings
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import ConfigError, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Decoding, GenerationRequest
 from tests.fake_exllamav3 import installed, make_model_dir
-from tests.fake_exllamav3 import registered as registered_adapter
 
 REAL_MODEL_ENV = "LLM_POOL_EXL3_MODEL"
 
@@ -36,16 +34,7 @@ def exl() -> Iterator[ModuleType]:
 
 
 @pytest.fixture
-def registered() -> Iterator[None]:
-    """The adapter in the registry for this test only (until registry.py lists it)."""
-    with registered_adapter():
-        yield
-
-
-@pytest.fixture
-def make_spec(
-    registered: None, write_settings: Callable[..., Path], tmp_path: Path
-) -> Callable[..., ModelSpec]:
+def make_spec(write_settings: Callable[..., Path], tmp_path: Path) -> Callable[..., ModelSpec]:
     """make_spec(reply=..., **keys): a validated ModelSpec for a fake model directory."""
 
     def make(reply: str = "Hello from EXL3.", **keys: Any) -> ModelSpec:
@@ -289,19 +278,17 @@ def test_close_unloads_and_is_idempotent(exl: ModuleType, make_spec: Callable[..
 
 
 # -- the real library (GPU-only) ------------------------------------------------------
-def _real_exllamav3_missing() -> str | None:
-    """Why the real run cannot happen here: no CUDA GPU (or no exllamav3/torch to use one)."""
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("exllamav3") is None:
-        return "GPU-only: needs a CUDA GPU with torch and exllamav3 installed (not on this machine)"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "GPU-only: no CUDA GPU available (torch.cuda.is_available() is false)"
-    return None
+def _no_nvidia_gpu() -> str | None:
+    """Why the real run cannot happen here: no NVIDIA GPU, and nothing else. On a machine
+    with one, a missing torch or exllamav3 install fails the test instead of skipping it."""
+    gpus, error = gpu.snapshot()
+    if gpus:
+        return None
+    return f"GPU-only: no NVIDIA GPU on this machine ({error or 'NVML lists none'})"
 
 
-@pytest.mark.skipif(_real_exllamav3_missing() is not None, reason=str(_real_exllamav3_missing()))
-def test_real_exllamav3_on_gpu(registered: None, write_settings: Callable[..., Path]) -> None:
+@pytest.mark.skipif(_no_nvidia_gpu() is not None, reason=str(_no_nvidia_gpu()))
+def test_real_exllamav3_on_gpu(write_settings: Callable[..., Path]) -> None:
     """GPU-ONLY: the real library end to end; needs an EXL3 model directory in $LLM_POOL_EXL3_MODEL."""
     model_dir = os.environ.get(REAL_MODEL_ENV)
     assert model_dir, f"set {REAL_MODEL_ENV} to an EXL3 model directory to run the GPU test"

@@ -11,13 +11,12 @@ import os
 import stat
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llmpool.backends import registry
 from llmpool.backends.base import Constraint
 from llmpool.backends.llama_server import FLAG_OF, LlamaServerAdapter
 from llmpool.config.loader import load_settings
@@ -65,18 +64,7 @@ EXTRA = ["--jinja", "--cache-type-k", "q8_0", "--no-webui"]
 
 
 @pytest.fixture
-def llama_server_registered() -> Iterator[None]:
-    """Settings may name backend llama_server whether or not the registry lists it yet."""
-    present = registry.get(LlamaServerAdapter.backend)
-    if present is None:
-        registry.register(LlamaServerAdapter)
-    yield
-    if present is None:
-        registry.unregister(LlamaServerAdapter.backend)
-
-
-@pytest.fixture
-def make_spec(write_settings: WriteSettings, llama_server_registered: None, tmp_path: Path) -> MakeSpec:
+def make_spec(write_settings: WriteSettings, tmp_path: Path) -> MakeSpec:
     """make_spec(**keys) -> the validated spec of model "m" (llama_server keys unprefixed)."""
 
     def make(common: dict[str, Any] | None = None, **keys: Any) -> ModelSpec:
@@ -267,15 +255,13 @@ def test_all_keys_load(make_spec: MakeSpec) -> None:
     ],
 )
 def test_invalid_llama_server_keys_are_config_errors(
-    write_settings: WriteSettings, llama_server_registered: None, key: str, value: Any
+    write_settings: WriteSettings, key: str, value: Any
 ) -> None:
     message = config_error(write_settings, **{key: value})
     assert f"engine.models.m.{key}" in message
 
 
-def test_keys_of_another_backend_are_refused(
-    write_settings: WriteSettings, llama_server_registered: None
-) -> None:
+def test_keys_of_another_backend_are_refused(write_settings: WriteSettings) -> None:
     message = config_error(write_settings, gguf_n_ctx=4096)
     assert "gguf_n_ctx" in message
 

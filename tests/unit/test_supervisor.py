@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import requests
 
-from llmpool.backends import managed, registry
+from llmpool.backends import managed
 from llmpool.backends.llama_server import LlamaServerAdapter
 from llmpool.config.loader import load_settings
 from llmpool.config.spec import ModelSpec
@@ -390,22 +390,11 @@ def test_address_in_use_is_false_for_other_failures(make_child: MakeChild) -> No
 
 
 # -- ManagedServerAdapter through LlamaServerAdapter -----------------------------------
-@pytest.fixture
-def llama_server_registered() -> Iterator[None]:
-    """Settings may name backend llama_server whether or not the registry lists it yet."""
-    present = registry.get(LlamaServerAdapter.backend)
-    if present is None:
-        registry.register(LlamaServerAdapter)
-    yield
-    if present is None:
-        registry.unregister(LlamaServerAdapter.backend)
-
-
 MakeSpec = Callable[..., ModelSpec]
 
 
 @pytest.fixture
-def llama_spec(write_settings: WriteSettings, llama_server_registered: None) -> MakeSpec:
+def llama_spec(write_settings: WriteSettings) -> MakeSpec:
     """llama_spec(**keys) -> the validated spec of model "m" run by the fake runtime."""
 
     def make(**keys: Any) -> ModelSpec:

@@ -1,7 +1,7 @@
 """Fake `exllamav3`: the public names the real package exports at top level."""
 
 from .cache import Cache, CacheLayer_fp16, CacheLayer_quant
-from .generator import ComboSampler, DefaultSampler, Generator, GreedySampler, Job
+from .generator import ComboSampler, DefaultSampler, Generator, Job
 from .log import fake_calls
 from .model import Config, Model
 from .tokenizer import Tokenizer
@@ -14,7 +14,6 @@ __all__ = [
     "Config",
     "DefaultSampler",
     "Generator",
-    "GreedySampler",
     "Job",
     "Model",
     "Tokenizer",

@@ -19,11 +19,7 @@ PAGE_SIZE = 256
 
 
 class DefaultSampler:
-    pass
-
-
-class GreedySampler:
-    pass
+    """What a Job samples with when given no sampler (the fake's reply ignores it)."""
 
 
 class ComboSampler:
