@@ -26,7 +26,7 @@ VLLM_POOL_DEPS := flask marshmallow requests nvidia-ml-py gunicorn gevent pytest
 LITELLM_VENV ?= .venv-litellm
 LITELLM_STAMP := $(LITELLM_VENV)/.ready
 LITELLM := litellm[proxy]==1.104.0
-LINT_PATHS := llmpool blueprints tests bench wsgi.py conf/gunicorn.conf.py
+LINT_PATHS := llmpool blueprints tests bench wsgi.py conf
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
@@ -62,7 +62,7 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
-	$(VENV)/bin/mypy llmpool blueprints
+	$(VENV)/bin/mypy llmpool blueprints conf/worker.py
 
 $(LITELLM_STAMP):
 	python3 -m venv $(LITELLM_VENV)

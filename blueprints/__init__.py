@@ -11,6 +11,7 @@ from blueprints import admin, openai_compat, responses
 from blueprints.errors import register_error_handlers
 from llmpool.config.loader import load_settings
 from llmpool.config.spec import Settings
+from llmpool.greenbridge import check_not_fully_patched
 from llmpool.pool import Pool
 
 
@@ -22,6 +23,7 @@ def create_app(
     `settings` defaults to the files (see llmpool.config.loader); `start_models` loads the
     enabled models in the background, and /readyz turns 200 once that is done.
     """
+    check_not_fully_patched()  # a stock gevent worker would turn the scheduler into greenlets
     settings = settings or load_settings()
     pool = pool or Pool(settings)
     logging.basicConfig(

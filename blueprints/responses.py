@@ -9,11 +9,15 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from blueprints.schemas import ResponsesRequestSchema
 from blueprints.sse import completed_payload, sse_response, stream_job
+from llmpool.errors import ClientGone
 from llmpool.generation import GenerationRequest, Message
+from llmpool.greenbridge import ChannelTimeout, peer_closed
 from llmpool.job import Done, Failed, Job
 from llmpool.pool import Pool
 
 bp = Blueprint("responses", __name__)
+# How often a JSON request waiting for its job checks whether its client hung up.
+DISCONNECT_POLL_S = 0.2
 # One instance each: building a schema deep-copies its fields (measurable per request).
 RESPONSES_SCHEMA = ResponsesRequestSchema()
 
@@ -45,12 +49,32 @@ def to_generation_request(body: dict[str, Any], p: Pool) -> GenerationRequest:
     )
 
 
+def client_socket() -> int | None:
+    """The request's client socket under gunicorn (None elsewhere, e.g. the test client)."""
+    sock = request.environ.get("gunicorn.socket")
+    try:
+        return int(sock.fileno()) if sock is not None else None
+    except (OSError, ValueError):
+        return None
+
+
 def wait_for_result(p: Pool, job: Job) -> Done:
-    """Block this greenlet until `job` ends: its Done, or its error raised. If the wait is
-    interrupted (the worker is stopping the request), the job is cancelled."""
+    """Suspend this greenlet until `job` ends: its Done, or its error raised.
+
+    While it waits it looks at the client's socket every `DISCONNECT_POLL_S`: a client
+    that hung up cancels its job (queued: out of line at once; running: stopped at the
+    next token), instead of holding a slot until max_tokens. If the wait is interrupted
+    (the worker is stopping the request), the job is cancelled too.
+    """
+    fileno = client_socket()
     try:
         while True:
-            event = job.events.get()
+            try:
+                event = job.events.get(timeout=DISCONNECT_POLL_S if fileno is not None else None)
+            except ChannelTimeout:
+                if fileno is not None and peer_closed(fileno):
+                    raise ClientGone("the client closed the connection", model=job.model) from None
+                continue
             if isinstance(event, Done):
                 return event
             if isinstance(event, Failed):

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Response
 
+from llmpool.greenbridge import ChannelTimeout
 from llmpool.job import Delta, Done, Event, Failed, Job, JobStatus
 from llmpool.pool import Pool
 
@@ -54,7 +54,7 @@ def job_events(pool: Pool, job: Job) -> Iterator[Event | str]:
     while True:
         try:
             event = job.events.get(timeout=QUEUED_COMMENT_INTERVAL_S)
-        except queue.Empty:
+        except ChannelTimeout:
             if job.status is JobStatus.QUEUED and (place := pool.position(job)):
                 yield f": queued {place}\n\n"
             else:

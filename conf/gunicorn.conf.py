@@ -3,17 +3,19 @@
 Bind address comes from LLM_POOL_BIND, else service.host/port of the settings files.
 """
 
-# Patch first, in the master: the settings check below imports every backend, and with it
-# requests -> urllib3 -> ssl. Patched only later in the worker, urllib3 would keep the
-# unpatched SSLContext and every read from an HTTPS upstream would block the whole
-# worker (gevent warns "Monkey-patching ssl after ssl has already been imported"). The
-# worker's own patch_all() is then a no-op.
-from gevent import monkey
+import os
+import sys
 
-monkey.patch_all()
+# conf/worker.py is imported by module path, here and by gunicorn (worker_class).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import os  # noqa: E402
-import sys  # noqa: E402
+# Patch first, in the master, and selectively (conf/worker.py says why): the settings
+# check below imports every backend, and with it requests -> urllib3 -> ssl. Patched
+# only later in the worker, urllib3 would keep the unpatched SSLContext and every read
+# from an HTTPS upstream would block the whole worker. The worker's patch is then a no-op.
+from conf.worker import patch_selectively  # noqa: E402
+
+patch_selectively()
 
 from llmpool.config.loader import load_settings  # noqa: E402
 from llmpool.errors import ConfigError  # noqa: E402
@@ -25,7 +27,7 @@ except ConfigError as exc:  # say what is wrong and stop, instead of a traceback
 
 bind = os.environ.get("LLM_POOL_BIND") or f"{_service['host']}:{_service['port']}"
 workers = 1  # never more: each worker would load its own copy of every model
-worker_class = "gevent"
+worker_class = "conf.worker.SelectiveGeventWorker"
 # Simultaneous connections the one worker accepts (gunicorn's default is 1000). Queued SSE
 # clients each hold one while they wait, so this must stay above the models' max_queue
 # sum; each costs a greenlet and a socket. Raise the fd limit (LimitNOFILE) to match.

@@ -143,6 +143,10 @@ class JobCancelled(PoolError):
     code = "cancelled"
 
 
+class ClientGone(JobCancelled):
+    """The client hung up while its request waited; nobody reads the answer."""
+
+
 class RequestFieldInvalid(PoolError):
     """A request field breaks a rule only the core can check (e.g. a model's token limit).
 

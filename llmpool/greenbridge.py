@@ -1,140 +1,121 @@
-"""The only module that knows about gevent.
+"""The only module that knows about gevent: how greenlets and real threads meet.
 
-Under gunicorn's gevent worker, `threading` and `queue` are monkey-patched: every
-"thread" the pool starts is a greenlet on one OS thread. A runtime call that blocks in C
-(llama.cpp decode, CTranslate2, torch) would freeze that OS thread and with it every
-request. So blocking runtime work runs on *real* OS threads, and results travel back
-through a `Channel` whose consumer side wakes the waiting greenlet through the hub's
-thread-safe async watcher.
+Under gunicorn the pool runs in one gevent worker that patches sockets, DNS, ssl and
+time only (conf/worker.py). `threading`, `queue`, `subprocess`, `os` and `select` stay
+the standard library's: the scheduler's dispatcher and replica threads are real OS
+threads, and the runtimes block in C there. Greenlets serve HTTP on the hub, which runs
+on the worker's main thread. One rule makes the two worlds coexist:
+
+    A greenlet never waits on a real primitive.
+
+A greenlet that waits on a real `Queue.get`, `Condition.wait`, `Event.wait`, `join` or
+`Popen.wait` freezes the hub and with it every request. So:
+
+- greenlet -> thread: non-blocking puts on real queues (`queue.Queue.put_nowait`);
+  short, bounded critical sections under real locks are fine, waits are not;
+- thread -> greenlet: a `Channel` or a `Latch`, whose hub-side waiter is woken through
+  the hub loop's thread-safe callback;
+- a greenlet that needs blocking work done: `call_blocking` (a real thread, the greenlet
+  waits on a `Channel`);
+- a real thread that needs socket-bound work done on the hub (a gevent socket belongs to
+  the hub of the thread that made it): `Home.spawn`. Pooled HTTP connections made on a
+  real thread must never be reused on the hub, or the reverse.
 
 Without gevent (Flask test client, `flask run`, unit tests) the same API runs on plain
-threads: `call_blocking` is a direct call and `Channel` waits on a real `threading.Event`.
+threads: `call_blocking` is a direct call, waits use real primitives, `Home.spawn` starts
+a daemon thread.
 """
 
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
-def gevent_active() -> bool:
-    """True when `threading` has been monkey-patched by gevent in this process."""
-    try:
-        from gevent import monkey
-    except ImportError:
-        return False
-    return bool(monkey.is_module_patched("threading"))
+def gevent_serving() -> bool:
+    """True when this process serves HTTP on a gevent hub (sockets patched by gevent)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return monkey is not None and bool(monkey.is_module_patched("socket"))
 
 
-def _original(module: str, name: str) -> Any:
-    if gevent_active():
-        from gevent import monkey
-
-        return monkey.get_original(module, name)
-    return getattr(__import__(module), name)
-
-
-_MAIN_THREAD_IDENT = _original("_thread", "get_ident")()
-
-
-def on_main_os_thread() -> bool:
-    """True on the process's main OS thread (under gevent: on the hub's thread)."""
-    return bool(_original("_thread", "get_ident")() == _MAIN_THREAD_IDENT)
+def check_not_fully_patched() -> None:
+    """Refuse to run when `threading` is patched: the scheduler's threads would be
+    greenlets and a runtime blocking in C would freeze every request."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("threading"):
+        raise RuntimeError(
+            "llm-pool needs real threads: run it with conf/gunicorn.conf.py, whose worker "
+            "patches only sockets, DNS, ssl and time (gevent's monkey.patch_all() patches threading)"
+        )
 
 
-def spawn(fn: Callable[..., None], *args: Any) -> None:
-    """Run `fn(*args)` concurrently on a cooperative thread: a greenlet under gevent (a
-    patched `threading.Thread` costs several times more per start, which shows on an
-    instant upstream), a daemon thread otherwise. `fn` must catch its own exceptions.
+def on_hub() -> bool:
+    """True where waiting must be cooperative: the hub's thread of a gevent worker.
+
+    The worker's hub runs on the main thread; every other thread is a real thread that
+    may block (gevent may give such a thread a hub of its own, e.g. for a patched
+    `time.sleep`, but nothing else runs there).
     """
-    if gevent_active():
-        import gevent
-
-        gevent.spawn(fn, *args)
-    else:
-        threading.Thread(target=fn, args=args, daemon=True).start()
+    return gevent_serving() and threading.current_thread() is threading.main_thread()
 
 
-def start_os_thread(fn: Callable[[], None]) -> None:
-    """Run `fn` on a new real OS thread, never a greenlet.
+def assert_may_block(what: str) -> None:
+    """Guard for functions that wait on real primitives: never on the hub."""
+    if on_hub():
+        raise RuntimeError(f"{what} waits on a real primitive and must not run on the gevent hub")
 
-    `fn` must catch its own exceptions and must touch only thread-safe objects
-    (a `Channel`'s producer side), never gevent primitives.
+
+# -- waking one waiter from any thread ---------------------------------------------------
+class _Waiter:
+    """One consumer's wake-up: `notify` from any thread, `wait` by the consumer only.
+
+    On the hub the consumer waits on a gevent Event that the hub loop sets through its
+    thread-safe callback queue (no watcher per waiter, nothing to dispose). Wake-ups are
+    coalesced: a producer schedules a callback only when none is pending. Elsewhere it is
+    a real `threading.Event`.
     """
-    _original("_thread", "start_new_thread")(fn, ())
 
-
-def os_queue() -> Any:
-    """A `queue.SimpleQueue` whose `get` blocks the real OS thread, never a greenlet.
-
-    For hand-offs between two non-hub OS threads, e.g. a runtime's C++ callback thread
-    feeding the adapter's producer thread: gevent's patched queue is bound to one hub
-    and would neither wake across threads nor stream (ctranslate2's own
-    `generate_tokens` delivers every token at the end under gevent for that reason).
-    """
-    return _original("queue", "SimpleQueue")()
-
-
-def call_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call `fn` so that it may block in C without stalling other requests.
-
-    Under gevent it runs on the hub's thread pool and the calling greenlet waits
-    cooperatively; otherwise it is a plain call on the current thread. Exceptions
-    propagate to the caller either way.
-    """
-    if gevent_active():
-        import gevent
-
-        return gevent.get_hub().threadpool.apply(fn, args, kwargs)
-    return fn(*args, **kwargs)
-
-
-class _ThreadWaiter:
-    def __init__(self) -> None:
-        self._event = threading.Event()  # only used when threading is not patched
-
-    def notify(self) -> None:
-        self._event.set()
-
-    def wait(self, timeout: float | None) -> None:
-        self._event.wait(timeout)
-        self._event.clear()
-
-    def dispose(self) -> None:
-        pass
-
-
-class _GeventWaiter:
-    """Wakes a greenlet from any OS thread.
-
-    The async watcher is started once, at creation, in the consumer's hub: libev resets a
-    watcher's pending flag on start, so a watcher started only while waiting could lose a
-    send that raced with the start.
-    """
+    __slots__ = ("_event", "_loop", "_pending", "_hub_event")
 
     def __init__(self) -> None:
-        import gevent
-        import gevent.event
+        self._loop: Any = None
+        self._pending = False
+        if on_hub():
+            import gevent
+            import gevent.event
 
-        self._event = gevent.event.Event()
-        self._async = gevent.get_hub().loop.async_()
-        self._async.start(self._event.set)
+            self._loop = gevent.get_hub().loop
+            self._hub_event: Any = gevent.event.Event()
+        else:
+            self._event = threading.Event()
+
+    @property
+    def cooperative(self) -> bool:
+        return self._loop is not None
 
     def notify(self) -> None:
-        self._async.send()
+        if self._loop is None:
+            self._event.set()
+        elif not self._pending:
+            # A stale True only skips a callback that is already queued and will still
+            # set the event after this producer's item was appended (GIL ordering).
+            self._pending = True
+            self._loop.run_callback_threadsafe(self._wake)
+
+    def _wake(self) -> None:  # on the hub
+        self._pending = False
+        self._hub_event.set()
 
     def wait(self, timeout: float | None) -> None:
-        self._event.wait(timeout)
-        self._event.clear()
-
-    def dispose(self) -> None:
-        self._async.stop()
-        self._async.close()
+        event = self._hub_event if self._loop is not None else self._event
+        event.wait(timeout)
+        event.clear()
 
 
 class ChannelClosed(Exception):
@@ -146,16 +127,16 @@ class ChannelTimeout(Exception):
 
 
 class Channel(Generic[T]):
-    """Many producers on any OS thread, one consumer (a greenlet or a thread).
+    """Many producers on any thread, one consumer (a greenlet or a thread).
 
-    Create it on the consumer's side. `put`/`close` never block; `get` blocks only the
-    consumer and, under gevent, only its greenlet.
+    Create it where the consumer lives: that fixes how the consumer waits. `put` and
+    `close` never block; `get` blocks only the consumer and, on the hub, only its greenlet.
     """
 
     def __init__(self) -> None:
         self._items: collections.deque[T] = collections.deque()
         self._closed = False
-        self._waiter: _ThreadWaiter | _GeventWaiter = _GeventWaiter() if gevent_active() else _ThreadWaiter()
+        self._waiter = _Waiter()
 
     def put(self, item: T) -> None:
         self._items.append(item)  # deque.append is atomic under the GIL
@@ -181,120 +162,139 @@ class Channel(Generic[T]):
                 raise ChannelTimeout()
             self._waiter.wait(remaining)
 
-    def dispose(self) -> None:
-        """Release the wake-up watcher; call once the consumer is done."""
-        self._waiter.dispose()
 
+class Latch:
+    """A one-way flag set from any thread, waited on by any number of greenlets and threads.
 
-_ITEM, _ERROR = "item", "error"
-
-
-class ThreadedIterator(Generic[T]):
-    """Drives a blocking iterator on its own OS thread and yields its items here.
-
-    `stop()` asks the producer to stop after the item it is computing (for a runtime:
-    at the next token); the producer then closes the source iterator so the runtime
-    frees its resources. Iterating to the end always waits for the producer thread to
-    finish, so the runtime is idle once iteration is over.
+    Real threads wait on a real Event; hub greenlets each register a wake-up that the
+    setter runs, so neither side ever waits on the other's primitive.
     """
 
-    def __init__(self, make_source: Callable[[], Iterator[T]]) -> None:
-        self._make_source = make_source
-        self._channel: Channel[tuple[str, Any]] = Channel()
-        self._stop = False
-        start_os_thread(self._produce)
+    def __init__(self) -> None:
+        self._flag = threading.Event()
+        self._lock = threading.Lock()  # guards _waiters against a concurrent set()
+        self._waiters: list[_Waiter] = []
 
-    def stop(self) -> None:
-        self._stop = True  # a plain attribute: read by the producer between items
+    def is_set(self) -> bool:
+        return self._flag.is_set()
 
-    @property
-    def stopped(self) -> bool:
-        return self._stop
+    def set(self) -> None:
+        with self._lock:
+            self._flag.set()
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.notify()
 
-    def _produce(self) -> None:
-        source: Iterator[T] | None = None
+    def wait(self, timeout: float | None = None) -> bool:
+        if not on_hub():
+            return self._flag.wait(timeout)
+        waiter = _Waiter()
+        with self._lock:
+            if self._flag.is_set():
+                return True
+            self._waiters.append(waiter)
         try:
-            source = self._make_source()
-            for item in source:
-                if self._stop:
-                    break
-                self._channel.put((_ITEM, item))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            self._channel.put((_ERROR, exc))
+            waiter.wait(timeout)
         finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except BaseException as exc:
-                    self._channel.put((_ERROR, exc))
-            self._channel.close()
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        return self._flag.is_set()
 
-    def __iter__(self) -> Iterator[T]:
+
+# -- running work where it belongs ----------------------------------------------------------
+def _drop_thread_hub() -> None:
+    """Destroy the hub gevent may have made for this (ending) real thread, e.g. for a
+    patched `time.sleep` or a gevent socket: else its loop's descriptors outlive it."""
+    if not gevent_serving():
+        return
+    from gevent._hub_local import get_hub_if_exists
+
+    hub = get_hub_if_exists()
+    if hub is not None and threading.current_thread() is not threading.main_thread():
+        hub.destroy(destroy_loop=True)
+
+
+def start_thread(fn: Callable[..., None], *args: Any, name: str | None = None) -> threading.Thread:
+    """Run `fn(*args)` on a new real daemon thread; `fn` must catch its own exceptions."""
+
+    def run() -> None:
         try:
-            while True:
-                try:
-                    kind, value = self._channel.get()
-                except ChannelClosed:
-                    return
-                if kind == _ERROR:
-                    self._drain()
-                    raise value
-                if not self._stop:
-                    yield value
+            fn(*args)
         finally:
-            # Consumer abandoned us early (generator closed): stop the producer and wait
-            # for it, so the runtime is never driven by two jobs at once.
-            self._stop = True
-            self._drain()
-            self._channel.dispose()
+            _drop_thread_hub()
 
-    def _drain(self) -> None:
-        while True:
-            try:
-                self._channel.get()
-            except ChannelClosed:
-                return
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
 
 
-class DirectIterator(Generic[T]):
-    """Drives an I/O-bound iterator on the calling greenlet or thread.
+_OK, _RAISED = "ok", "raised"
 
-    For adapters that only wait on sockets (child-process servers, remote APIs): under
-    gevent their sockets are cooperative, so no OS thread is needed, and gevent sockets
-    must not be used from a foreign OS thread anyway. Same `stop()` contract as
-    `ThreadedIterator`: the source is closed at the next item.
+
+def call_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call `fn` so that it may block (in C, or on real primitives) without stalling
+    other requests.
+
+    On the hub it runs on a new real thread while the calling greenlet waits on a
+    `Channel`; elsewhere it is a plain call on the current thread. Exceptions propagate
+    to the caller either way. For rare, long calls (loads, unloads, shutdown), not per
+    token: a thread start costs about 0.1 ms.
+    """
+    if not on_hub():
+        return fn(*args, **kwargs)
+    outcome: Channel[tuple[str, Any]] = Channel()
+
+    def run() -> None:
+        try:
+            outcome.put((_OK, fn(*args, **kwargs)))
+        except BaseException as exc:  # handed to the caller, which re-raises it
+            outcome.put((_RAISED, exc))
+
+    start_thread(run, name=getattr(fn, "__name__", "call_blocking"))
+    kind, value = outcome.get()
+    if kind == _RAISED:
+        raise value
+    return value
+
+
+class Home:
+    """Where a consumer lives: the hub (with gevent) or plain threads (without).
+
+    Captured where a job is created, on the request's greenlet; a real thread later uses
+    it to run socket-bound work there (`spawn`), because a gevent socket belongs to the
+    hub of the thread that made it and the hub must do that I/O.
     """
 
-    def __init__(self, make_source: Callable[[], Iterator[T]]) -> None:
-        self._make_source = make_source
-        self._stop = False
+    __slots__ = ("_loop",)
 
-    def stop(self) -> None:
-        self._stop = True
+    def __init__(self) -> None:
+        self._loop: Any = None
+        if on_hub():
+            import gevent
 
-    @property
-    def stopped(self) -> bool:
-        return self._stop
+            self._loop = gevent.get_hub().loop
 
-    def __iter__(self) -> Iterator[T]:
-        source = self._make_source()
-        try:
-            for item in source:
-                if self._stop:
-                    return
-                yield item
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
+    def spawn(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run `fn(*args)` as a greenlet on this hub, from any thread (a daemon thread
+        without gevent). `fn` must catch its own exceptions."""
+        if self._loop is None:
+            start_thread(fn, *args)
+            return
+        import gevent
+
+        self._loop.run_callback_threadsafe(gevent.spawn, fn, *args)
 
 
-def drive(make_source: Callable[[], Iterator[T]], blocking: bool) -> ThreadedIterator[T] | DirectIterator[T]:
-    """The right driver for a runtime's iterator: an OS thread when it blocks in C."""
-    return ThreadedIterator(make_source) if blocking else DirectIterator(make_source)
+def peer_closed(fileno: int) -> bool:
+    """True when the client on socket `fileno` has closed (or broken) the connection.
 
+    A zero-timeout poll for the peer's hang-up, never a wait and never a read: a
+    pipelined next request stays in the socket for the server to read.
+    """
+    import select
 
-def call(fn: Callable[[], T], blocking: bool) -> T:
-    """Run `fn` off the hub when it blocks in C, else right here (cooperatively)."""
-    return call_blocking(fn) if blocking else fn()
+    hangup = getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR | select.POLLNVAL
+    poller = select.poll()
+    poller.register(fileno, hangup)
+    return any(revents & hangup for _, revents in poller.poll(0))

@@ -1,21 +1,29 @@
 """A job: one request's journey through a model's queue and onto a replica.
 
-The scheduler produces events into the job; the HTTP layer consumes them. Both sides are
-cooperative threads (greenlets under gevent), so a `queue.Queue` is the right channel
-here; only the runtime itself runs on a real OS thread (see greenbridge).
+The scheduler (the executor, on real threads or hub greenlets) produces events into the
+job's `Channel`; the HTTP layer consumes them on the request's greenlet. The channel is
+made where the job is made, on the request's side, which fixes how the consumer waits.
+
+Status has one writer: the executor, under its lock. Every change goes through `_move`,
+which checks the edge against `_NEXT`: a terminal status is never overwritten.
+
+    QUEUED -> RUNNING | FAILED | CANCELLED
+    RUNNING -> DONE | FAILED | CANCELLED
+
+FAILED means the consumer was told why (a `Failed` event); CANCELLED means nobody was
+listening (the client left) and no event is sent.
 """
 
 from __future__ import annotations
 
 import enum
-import queue
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 from llmpool.errors import PoolError
 from llmpool.generation import Final, GenerationRequest
+from llmpool.greenbridge import Channel, Home
 from llmpool.metrics import JobTimes, build_metrics
 
 
@@ -25,6 +33,16 @@ class JobStatus(enum.StrEnum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+_NEXT: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELLED}),
+    JobStatus.RUNNING: frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED}),
+}
+
+
+class IllegalJobTransition(RuntimeError):
+    """A scheduler bug: a status change the table does not allow."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +67,7 @@ class Failed:
 Event = Delta | Done | Failed
 
 
-@dataclass(eq=False)  # identity semantics: jobs live in sets and are removed from queues
+@dataclass(eq=False)  # identity semantics: jobs live in sets and in the waiting line
 class Job:
     model: str
     request: GenerationRequest
@@ -58,37 +76,66 @@ class Job:
     created: int = field(default_factory=lambda: int(time.time()))
     status: JobStatus = JobStatus.QUEUED
     replica: int | None = None
-    events: queue.Queue[Event] = field(default_factory=queue.Queue)
-    # Set by the executor while the job runs: stops the runtime at the next token.
-    stopper: Any = None
-    cancel_requested: bool = False
-    # What the consumer is told when a cancel stops the job; None: nobody is listening.
-    cancel_error: PoolError | None = None
+    events: Channel[Event] = field(default_factory=Channel)
+    # Where the request's greenlet lives: socket-bound runtimes run the job there.
+    home: Home = field(default_factory=Home)
+    # Set once, by the first stop request: the running job ends at its next chunk, and
+    # its consumer is told `stop_error` (None: nobody is listening).
+    stop_requested: bool = False
+    stop_error: PoolError | None = None
     _text: list[str] = field(default_factory=list)
     _reasoning: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
-        return self.status in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+        return self.status not in _NEXT
 
+    def _move(self, new: JobStatus) -> None:
+        if new not in _NEXT.get(self.status, ()):
+            raise IllegalJobTransition(f"job {self.id}: {self.status.value} -> {new.value}")
+        self.status = new
+        if new is not JobStatus.RUNNING:
+            self.times.finished = time.monotonic()
+
+    # -- the executor's side (under its lock) ----------------------------------------
+    def start(self, replica: int) -> None:
+        self._move(JobStatus.RUNNING)
+        self.replica = replica
+        self.times.started = time.monotonic()
+
+    def request_stop(self, error: PoolError | None) -> None:
+        """Ask a running job to end at its next chunk; the first reason given wins."""
+        if not self.stop_requested:
+            self.stop_error = error
+            self.stop_requested = True
+
+    def drop(self, error: PoolError | None) -> None:
+        """End a job that never ran (or was stopped): tell the consumer `error`, if any."""
+        if error is None:
+            self._move(JobStatus.CANCELLED)
+        else:
+            self._move(JobStatus.FAILED)
+            self.events.put(Failed(error))
+
+    def finish(self, final: Final | None, error: PoolError | None) -> None:
+        """End a running job: stopped, failed, or done, in that order of precedence."""
+        if self.stop_requested:
+            self.drop(self.stop_error)
+        elif error is not None:
+            self.drop(error)
+        else:
+            self._move(JobStatus.DONE)
+            reasoning = "".join(self._reasoning) or None
+            finish = final.finish_reason if final else "stop"
+            self.events.put(Done("".join(self._text), reasoning, finish, final))
+
+    # -- the runner's side -----------------------------------------------------------
     def emit_delta(self, text: str, reasoning: str) -> None:
         if text:
             self._text.append(text)
         if reasoning:
             self._reasoning.append(reasoning)
         self.events.put(Delta(text=text, reasoning=reasoning))
-
-    def complete(self, final: Final | None) -> None:
-        self.status = JobStatus.DONE
-        self.times.finished = time.monotonic()
-        reasoning = "".join(self._reasoning) or None
-        finish = final.finish_reason if final else "stop"
-        self.events.put(Done("".join(self._text), reasoning, finish, final))
-
-    def fail(self, error: PoolError) -> None:
-        self.status = JobStatus.FAILED
-        self.times.finished = time.monotonic()
-        self.events.put(Failed(error))
 
     def metrics(self, final: Final | None) -> dict[str, float | int | None]:
         return build_metrics(self.times, final, self.replica, time.monotonic())

@@ -1,8 +1,10 @@
 """One configured model: its state machine, its replicas while loaded, its admin row.
 
 One writer per model: `load` and `unload` hold `_write_lock` for the whole operation, so
-two admin calls can never interleave on one model. State changes go through `_set_state`
-only, which validates the edge, logs it and wakes anybody waiting on the model.
+two admin calls can never interleave on one model. Both wait (on runtimes, children and
+real locks), so they run on real threads, never on the hub (`Pool` sees to that). State
+changes go through `_set_state` only, which validates the edge, logs it and wakes anybody
+waiting on the model.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from llmpool.backends.base import Adapter, Capabilities
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import InvalidLoadRequest, ModelLoadFailed, PoolError
 from llmpool.executor import Executor, Replica
-from llmpool.greenbridge import call
+from llmpool.greenbridge import assert_may_block
 from llmpool.states import ModelState, check_transition
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,7 @@ class ModelEntry:
 
     def wait_settled(self, timeout: float) -> ModelState:
         """Wait until the model is no longer loading or unloading (or the timeout)."""
+        assert_may_block("ModelEntry.wait_settled")
         deadline = time.monotonic() + timeout
         with self._changed:
             while self.state in (ModelState.LOADING, ModelState.UNLOADING):
@@ -149,6 +152,7 @@ class ModelEntry:
 
         Must follow `begin_load`; releases the writer lock. Raises ModelLoadFailed.
         """
+        assert_may_block("ModelEntry.finish_load")
         plan = self.load_override or {}
         spec = self.active_spec
         runtimes: list[Adapter] = []
@@ -160,7 +164,7 @@ class ModelEntry:
                 runtime.on_failure = functools.partial(self._replica_failed, replica_id)
                 runtimes.append(runtime)
                 self.last_runtimes = runtimes  # logs of a failed start stay readable
-                call(runtime.load, runtime.blocking)
+                runtime.load()
             slots = self.effective_inflight(plan["target_inflight"])
             replicas = [Replica(id=r.replica_id, runtime=r, slots=slots) for r in runtimes]
             self.executor = Executor(self.name, replicas, spec.max_queue)
@@ -199,6 +203,7 @@ class ModelEntry:
     # -- unload ----------------------------------------------------------------------
     def unload(self, force: bool) -> None:
         """Drain (or cancel at once with `force`), close every runtime, end UNLOADED."""
+        assert_may_block("ModelEntry.unload")
         with self._write_lock:
             if self.state is ModelState.UNLOADED:
                 return
@@ -216,7 +221,7 @@ class ModelEntry:
 
     def _close_quietly(self, runtime: Adapter) -> None:
         try:
-            call(runtime.close, runtime.blocking)
+            runtime.close()
         except Exception:
             log.exception("closing a runtime of %s failed", self.name)
 

@@ -1,13 +1,14 @@
 """The pool: every configured model, admission, load/unload, shutdown.
 
 This is the object the HTTP layer talks to; it takes plain data and raises `PoolError`s.
-Blocking calls (`load`, `unload`, `shutdown`) block only the calling greenlet/thread.
+`submit`, `position` and `cancel` never wait. `load`, `unload` and `shutdown` wait on
+runtimes and real locks: they run that work on real threads (`call_blocking`), so on the
+hub they suspend only the calling greenlet.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
@@ -28,6 +29,7 @@ from llmpool.errors import (
     UnknownModel,
 )
 from llmpool.generation import GenerationRequest
+from llmpool.greenbridge import call_blocking, start_thread
 from llmpool.job import Job
 from llmpool.metrics import JobTimes
 from llmpool.model import ModelEntry
@@ -147,12 +149,12 @@ class Pool:
         if entry.state is ModelState.UNLOADING:
             raise ModelUnloading(f"model '{name}' is unloading", model=name)
         if entry.state is ModelState.FAILED:
-            entry.unload(force=True)  # reap what is left of the failed runtimes first
+            call_blocking(entry.unload, True)  # reap what is left of the failed runtimes first
         entry.begin_load(plan)
         if wait:
-            entry.finish_load()
+            call_blocking(entry.finish_load)
         else:
-            threading.Thread(target=self._load_quietly, args=(entry,), daemon=True).start()
+            start_thread(self._load_quietly, entry, name=f"load-{name}")
         return entry
 
     @staticmethod
@@ -166,7 +168,7 @@ class Pool:
         entry = self.entry(name)
         if entry.state is ModelState.LOADING:
             raise ModelLoading(f"model '{name}' is still loading", model=name)
-        entry.unload(force=force)
+        call_blocking(entry.unload, force)
         return entry
 
     def gpu_memory(self) -> dict[str, Any]:
@@ -188,7 +190,7 @@ class Pool:
         self.ready = True
 
     def start_in_background(self) -> None:
-        threading.Thread(target=self.start, name="startup-loader", daemon=True).start()
+        start_thread(self.start, name="startup-loader")
 
     def shutdown(self) -> None:
         """Cancel everything and close every runtime, all models at once; idempotent.
@@ -197,12 +199,13 @@ class Pool:
         manager's own stop timeout covers the whole shutdown.
         """
         self._closed = True
+        call_blocking(self._shutdown_all)
+
+    def _shutdown_all(self) -> None:
         stoppers = [
-            threading.Thread(target=self._shutdown_one, args=(entry,), name=f"shutdown-{entry.name}")
+            start_thread(self._shutdown_one, entry, name=f"shutdown-{entry.name}")
             for entry in self.models.values()
         ]
-        for thread in stoppers:
-            thread.start()
         for thread in stoppers:
             thread.join()
 

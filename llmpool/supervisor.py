@@ -10,8 +10,10 @@ Guarantees, in llama-swap's manner:
 - stop is SIGTERM to the group, SIGKILL to the group after `stop_timeout_s`, then reap;
 - an exit nobody asked for is reported once through `on_exit`.
 
-Threading: every method runs on cooperative threads (greenlets under gevent, where
-`subprocess` is patched, so waiting on a child never blocks the hub).
+Threading: `subprocess` is the standard library's (the worker does not patch it), so
+starting, reading, watching and stopping a child wait on real primitives and run on real
+threads: `start`, `wait_ready` and `stop` on the load/unload thread, the reader and the
+watcher on threads of their own. Only `wait_exit` may be called on the hub (a `Latch`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import ctypes
 import enum
 import logging
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -28,8 +31,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from llmpool.greenbridge import on_main_os_thread
+from llmpool.greenbridge import Latch, assert_may_block, start_thread
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,49 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass  # not Linux: the process group and stop() still apply
 
 
+class _Spawner:
+    """Forks every child from one thread that lives as long as the process.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process:
+    children forked from a load thread would be killed when that thread finishes. One
+    long-lived spawner thread ties them to the process instead.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: queue.SimpleQueue[tuple[dict[str, Any], queue.SimpleQueue[Any]]] = queue.SimpleQueue()
+        self._pid: int | None = None  # the process whose thread serves (a fork needs its own)
+
+    def popen(self, **kwargs: Any) -> subprocess.Popen[bytes]:
+        assert_may_block("starting a child process")
+        with self._lock:
+            if self._pid != os.getpid():
+                self._requests = queue.SimpleQueue()
+                threading.Thread(
+                    target=self._serve, args=(self._requests,), name="spawner", daemon=True
+                ).start()
+                self._pid = os.getpid()
+            requests = self._requests
+        reply: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        requests.put((kwargs, reply))
+        ok, value = reply.get()
+        if not ok:
+            raise value
+        return value
+
+    @staticmethod
+    def _serve(requests: queue.SimpleQueue[tuple[dict[str, Any], queue.SimpleQueue[Any]]]) -> None:
+        while True:
+            kwargs, reply = requests.get()
+            try:
+                reply.put((True, subprocess.Popen(preexec_fn=_die_with_parent, **kwargs)))  # noqa: PLW1509
+            except BaseException as exc:  # handed to the caller, which re-raises it
+                reply.put((False, exc))
+
+
+_spawner = _Spawner()
+
+
 def living_group_members(pgid: int) -> list[int]:
     """Pids in process group `pgid` that are not zombies (Linux /proc; [] elsewhere)."""
     members = []
@@ -123,7 +170,7 @@ class ChildProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=spec.log_lines)
         self._reader: threading.Thread | None = None
-        self._exited = threading.Event()
+        self._exited = Latch()
 
     @property
     def pid(self) -> int | None:
@@ -137,22 +184,19 @@ class ChildProcess:
         self.state = ProcessState.STARTING
         log.info("%s: starting %s", self.label, " ".join(self.spec.argv))
         try:
-            self._proc = subprocess.Popen(
-                self.spec.argv,
+            self._proc = _spawner.popen(
+                args=self.spec.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=self.spec.environment(),
                 start_new_session=True,
-                # PDEATHSIG follows the *thread* that forked: only safe from the main one.
-                preexec_fn=_die_with_parent if on_main_os_thread() else None,  # noqa: PLW1509
             )
         except OSError as exc:
             self.state = ProcessState.EXITED
             raise ChildFailed(f"cannot start {self.spec.argv[0]}: {exc}", []) from exc
-        self._reader = threading.Thread(target=self._read_output, name=f"log-{self.label}", daemon=True)
-        self._reader.start()
-        threading.Thread(target=self._watch, name=f"watch-{self.label}", daemon=True).start()
+        self._reader = start_thread(self._read_output, name=f"log-{self.label}")
+        start_thread(self._watch, name=f"watch-{self.label}")
 
     def _read_output(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
@@ -174,7 +218,8 @@ class ChildProcess:
                 self.on_exit(returncode, self.tail())
 
     def wait_exit(self, timeout_s: float) -> bool:
-        """Wait up to `timeout_s` for the child to be gone (and its last lines read)."""
+        """Wait up to `timeout_s` for the child to be gone (and its last lines read).
+        Cooperative on the hub."""
         return self._exited.wait(timeout_s)
 
     def alive(self) -> bool:
@@ -186,6 +231,7 @@ class ChildProcess:
 
     def wait_ready(self, probe: Callable[[], bool], timeout_s: float, interval_s: float = 0.1) -> None:
         """Poll `probe` until it returns True; fail at once if the child exits."""
+        assert_may_block("ChildProcess.wait_ready")
         deadline = time.monotonic() + timeout_s
         while True:
             if not self.alive():
@@ -202,6 +248,7 @@ class ChildProcess:
 
     def stop(self) -> None:
         """SIGTERM the group, SIGKILL it after stop_timeout_s, reap. Idempotent."""
+        assert_may_block("ChildProcess.stop")
         proc = self._proc
         if proc is None or self.state is ProcessState.STOPPED:
             return

@@ -2,9 +2,10 @@
 
 Lifecycle: the registry builds one adapter per replica with the model's spec, calls
 `load()` (blocking; run off the hub by the caller), then `generate()` for each job, and
-`close()` once. `generate()` returns a *blocking* iterator of `Chunk`s that the executor
-drives on a real OS thread; cancelling a job means the executor stops pulling and calls
-the iterator's `close()`, so adapters free per-job resources in a `finally`.
+`close()` once. `generate()` returns an iterator of `Chunk`s that the executor drives on a replica thread
+(or, for socket-bound adapters, a hub greenlet); cancelling a job means the executor stops
+pulling and calls the iterator's `close()`, so adapters free per-job resources in a
+`finally`.
 """
 
 from __future__ import annotations
@@ -82,9 +83,13 @@ class Adapter:
     """Base of all backend adapters; subclasses set the class attributes below."""
 
     backend: ClassVar[str] = ""
-    # True: load/generate block in C (in-process runtimes) and run on real OS threads.
-    # False: they only wait on (gevent-cooperative) sockets and run on the greenlet.
+    # True: generate blocks in C (in-process runtimes): jobs run on real replica threads.
+    # False: it only waits on (gevent-cooperative) sockets: jobs run as greenlets on the
+    # hub. `load` and `close` always run on a real thread (they may wait on processes).
     blocking: ClassVar[bool] = True
+    # What the runtime itself raises when it fails (502 backend_error). Anything else
+    # escaping `generate` is a bug in the pool: 500 internal_error, trace in the log.
+    runtime_errors: ClassVar[tuple[type[Exception], ...]] = (RuntimeError, OSError, MemoryError)
     # False: one job at a time per replica; target_inflight is clamped to 1.
     can_batch: ClassVar[bool] = False
     constraints: ClassVar[tuple[Constraint, ...]] = ()

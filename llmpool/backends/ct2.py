@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 from marshmallow import fields, validate
 
-from llmpool import greenbridge, prompts
+from llmpool import prompts
 from llmpool.backends.base import Adapter, Capabilities, Constraint
 from llmpool.config.fields import StrictInt
 from llmpool.config.spec import ModelSpec
@@ -333,7 +333,7 @@ def stream_steps(generator: Any, tokens: list[str], kwargs: dict[str, Any]) -> I
     for the CT2 job to end, so the generator is idle when the caller moves on.
     Raises `RuntimeError` from CT2 (e.g. out of memory).
     """
-    steps = greenbridge.os_queue()
+    steps: queue.SimpleQueue[Any] = queue.SimpleQueue()
     closed = False
 
     def on_step(step: Any) -> bool:

@@ -202,12 +202,17 @@ class OpenAIRemoteAdapter(Adapter):
         # maxsize = the replica's slots: every concurrent job keeps its own connection
         # alive between requests. The environment's proxy and CA bundle are read here,
         # once (requests would re-read os.environ on every call).
-        upstream = ChatUpstream(
+        if self.option("health_check") == "models":
+            # Through connections of its own: load runs on a real thread, and a pooled
+            # connection made there must never be reused by a job on the hub.
+            probe = ChatUpstream(self.option("base_url"), maxsize=1, headers=headers, from_env=True)
+            try:
+                self._check_models(probe)
+            finally:
+                probe.close()
+        self._upstream = ChatUpstream(
             self.option("base_url"), maxsize=self.spec.target_inflight, headers=headers, from_env=True
         )
-        self._upstream = upstream
-        if self.option("health_check") == "models":
-            self._check_models(upstream)
 
     def _check_models(self, upstream: ChatUpstream) -> None:
         name, model = self.spec.name, self.option("model")

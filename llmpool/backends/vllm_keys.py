@@ -1,9 +1,19 @@
-"""The `vllm_*` engine keys, shared by the in-process `vllm` and the `vllm_serve` backends."""
+"""The `vllm_*` engine keys, shared by the in-process `vllm` and the `vllm_serve` backends.
+
+`KEYS` is the one table of them. A row says how the settings file takes the key (its
+marshmallow field), how vLLM takes it (the engine argument it sets, and how `vllm serve`
+writes that argument) and whether an operator may override it when loading. The settings
+fields, the live-load constraints, `AsyncEngineArgs`' kwargs and `vllm serve`'s command
+line are all read off this table, so a key is added or changed in one row.
+"""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Mapping
+import enum
+import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from marshmallow import fields, validate
@@ -15,82 +25,186 @@ from llmpool.config.spec import ModelSpec
 V = "vllm_"
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
 MIN_KV_CACHE_BYTES = 256 * 1024 * 1024
+# The engine arguments that several keys fold into (see Form.FOLDED).
+MM_PROCESSOR_KWARGS = "mm_processor_kwargs"
+SPECULATIVE_CONFIG = "speculative_config"
 
-CONSTRAINTS: tuple[Constraint, ...] = (
-    Constraint(V + "max_model_len", "int", min=256),
-    Constraint(V + "kv_cache_dtype", "choice", choices=KV_CACHE_DTYPES),
-    Constraint(V + "kv_cache_memory_bytes", "int", min=MIN_KV_CACHE_BYTES),
-    Constraint(V + "max_pixels", "int", min=1),
-    Constraint(V + "speculative_method", "string"),
-    Constraint(V + "speculative_model", "string"),
-    Constraint(V + "speculative_moe_backend", "string"),
-    Constraint(V + "speculative_attention_backend", "string"),
-    Constraint(V + "num_speculative_tokens", "int", min=1, max=16),
+
+class Form(enum.Enum):
+    """How a key's engine argument goes onto `vllm serve`'s command line."""
+
+    POSITIONAL = "positional"  # `vllm serve VALUE`
+    VALUE = "value"  # `--flag VALUE`, when set
+    SWITCH = "switch"  # `--flag` when true; the in-process engine always gets the bool
+    JSON = "json"  # `--flag {compact JSON}`, when set and not empty
+    FOLDED = "folded"  # an entry of the JSON argument `Key.into`, when set
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One `vllm_<name>` key.
+
+    Unless folded, it sets the engine argument `name` (vLLM's own name for it). `field`
+    is the settings rule, and for a `live` key also the live-override rule.
+    """
+
+    name: str
+    field: fields.Field
+    form: Form
+    live: bool = False
+    into: str | None = None  # Form.FOLDED: the JSON engine argument it is an entry of
+    entry: str | None = None  # Form.FOLDED: its name in there, when that is not `name`
+
+    def __post_init__(self) -> None:
+        if (self.form is Form.FOLDED) != (self.into is not None):
+            raise ValueError(f"{V}{self.name}: a folded key, and only one, names `into`")
+
+
+def _opt_str() -> fields.Field:
+    return fields.String(load_default=None, allow_none=True)
+
+
+def _opt_int(low: int, high: int | None = None) -> fields.Field:
+    return StrictInt(load_default=None, allow_none=True, validate=validate.Range(low, high))
+
+
+def _speculative(name: str, field: fields.Field, entry: str | None = None) -> Key:
+    return Key(name, field, Form.FOLDED, live=True, into=SPECULATIVE_CONFIG, entry=entry)
+
+
+KEYS: tuple[Key, ...] = (
+    Key("model", fields.String(required=True, validate=validate.Length(min=1)), Form.POSITIONAL),
+    Key("dtype", _opt_str(), Form.VALUE),
+    Key(
+        "gpu_memory_utilization",
+        StrictFloat(load_default=None, allow_none=True, validate=validate.Range(0, 1, min_inclusive=False)),
+        Form.VALUE,
+    ),
+    Key("kv_cache_memory_bytes", _opt_int(MIN_KV_CACHE_BYTES), Form.VALUE, live=True),
+    Key(
+        "kv_cache_dtype",
+        fields.String(load_default=None, allow_none=True, validate=validate.OneOf(KV_CACHE_DTYPES)),
+        Form.VALUE,
+        live=True,
+    ),
+    Key("max_model_len", _opt_int(256), Form.VALUE, live=True),
+    Key("tensor_parallel_size", _opt_int(1), Form.VALUE),
+    Key("trust_remote_code", StrictBool(load_default=False), Form.SWITCH),
+    Key("enforce_eager", StrictBool(load_default=False), Form.SWITCH),
+    Key(
+        "limit_mm_per_prompt",
+        fields.Dict(keys=fields.String(), values=StrictInt(), load_default=None, allow_none=True),
+        Form.JSON,
+    ),
+    Key(
+        MM_PROCESSOR_KWARGS, fields.Dict(keys=fields.String(), load_default=None, allow_none=True), Form.JSON
+    ),
+    # A live override of one processor kwarg, which a dict key could not take.
+    Key("max_pixels", _opt_int(1), Form.FOLDED, live=True, into=MM_PROCESSOR_KWARGS),
+    _speculative("speculative_method", _opt_str(), "method"),
+    _speculative("speculative_model", _opt_str(), "model"),
+    _speculative("speculative_moe_backend", _opt_str(), "moe_backend"),
+    _speculative("speculative_attention_backend", _opt_str(), "attention_backend"),
+    _speculative("num_speculative_tokens", _opt_int(1, 16)),
 )
-
-# speculative option suffix -> key inside vLLM's --speculative-config / speculative_config
-SPECULATIVE_KEYS = {
-    "speculative_method": "method",
-    "speculative_model": "model",
-    "num_speculative_tokens": "num_speculative_tokens",
-    "speculative_moe_backend": "moe_backend",
-    "speculative_attention_backend": "attention_backend",
-}
+_FOLDED_INTO = frozenset(key.into for key in KEYS if key.into is not None)
+# How `vllm serve` takes each engine argument: a folded-into one is always JSON.
+_FORMS = {key.name: key.form for key in KEYS if key.into is None} | dict.fromkeys(_FOLDED_INTO, Form.JSON)
 
 
 def engine_fields() -> dict[str, fields.Field]:
-    def opt_str() -> fields.Field:
-        return fields.String(load_default=None, allow_none=True)
-
-    return {
-        V + "model": fields.String(required=True, validate=validate.Length(min=1)),
-        V + "dtype": opt_str(),
-        V + "gpu_memory_utilization": StrictFloat(
-            load_default=None, allow_none=True, validate=validate.Range(0, 1, min_inclusive=False)
-        ),
-        V + "kv_cache_memory_bytes": StrictInt(
-            load_default=None, allow_none=True, validate=validate.Range(min=MIN_KV_CACHE_BYTES)
-        ),
-        V + "kv_cache_dtype": fields.String(
-            load_default=None, allow_none=True, validate=validate.OneOf(KV_CACHE_DTYPES)
-        ),
-        V + "max_model_len": StrictInt(load_default=None, allow_none=True, validate=validate.Range(min=256)),
-        V + "tensor_parallel_size": StrictInt(
-            load_default=None, allow_none=True, validate=validate.Range(min=1)
-        ),
-        V + "trust_remote_code": StrictBool(load_default=False),
-        V + "enforce_eager": StrictBool(load_default=False),
-        V + "limit_mm_per_prompt": fields.Dict(
-            keys=fields.String(), values=StrictInt(), load_default=None, allow_none=True
-        ),
-        V + "mm_processor_kwargs": fields.Dict(keys=fields.String(), load_default=None, allow_none=True),
-        V + "max_pixels": StrictInt(load_default=None, allow_none=True, validate=validate.Range(min=1)),
-        V + "speculative_method": opt_str(),
-        V + "speculative_model": opt_str(),
-        V + "speculative_moe_backend": opt_str(),
-        V + "speculative_attention_backend": opt_str(),
-        V + "num_speculative_tokens": StrictInt(
-            load_default=None, allow_none=True, validate=validate.Range(1, 16)
-        ),
-    }
+    """The settings fields of the vllm_* keys; fresh copies, as each schema binds its own."""
+    return {V + key.name: copy.deepcopy(key.field) for key in KEYS}
 
 
-def speculative_config(options: Mapping[str, Any]) -> dict[str, Any] | None:
-    """vLLM's speculative_config from the vllm_speculative_* keys; None when none is set."""
-    config = {
-        target: options[V + key]
-        for key, target in SPECULATIVE_KEYS.items()
-        if options.get(V + key) is not None
-    }
-    return config or None
+def live_constraint(key: Key) -> Constraint:
+    """The live-override rule of `key`, read off its settings field (bounds written once).
+
+    A live string must also be non-empty (Constraint's "string" rule), although the
+    settings file takes "". Raises TypeError for a field that a Constraint cannot state.
+    """
+    name, field, rules = V + key.name, key.field, list(key.field.validators)
+    kind = {StrictInt: "int", StrictFloat: "float", fields.String: "string"}.get(type(field))
+    if kind == "string" and len(rules) == 1 and isinstance(rules[0], validate.OneOf):
+        return Constraint(name, "choice", choices=tuple(rules[0].choices))
+    if kind is None or len(rules) > 1:
+        raise TypeError(f"{name}: a live override cannot state the rule of {field!r}")
+    if not rules:
+        return Constraint(name, kind)
+    bounds = rules[0]
+    if not isinstance(bounds, validate.Range) or not (bounds.min_inclusive and bounds.max_inclusive):
+        raise TypeError(f"{name}: a live override takes inclusive bounds only")
+    return Constraint(name, kind, min=bounds.min, max=bounds.max)
 
 
-def mm_processor_kwargs(options: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The processor kwargs, with `vllm_max_pixels` (a live override) folded in."""
-    kwargs = dict(options.get(V + "mm_processor_kwargs") or {})
-    if options.get(V + "max_pixels") is not None:
-        kwargs["max_pixels"] = options[V + "max_pixels"]
-    return kwargs or None
+CONSTRAINTS: tuple[Constraint, ...] = tuple(live_constraint(key) for key in KEYS if key.live)
+
+
+def flag(arg: str) -> str:
+    """`vllm serve`'s flag for an engine argument: vLLM names each after its field
+    (its FlexibleArgumentParser takes `_` and `-` alike)."""
+    return "--" + arg.replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineArg:
+    """One `AsyncEngineArgs` field with its value, and how `vllm serve` takes it."""
+
+    name: str
+    form: Form
+    value: Any
+
+    def argv(self) -> list[str]:
+        """Its words on `vllm serve`'s command line; none for a false switch or empty JSON."""
+        if self.form is Form.POSITIONAL:
+            return [str(self.value)]
+        if self.form is Form.VALUE:
+            return [flag(self.name), str(self.value)]
+        if not self.value:
+            return []
+        if self.form is Form.SWITCH:
+            return [flag(self.name)]
+        return [flag(self.name), json.dumps(self.value, separators=(",", ":"), sort_keys=True)]
+
+
+def engine_args(options: Mapping[str, Any]) -> list[EngineArg]:
+    """The engine arguments that a model's vllm_* options make, in table order.
+
+    An unset (None) key makes none, except a switch: the engine always gets its bool. A
+    JSON argument that keys fold into is its own key's dict (if it has a key) with their
+    entries over it, and is left out when that comes to nothing.
+    """
+    values: dict[str, Any] = {}
+    for key in KEYS:
+        value = options.get(V + key.name)
+        if key.into is not None:
+            entries = values.setdefault(key.into, {})
+            if value is not None:
+                entries[key.entry or key.name] = value
+        elif key.form is Form.SWITCH:
+            values[key.name] = bool(value)
+        elif key.name in _FOLDED_INTO:
+            values[key.name] = {**(value or {}), **values.get(key.name, {})}
+        else:
+            values[key.name] = value
+    return [
+        EngineArg(name, _FORMS[name], value)
+        for name, value in values.items()
+        # Folded into but nothing set: no argument. A key's own empty dict is set, though.
+        if value is not None and (value or name not in _FOLDED_INTO)
+    ]
+
+
+# Engine arguments the pool sets from the model spec itself, never from a vllm_* key.
+POOL_ARGS: dict[str, Callable[[ModelSpec], Any]] = {
+    "served_model_name": lambda spec: spec.name,
+    # The engine batches: it runs as many sequences as the replica takes jobs at once.
+    "max_num_seqs": lambda spec: spec.target_inflight,
+}
+
+
+def pool_args(spec: ModelSpec) -> list[EngineArg]:
+    return [EngineArg(name, Form.VALUE, value_of(spec)) for name, value_of in POOL_ARGS.items()]
 
 
 class VllmModelFacts:

@@ -6,7 +6,6 @@ Ready when `/v1/models` answers. `--max-num-seqs` is the replica's `target_infli
 
 from __future__ import annotations
 
-import json
 from typing import Any, ClassVar
 
 from marshmallow import fields
@@ -17,18 +16,6 @@ from llmpool.backends.managed import ManagedServerAdapter, supervision_fields
 from llmpool.generation import GenerationRequest
 
 P = "vllm_serve_"
-V = vllm_keys.V
-
-# vllm_* key -> `vllm serve` flag, for keys that carry a value.
-VALUE_FLAGS = {
-    "dtype": "--dtype",
-    "gpu_memory_utilization": "--gpu-memory-utilization",
-    "kv_cache_memory_bytes": "--kv-cache-memory-bytes",
-    "kv_cache_dtype": "--kv-cache-dtype",
-    "max_model_len": "--max-model-len",
-    "tensor_parallel_size": "--tensor-parallel-size",
-}
-SWITCH_FLAGS = {"trust_remote_code": "--trust-remote-code", "enforce_eager": "--enforce-eager"}
 
 
 class VllmServeAdapter(vllm_keys.VllmModelFacts, ManagedServerAdapter):
@@ -37,12 +24,11 @@ class VllmServeAdapter(vllm_keys.VllmModelFacts, ManagedServerAdapter):
     process_name = "vllm"
     ready_path = "/v1/models"
     reserved_flags = (
-        "--max-num-seqs",
         "--port",
         "--host",
-        "--served-model-name",
-        "--speculative-config",
         "--api-key",
+        *(vllm_keys.flag(arg) for arg in vllm_keys.POOL_ARGS),
+        vllm_keys.flag(vllm_keys.SPECULATIVE_CONFIG),
     )
     constraints: ClassVar[tuple[Constraint, ...]] = vllm_keys.CONSTRAINTS
 
@@ -59,32 +45,12 @@ class VllmServeAdapter(vllm_keys.VllmModelFacts, ManagedServerAdapter):
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def build_argv(self, binary: str, port: int) -> list[str]:
-        opts = self.spec.options
-        argv = [
-            binary,
-            "serve",
-            str(opts[V + "model"]),
-            "--host",
-            self.option("host"),
-            "--port",
-            str(port),
-            "--served-model-name",
-            self.spec.name,
-            "--max-num-seqs",
-            str(self.spec.target_inflight),
-        ]
-        for key, flag in VALUE_FLAGS.items():
-            if opts.get(V + key) is not None:
-                argv += [flag, str(opts[V + key])]
-        argv += [flag for key, flag in SWITCH_FLAGS.items() if opts.get(V + key)]
-        json_args: dict[str, Any] = {
-            "--limit-mm-per-prompt": opts.get(V + "limit_mm_per_prompt"),
-            "--mm-processor-kwargs": vllm_keys.mm_processor_kwargs(opts),
-            "--speculative-config": vllm_keys.speculative_config(opts),
-        }
-        for flag, value in json_args.items():
-            if value:
-                argv += [flag, json.dumps(value, separators=(",", ":"), sort_keys=True)]
+        args = vllm_keys.engine_args(self.spec.options)
+        model = [word for arg in args if arg.form is vllm_keys.Form.POSITIONAL for word in arg.argv()]
+        argv = [binary, "serve", *model, "--host", self.option("host"), "--port", str(port)]
+        for arg in [*vllm_keys.pool_args(self.spec), *args]:
+            if arg.form is not vllm_keys.Form.POSITIONAL:
+                argv += arg.argv()
         return argv + list(self.option("extra_args"))
 
     def child_env(self) -> dict[str, str]:

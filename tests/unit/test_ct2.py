@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from llmpool import greenbridge
 from llmpool.backends import registry
 from llmpool.backends.ct2 import Ct2Adapter, IncrementalDecoder, StopScanner, cut_at_stop, sampling_kwargs
 from llmpool.config.loader import load_settings
@@ -159,9 +158,3 @@ def test_sampling_kwargs() -> None:
     assert sampling_kwargs(0.0, 40, 0.9, 1.1) == {"sampling_topk": 1, "repetition_penalty": 1.1}
     assert sampling_kwargs(0.7, 0, 0.9, 1.0)["sampling_topk"] == 0
     assert sampling_kwargs(0.7, 40, 0.9, 1.0)["sampling_temperature"] == 0.7
-
-
-def test_os_queue_crosses_threads() -> None:
-    q = greenbridge.os_queue()
-    greenbridge.start_os_thread(lambda: q.put("from another thread"))
-    assert q.get(timeout=5) == "from another thread"

@@ -6,7 +6,6 @@ Long jobs (1000 tokens at 10 ms) never run to the end: tests cancel them, and th
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +29,7 @@ from llmpool.errors import (
 )
 from llmpool.executor import Executor
 from llmpool.generation import GenerationRequest
+from llmpool.greenbridge import ChannelTimeout
 from llmpool.job import Delta, Done, Event, Failed, Job, JobStatus
 from llmpool.metrics import METRIC_KEYS
 from llmpool.pool import Pool
@@ -101,7 +101,7 @@ def collect(job: Job, timeout: float = 5.0) -> tuple[list[Delta], Done | Failed]
     while True:
         try:
             event: Event = job.events.get(timeout=max(0.0, deadline - time.monotonic()))
-        except queue.Empty:
+        except ChannelTimeout:
             pytest.fail(f"job {job.id} sent no terminal event within {timeout}s")
         if isinstance(event, Delta):
             deltas.append(event)
@@ -113,8 +113,8 @@ def pending_events(job: Job) -> list[Event]:
     out = []
     while True:
         try:
-            out.append(job.events.get_nowait())
-        except queue.Empty:
+            out.append(job.events.get(timeout=0))
+        except ChannelTimeout:
             return out
 
 
@@ -236,7 +236,7 @@ def test_jobs_cancelled_while_queued_leave_the_fifo_too(make_pool: Callable[...,
         pool.cancel(pool.submit("m", request(pool)))
     ex = executor(pool)
     assert ex.queue_depth == 0
-    assert ex._queue.qsize() == 0
+    assert ex._line.qsize() == 0
 
 
 def test_places_in_line_follow_every_change(make_pool: Callable[..., Pool]) -> None:

@@ -1,15 +1,16 @@
-"""Channel and ThreadedIterator on plain threads, and the Channel under gevent (subprocess)."""
+"""greenbridge on plain threads, and under the worker's selective gevent patch (subprocesses)."""
 
 from __future__ import annotations
 
 import collections
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,12 @@ from llmpool.greenbridge import (
     Channel,
     ChannelClosed,
     ChannelTimeout,
-    ThreadedIterator,
+    Home,
+    Latch,
     call_blocking,
-    start_os_thread,
+    on_hub,
+    peer_closed,
+    start_thread,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,10 +52,9 @@ def test_items_arrive_in_order_from_a_producer_os_thread() -> None:
                 time.sleep(0.001)  # let the consumer catch up and wait in between
         channel.close()
 
-    start_os_thread(produce)
+    start_thread(produce)
     assert drain(channel) == list(range(200))
     assert producer_ident and producer_ident[0] != threading.get_ident()
-    channel.dispose()
 
 
 def test_items_put_before_close_are_all_delivered() -> None:
@@ -118,114 +121,55 @@ def test_call_blocking_without_gevent_is_a_direct_call_on_this_thread() -> None:
         call_blocking({}.__getitem__, "missing")
 
 
-# -- ThreadedIterator ------------------------------------------------------------------
-class Source:
-    """A blocking generator that records where it ran and whether its finally ran."""
-
-    def __init__(self, n: int | None = None, delay: float = 0.0, fail_at: int | None = None) -> None:
-        self.n, self.delay, self.fail_at = n, delay, fail_at
-        self.closed = threading.Event()
-        self.thread: int | None = None
-        self.produced = 0
-
-    def __call__(self) -> Iterator[int]:
-        self.thread = threading.get_ident()
-        try:
-            i = 0
-            while self.n is None or i < self.n:
-                if i == self.fail_at:
-                    raise ValueError(f"boom at {i}")
-                if self.delay:
-                    time.sleep(self.delay)
-                self.produced += 1
-                yield i
-                i += 1
-        finally:
-            self.closed.set()
+# -- Latch, Home, peer_closed without gevent ------------------------------------------------
+def test_latch_wakes_every_waiting_thread_and_stays_set() -> None:
+    latch = Latch()
+    woke: list[bool] = []
+    waiters = [threading.Thread(target=lambda: woke.append(latch.wait(5))) for _ in range(3)]
+    for waiter in waiters:
+        waiter.start()
+    assert not latch.wait(0.01)
+    threading.Timer(0.02, latch.set).start()
+    for waiter in waiters:
+        waiter.join(5)
+    assert woke == [True, True, True]
+    assert latch.is_set() and latch.wait(0)
 
 
-def test_threaded_iterator_yields_source_items_in_order_from_another_thread() -> None:
-    source = Source(n=50)
-    assert list(ThreadedIterator(source)) == list(range(50))
-    assert source.thread is not None and source.thread != threading.get_ident()
-    assert source.closed.is_set()
+def test_home_spawn_without_gevent_runs_on_another_thread() -> None:
+    assert not on_hub()
+    ran: Channel[int] = Channel()
+    Home().spawn(lambda: ran.put(threading.get_ident()))
+    assert ran.get(timeout=5) != threading.get_ident()
 
 
-def test_exception_in_source_is_reraised_in_consumer_after_earlier_items() -> None:
-    source = Source(n=10, fail_at=3)
-    got = []
-    with pytest.raises(ValueError, match="boom at 3"):
-        for item in ThreadedIterator(source):
-            got.append(item)
-    assert got == [0, 1, 2]
-    assert source.closed.is_set()
+def test_peer_closed_sees_a_hang_up_but_not_an_idle_or_talking_peer() -> None:
+    ours, theirs = socket.socketpair()
+    with ours:
+        assert not peer_closed(ours.fileno())  # idle
+        theirs.sendall(b"GET / HTTP/1.1\r\n")  # a pipelined request: not a hang-up
+        assert not peer_closed(ours.fileno())
+        assert ours.recv(100)  # and it is still there to read
+        theirs.close()
+        assert peer_closed(ours.fileno())
 
 
-def test_exception_creating_the_source_is_reraised_in_consumer() -> None:
-    def make() -> Iterator[int]:
-        raise RuntimeError("cannot start")
-
-    with pytest.raises(RuntimeError, match="cannot start"):
-        list(ThreadedIterator(make))
-
-
-def test_stop_closes_the_source_and_ends_iteration() -> None:
-    source = Source(n=None, delay=0.002)  # endless until stopped
-    stream = ThreadedIterator(source)
-    got = []
-    started = time.monotonic()
-    for item in stream:
-        got.append(item)
-        stream.stop()
-    assert time.monotonic() - started < 2.0
-    assert got == [0]  # nothing after stop() reaches the consumer
-    assert stream.stopped
-    assert source.closed.is_set()  # the producer closed the generator: its finally ran
-
-
-def test_stop_before_iterating_still_closes_the_source() -> None:
-    source = Source(n=None, delay=0.002)
-    stream = ThreadedIterator(source)
-    stream.stop()
-    assert list(stream) == []
-    assert source.closed.is_set()
-
-
-def test_abandoning_iteration_stops_the_producer() -> None:
-    source = Source(n=None, delay=0.002)
-    stream = ThreadedIterator(source)
-    consumer = iter(stream)
-    assert next(consumer) == 0
-    consumer.close()  # what a `break` or a dropped generator does
-    # close() waited for the producer: the source is already closed, nothing runs on.
-    assert source.closed.is_set()
-    assert stream.stopped
-    produced = source.produced
-    time.sleep(0.02)
-    assert source.produced == produced
-
-
-def test_breaking_out_of_the_loop_stops_the_producer() -> None:
-    source = Source(n=None, delay=0.002)
-    for item in ThreadedIterator(source):
-        if item == 2:
-            break
-    assert source.closed.is_set()
-
-
-# -- under gevent ----------------------------------------------------------------------
+# -- under the worker's selective patch ------------------------------------------------------
+# Each script runs in a fresh interpreter: patching is process-wide and cannot be undone.
 GEVENT_SCRIPT = r"""
-from gevent import monkey
+from conf.worker import patch_selectively
 
-monkey.patch_all()
+patch_selectively()
 
 import json
+import threading
 import time
 
 import gevent
+from gevent import monkey
 
 from llmpool.greenbridge import (
-    Channel, ChannelClosed, ThreadedIterator, gevent_active, start_os_thread,
+    Channel, ChannelClosed, Home, Latch, call_blocking, on_hub, start_thread,
 )
 
 real_sleep = monkey.get_original("time", "sleep")
@@ -239,64 +183,105 @@ def ticker():
         gevent.sleep(0.005)
 
 
+def ticks_during(fn):
+    before = ticks
+    value = fn()
+    return ticks - before, value
+
+
+ticking = gevent.spawn(ticker)
+gevent.sleep(0)
+result = {"on_hub_main": on_hub(), "threading_patched": monkey.is_module_patched("threading")}
+
+# A real thread is a real OS thread: it can block in C while the hub keeps ticking.
+seen = []
+start_thread(lambda: seen.append((on_hub(), threading.get_ident())))
+gevent.sleep(0.1)
+result["on_hub_in_thread"] = seen[0][0]
+result["thread_is_other"] = seen[0][1] != threading.get_ident()
+
+channel = Channel()
 def produce():
     for i in range(5):
         real_sleep(0.04)  # blocks this OS thread only, like a runtime decoding a token
         channel.put(i)
     channel.close()
-
-
-def source():
-    for i in range(3):
-        real_sleep(0.04)
-        yield i
-
-
-ticking = gevent.spawn(ticker)
-gevent.sleep(0)
-channel = Channel()
-start_os_thread(produce)
+start_thread(produce)
 items, ticks_per_wait = [], []
 while True:
-    before = ticks
     try:
-        items.append(channel.get(timeout=5))
+        n, item = ticks_during(lambda: channel.get(timeout=5))
     except ChannelClosed:
         break
-    ticks_per_wait.append(ticks - before)
-channel.dispose()
+    items.append(item)
+    ticks_per_wait.append(n)
+result["items"], result["ticks_per_wait"] = items, ticks_per_wait
 
-iter_ticks_before = ticks
-iterated = list(ThreadedIterator(source))
-iter_ticks = ticks - iter_ticks_before
+latch = Latch()
+threading.Thread(target=lambda: (real_sleep(0.1), latch.set())).start()
+result["latch_ticks"], result["latch_set"] = ticks_during(lambda: latch.wait(5))
+result["latch_timeout"] = Latch().wait(0.05)
+
+def slow_answer():
+    real_sleep(0.1)
+    return 42
+result["call_ticks"], result["call_value"] = ticks_during(lambda: call_blocking(slow_answer))
+
+# A real thread hands socket-bound work to the hub: it runs there, as a greenlet.
+home = Home()
+ran = Channel()
+threading.Thread(target=lambda: home.spawn(lambda: ran.put((on_hub(), threading.get_ident())))).start()
+where = ran.get(timeout=5)
+result["spawned_on_hub"] = where[0] and where[1] == threading.get_ident()
+
+# 50 greenlets sleeping 0.5 s (patched time.sleep) finish together: time is cooperative.
+began = time.monotonic()
+gevent.joinall([gevent.spawn(time.sleep, 0.5) for _ in range(50)])
+result["fifty_sleeps_s"] = time.monotonic() - began
 ticking.kill()
-print(json.dumps({
-    "gevent_active": gevent_active(),
-    "items": items,
-    "ticks_per_wait": ticks_per_wait,
-    "iterated": iterated,
-    "iter_ticks": iter_ticks,
-}))
+print(json.dumps(result))
 """
 
 
-def test_channel_under_gevent_does_not_block_the_hub() -> None:
+def run_script(script: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-c", GEVENT_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO_ROOT,
-        env=env,
+    return subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT, env=env
     )
+
+
+def test_greenlets_and_real_threads_under_the_selective_patch() -> None:
+    proc = run_script(GEVENT_SCRIPT)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["gevent_active"] is True
+    assert result["on_hub_main"] is True
+    assert result["threading_patched"] is False
+    assert result["on_hub_in_thread"] is False
+    assert result["thread_is_other"] is True
     assert result["items"] == [0, 1, 2, 3, 4]
     # Each item takes ~40 ms on the producer's OS thread; the ticker (5 ms) must keep
-    # running on the hub while the consumer greenlet waits.
-    # A blocked hub gives 0 ticks; under a loaded CPU a wait may see only one.
+    # running on the hub while the consumer greenlet waits. A blocked hub gives 0 ticks;
+    # under a loaded CPU a wait may see only one.
     assert min(result["ticks_per_wait"]) >= 1, result
-    assert result["iterated"] == [0, 1, 2]
-    assert result["iter_ticks"] >= 3, result
+    assert result["latch_set"] is True and result["latch_ticks"] >= 3, result
+    assert result["latch_timeout"] is False
+    assert result["call_value"] == 42 and result["call_ticks"] >= 3, result
+    assert result["spawned_on_hub"] is True
+    assert result["fifty_sleeps_s"] < 2.5, result
+
+
+FULL_PATCH_SCRIPT = r"""
+from gevent import monkey
+
+monkey.patch_all()
+
+from llmpool.greenbridge import check_not_fully_patched
+
+check_not_fully_patched()
+"""
+
+
+def test_a_fully_patched_process_is_refused_with_a_clear_message() -> None:
+    proc = run_script(FULL_PATCH_SCRIPT)
+    assert proc.returncode != 0
+    assert "conf/gunicorn.conf.py" in proc.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from llmpool import greenbridge
 from llmpool.backends import registry, vllm_keys
 from llmpool.backends.vllm import (
     LoopThread,
@@ -250,7 +250,7 @@ class FakeEngine:
 
     async def generate(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Output]:
         self.active.add(request_id)
-        self.loop_threads.add(greenbridge._original("_thread", "get_ident")())
+        self.loop_threads.add(threading.get_ident())
         try:
             text = ""
             for i, piece in enumerate(self.pieces):
@@ -285,7 +285,7 @@ def test_stream_yields_deltas_then_final(loop: LoopThread) -> None:
     assert final is not None
     assert (final.finish_reason, final.prompt_tokens, final.output_tokens) == ("length", 3, 5)
     assert final.time_to_first_token_ms is not None and final.generate_total_ms is not None
-    assert engine.loop_threads and greenbridge._original("_thread", "get_ident")() not in engine.loop_threads
+    assert engine.loop_threads and threading.get_ident() not in engine.loop_threads
     assert not engine.aborted
 
 
@@ -323,16 +323,3 @@ def test_loop_call_returns_results_and_raises_errors(loop: LoopThread) -> None:
         loop.call(bad())
     with pytest.raises(TimeoutError):
         loop.call(slow(), timeout=0.05)
-
-
-def test_load_refuses_plainly_under_the_gevent_worker(
-    write_settings: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from llmpool import greenbridge
-    from llmpool.backends.vllm import VllmAdapter
-    from llmpool.errors import ModelLoadFailed
-
-    monkeypatch.setattr(greenbridge, "gevent_active", lambda: True)
-    adapter = VllmAdapter(spec_of(write_settings), 0)
-    with pytest.raises(ModelLoadFailed, match="vllm_serve"):
-        adapter.load()

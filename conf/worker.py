@@ -1,0 +1,56 @@
+"""The gunicorn worker class: gevent for HTTP only, real threads for the scheduler.
+
+gunicorn's stock gevent worker calls `monkey.patch_all()`, which turns `threading`,
+`queue` and `subprocess` into greenlet versions: the scheduler's threads would all share
+one OS thread, and a runtime blocking in C would freeze every request. This worker
+patches what serving HTTP cooperatively needs (sockets, DNS, ssl, time) and nothing
+else; llmpool.greenbridge says how greenlets and real threads then meet.
+
+The same patch must run in the gunicorn master before anything imports `ssl`
+(conf/gunicorn.conf.py calls `patch_selectively` first): gevent only ever adds patches,
+so a fuller patch applied earlier could not be narrowed here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gevent import monkey
+from gunicorn.workers.ggevent import GeventWorker
+
+# Every patch gevent offers, on or off. `queue` must be named: gevent 26 patches it unless
+# told not to. `os` off keeps fork and waitpid real (children are reaped by real threads);
+# `signal` off keeps gunicorn's own handlers.
+PATCHES: dict[str, bool] = {
+    "socket": True,
+    "dns": True,
+    "ssl": True,
+    "time": True,
+    "thread": False,
+    "queue": False,
+    "os": False,
+    "select": False,
+    "subprocess": False,
+    "signal": False,
+    "sys": False,
+    "builtins": False,
+}
+
+
+def patch_selectively() -> None:
+    """Apply `PATCHES` (idempotent: a second identical call is a no-op)."""
+    monkey.patch_all(**PATCHES)
+
+
+class SelectiveGeventWorker(GeventWorker):
+    """gunicorn's gevent worker with `patch_selectively` instead of `patch_all`."""
+
+    def patch(self) -> None:
+        patch_selectively()
+        # What the parent class does after patching: listening sockets as gevent sockets.
+        from gevent import socket
+
+        sockets: list[Any] = []
+        for s in self.sockets:
+            sockets.append(socket.socket(s.FAMILY, socket.SOCK_STREAM, fileno=s.sock.detach()))
+        self.sockets: list[Any] = sockets
