@@ -48,6 +48,8 @@ class ScriptedAdapter(Adapter):
             "scripted_batch": StrictBool(load_default=True),
             # Raise RuntimeError after this many tokens (a runtime crashing mid-stream).
             "scripted_fail_after": StrictInt(load_default=None, allow_none=True),
+            # Raise KeyError (not a runtime error: a bug in the pool's own code) likewise.
+            "scripted_bug_after": StrictInt(load_default=None, allow_none=True),
         }
 
     @classmethod
@@ -73,9 +75,12 @@ class ScriptedAdapter(Adapter):
         try:
             n = min(self.spec.options["scripted_tokens"], request.decoding.max_tokens)
             fail_after = self.spec.options["scripted_fail_after"]
+            bug_after = self.spec.options["scripted_bug_after"]
             for i in range(n):
                 if fail_after is not None and i == fail_after:
                     raise RuntimeError("scripted runtime crashed")
+                if bug_after is not None and i == bug_after:
+                    raise KeyError("scripted bug")
                 time.sleep(self.spec.options["scripted_delay_s"])
                 self.tokens_emitted += 1
                 yield Chunk(text=f"t{i} ")

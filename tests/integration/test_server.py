@@ -35,11 +35,11 @@ def admin_row(server: Server, session: requests.Session | None = None) -> dict[s
     return next(r for r in rows if r["name"] == SMOLLM2_ID)
 
 
-def open_stream(server: Server, body: dict[str, Any]) -> socket.socket:
-    """POST a streaming request on a raw socket, so the test can drop it at will."""
+def open_stream(server: Server, body: dict[str, Any], stream: bool = True) -> socket.socket:
+    """POST a (streaming) request on a raw socket, so the test can drop it at will."""
     url = urlparse(server.url)
     sock = socket.create_connection((url.hostname, url.port), timeout=30)
-    payload = json.dumps({**body, "stream": True}).encode()
+    payload = json.dumps({**body, "stream": stream}).encode()
     head = (
         f"POST /v1/responses HTTP/1.1\r\nHost: {url.netloc}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
@@ -120,6 +120,43 @@ def test_client_disconnect_mid_stream_frees_the_slot(server: Server) -> None:
         time.sleep(0.01)
     assert sum(r["served"] for r in row["replica_states"]) == served_before + 1
     assert row["queue_depth"] == 0
+
+
+def wait_for(server: Server, what: str, predicate: Any, within_s: float) -> float:
+    """Seconds until `predicate(admin row)` holds; fails past `within_s`."""
+    began = time.monotonic()
+    while not predicate(row := admin_row(server)):
+        assert time.monotonic() - began < within_s, f"{what}: {row['replica_states']}"
+        time.sleep(0.01)
+    return time.monotonic() - began
+
+
+def test_json_client_hanging_up_mid_generation_frees_its_slot(server: Server) -> None:
+    served_before = sum(r["served"] for r in admin_row(server)["replica_states"])
+    sock = open_stream(server, {**STORY, "decoding": {"max_tokens": 1500}}, stream=False)
+    wait_for(server, "job started", lambda row: row["inflight"] == 1, 10)
+    time.sleep(0.3)
+    assert admin_row(server)["inflight"] == 1  # still generating: 1500 tokens take seconds
+    hard_close(sock)
+    freed = wait_for(server, "slot not freed", lambda row: row["inflight"] == 0, 0.5)
+    row = admin_row(server)
+    assert sum(r["served"] for r in row["replica_states"]) == served_before + 1
+    assert freed < 0.5
+
+
+def test_queued_json_client_hanging_up_leaves_the_line(server: Server) -> None:
+    socks = [open_stream(server, {**STORY, "decoding": {"max_tokens": 1500}}) for _ in range(REPLICAS)]
+    try:
+        for sock in socks:
+            read_until(sock, b"response.output_text.delta", 1)
+        waiting = open_stream(server, {**STORY, "decoding": {"max_tokens": 8}}, stream=False)
+        wait_for(server, "not queued", lambda row: row["queue_depth"] == 1, 5)
+        hard_close(waiting)
+        wait_for(server, "still queued", lambda row: row["queue_depth"] == 0, 0.5)
+        assert admin_row(server)["inflight"] == REPLICAS  # the running streams go on
+    finally:
+        for sock in socks:
+            hard_close(sock)
 
 
 def test_hub_never_blocks_while_four_generations_run(server: Server) -> None:

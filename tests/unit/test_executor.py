@@ -6,8 +6,10 @@ Long jobs (1000 tokens at 10 ms) never run to the end: tests cancel them, and th
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -595,3 +597,87 @@ def test_submit_to_an_unknown_model_is_unknown_model(make_pool: Callable[..., Po
         pool.submit("nope", request(pool))
     assert info.value.status == 404
     assert info.value.model == "nope"
+
+
+# -- replica death and errors ------------------------------------------------------------
+def test_a_replica_dying_while_its_survivor_is_busy_does_not_fail_the_next_job(
+    make_pool: Callable[..., Pool],
+) -> None:
+    # Replica 0 busy, replica 1 free, the dispatcher waiting; replica 1 dies. The next job
+    # must wait for replica 0, not fail with model_failed while the model is loaded.
+    pool = loaded(make_pool, replicas=2, scripted_tokens=LONG)
+    busy = pool.submit("m", request(pool))
+    assert running(busy) and busy.replica == 0
+    pool.models["m"]._replica_failed(1, "replica 1 died")
+    nxt = pool.submit("m", request(pool, max_tokens=2))
+    time.sleep(0.05)
+    assert nxt.status is JobStatus.QUEUED
+    assert pool.models["m"].state is ModelState.LOADED
+    pool.cancel(busy)
+    _, end = collect(nxt)
+    assert isinstance(end, Done)
+    assert nxt.replica == 0
+
+
+def test_a_job_in_the_dispatchers_hand_waits_for_the_survivor_when_a_busy_replica_dies(
+    make_pool: Callable[..., Pool],
+) -> None:
+    pool = loaded(make_pool, replicas=2, scripted_tokens=LONG)
+    a, b = pool.submit("m", request(pool)), pool.submit("m", request(pool))
+    assert running(a) and running(b)
+    c = pool.submit("m", request(pool, max_tokens=2))
+    time.sleep(0.03)  # the dispatcher has taken c and waits for a slot
+    pool.models["m"]._replica_failed(b.replica or 0, "replica died mid-job")
+    _, b_end = collect(b)
+    assert isinstance(b_end, Failed) and b_end.error.code == "backend_error"
+    assert c.status is JobStatus.QUEUED  # still waiting: a survivor is alive
+    pool.cancel(a)
+    _, c_end = collect(c)
+    assert isinstance(c_end, Done) and c.replica == a.replica
+
+
+def test_the_last_replica_dying_fails_queued_jobs_with_model_failed(make_pool: Callable[..., Pool]) -> None:
+    pool = loaded(make_pool, scripted_tokens=LONG)
+    first = pool.submit("m", request(pool))
+    assert running(first)
+    queued = [pool.submit("m", request(pool)) for _ in range(3)]
+    pool.models["m"]._replica_failed(0, "gone")
+    for job in queued:
+        _, end = collect(job)
+        assert isinstance(end, Failed) and end.error.code == "model_failed"
+    assert pool.models["m"].state is ModelState.FAILED
+
+
+def test_a_queued_job_cancelled_by_its_client_leaves_no_trace(make_pool: Callable[..., Pool]) -> None:
+    pool = loaded(make_pool, scripted_tokens=LONG)
+    assert running(pool.submit("m", request(pool)))
+    ex = executor(pool)
+    gone = []
+    for _ in range(20):
+        job = pool.submit("m", request(pool, input="x" * 100_000))
+        pool.cancel(job)
+        gone.append(weakref.ref(job))
+    del job
+    assert ex.queue_depth == 0 and ex._line.qsize() == 0 and ex._next is None
+    gc.collect()
+    assert all(ref() is None for ref in gone)  # nothing holds the job or its prompt
+
+
+def test_a_bug_while_running_is_internal_error_and_a_runtime_failure_backend_error(
+    make_pool: Callable[..., Pool],
+) -> None:
+    pool = make_pool(
+        bug=scripted_model(scripted_tokens=5, scripted_bug_after=1),
+        crash=scripted_model(scripted_tokens=5, scripted_fail_after=1),
+    )
+    pool.load("bug")
+    pool.load("crash")
+    _, bug = collect(pool.submit("bug", request(pool)))
+    assert isinstance(bug, Failed)
+    assert (bug.error.status, bug.error.code) == (500, "internal_error")
+    assert "scripted bug" not in bug.error.message  # the trace goes to the log only
+    _, crash = collect(pool.submit("crash", request(pool)))
+    assert isinstance(crash, Failed)
+    assert (crash.error.status, crash.error.code) == (502, "backend_error")
+    # Both replicas survive and serve the next job.
+    assert [r.inflight for r in executor(pool, "bug").replicas] == [0]
