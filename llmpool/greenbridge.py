@@ -81,7 +81,7 @@ class _Waiter:
     a real `threading.Event`.
     """
 
-    __slots__ = ("_event", "_loop", "_pending", "_hub_event")
+    __slots__ = ("_event", "_loop", "_pending", "_hub_event", "_hub_thread")
 
     def __init__(self) -> None:
         self._loop: Any = None
@@ -92,6 +92,7 @@ class _Waiter:
 
             self._loop = gevent.get_hub().loop
             self._hub_event: Any = gevent.event.Event()
+            self._hub_thread = threading.get_ident()
         else:
             self._event = threading.Event()
 
@@ -106,7 +107,10 @@ class _Waiter:
             # A stale True only skips a callback that is already queued and will still
             # set the event after this producer's item was appended (GIL ordering).
             self._pending = True
-            self._loop.run_callback_threadsafe(self._wake)
+            if threading.get_ident() == self._hub_thread:
+                self._loop.run_callback(self._wake)  # a greenlet producing: no wake-up write
+            else:
+                self._loop.run_callback_threadsafe(self._wake)
 
     def _wake(self) -> None:  # on the hub
         self._pending = False

@@ -6,11 +6,13 @@ tokenizer.json ...`): weights plus the Hugging Face `tokenizer.json`, read with 
 model's raw prompt format (`llmpool.prompts`).
 
 Two decoding paths:
-- `beam_size` 1: token-by-token streaming. CT2's `generate_tokens` is a thin wrapper
-  over `generate_batch(asynchronous=True, callback=...)` that hands steps over through
-  `threading`/`queue`; under gevent those are patched and every token arrives at the
-  end, so the same wrapper is done here with a real OS-thread queue. Closing the
-  iterator makes the callback return True, which stops CT2 at the next step.
+- `beam_size` 1: token-by-token streaming through `generate_batch(asynchronous=True,
+  callback=...)`, steps handed over on a `queue.SimpleQueue`. CT2's own
+  `generate_tokens` is the same wrapper and streams too now that the worker leaves
+  `threading` and `queue` real (under the old full patch every token arrived at the
+  end), but it offers no `include_prompt_in_result=False`, which forwards the prompt in
+  one pass instead of constraining the decoder to it token by token; so ours stays.
+  Closing the iterator makes the callback return True, which stops CT2 at the next step.
 - `beam_size` > 1: one `generate_batch` call, the whole answer in one chunk.
 
 Deltas are decoded incrementally (see `IncrementalDecoder`) so that a character split

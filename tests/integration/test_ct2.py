@@ -161,8 +161,8 @@ def test_closing_the_stream_frees_the_slot(client: FlaskClient) -> None:
 def test_gunicorn_streams_on_a_real_thread(tmp_path: Path, ct2_model: str) -> None:
     """The hub stays free during a CT2 generation, and tokens arrive as they are made.
 
-    Regression: ctranslate2's own `generate_tokens` hands steps through `threading` and
-    `queue`, which gevent patches; from an OS thread every token then arrived at the end.
+    Regression: under gevent's full patch, `threading` and `queue` were greenlet versions
+    and every token arrived at the end; the worker now leaves them real.
     """
     server = start_server(tmp_path, settings(ct2_model))
     try:

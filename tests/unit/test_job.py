@@ -8,23 +8,14 @@ import pytest
 
 from llmpool.errors import BackendError, ModelUnloading
 from llmpool.generation import Final, GenerationRequest
-from llmpool.greenbridge import ChannelTimeout
 from llmpool.job import Done, Failed, IllegalJobTransition, Job, JobStatus
 from llmpool.metrics import JobTimes
+from tests.unit.test_executor import pending_events
 
 
 def new_job() -> Job:
     now = time.monotonic()
     return Job(model="m", request=GenerationRequest(input="hi"), times=JobTimes(now, now))
-
-
-def events(job: Job) -> list[object]:
-    out = []
-    while True:
-        try:
-            out.append(job.events.get(timeout=0))
-        except ChannelTimeout:
-            return out
 
 
 def test_a_done_job_cannot_be_failed_or_cancelled_afterwards() -> None:
@@ -36,7 +27,7 @@ def test_a_done_job_cannot_be_failed_or_cancelled_afterwards() -> None:
         with pytest.raises(IllegalJobTransition):
             late()
     assert job.status is JobStatus.DONE
-    assert [type(e) for e in events(job)] == [Done]
+    assert [type(e) for e in pending_events(job)] == [Done]
 
 
 def test_a_cancelled_job_is_never_overwritten_by_a_failure() -> None:
@@ -46,7 +37,7 @@ def test_a_cancelled_job_is_never_overwritten_by_a_failure() -> None:
     with pytest.raises(IllegalJobTransition):
         job.drop(ModelUnloading("unloading"))
     assert job.status is JobStatus.CANCELLED
-    assert events(job) == []  # nobody listens: no event at all
+    assert pending_events(job) == []  # nobody listens: no event at all
 
 
 def test_the_first_stop_reason_wins_and_beats_the_runtimes_own_outcome() -> None:
@@ -57,7 +48,7 @@ def test_the_first_stop_reason_wins_and_beats_the_runtimes_own_outcome() -> None
     job.request_stop(None)  # a client leaving afterwards changes nothing
     job.finish(Final(finish_reason="stop"), BackendError("the runtime also failed"))
     assert job.status is JobStatus.FAILED
-    (event,) = events(job)
+    (event,) = pending_events(job)
     assert isinstance(event, Failed) and event.error is first
 
 
@@ -69,4 +60,4 @@ def test_a_running_job_stopped_by_its_client_ends_cancelled_without_an_event() -
     job.finish(None, None)
     assert job.status is JobStatus.CANCELLED
     assert job.times.finished is not None
-    assert len(events(job)) == 1  # only the delta
+    assert len(pending_events(job)) == 1  # only the delta
