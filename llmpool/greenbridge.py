@@ -15,8 +15,8 @@ A greenlet that waits on a real `Queue.get`, `Condition.wait`, `Event.wait`, `jo
   short, bounded critical sections under real locks are fine, waits are not;
 - thread -> greenlet: a `Channel` or a `Latch`, whose hub-side waiter is woken through
   the hub loop's thread-safe callback;
-- a greenlet that needs blocking work done: `call_blocking` (a real thread, the greenlet
-  waits on a `Channel`);
+- a greenlet that needs blocking work done: `call_blocking` (the hub's threadpool, whose
+  threads are real; the greenlet waits cooperatively);
 - a real thread that needs socket-bound work done on the hub (a gevent socket belongs to
   the hub of the thread that made it): `Home.spawn`. Pooled HTTP connections made on a
   real thread must never be reused on the hub, or the reverse.
@@ -233,33 +233,20 @@ def start_thread(fn: Callable[..., None], *args: Any, name: str | None = None) -
     return thread
 
 
-_OK, _RAISED = "ok", "raised"
-
-
 def call_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Call `fn` so that it may block (in C, or on real primitives) without stalling
     other requests.
 
-    On the hub it runs on a new real thread while the calling greenlet waits on a
-    `Channel`; elsewhere it is a plain call on the current thread. Exceptions propagate
-    to the caller either way. For rare, long calls (loads, unloads, shutdown), not per
-    token: a thread start costs about 0.1 ms.
+    On the hub it runs on the hub's threadpool (real threads; gevent destroys any hub a
+    task made there) while the calling greenlet waits cooperatively; elsewhere it is a
+    plain call on the current thread. Exceptions propagate to the caller either way. For
+    loads, unloads and shutdown, never per token.
     """
     if not on_hub():
         return fn(*args, **kwargs)
-    outcome: Channel[tuple[str, Any]] = Channel()
+    import gevent
 
-    def run() -> None:
-        try:
-            outcome.put((_OK, fn(*args, **kwargs)))
-        except BaseException as exc:  # handed to the caller, which re-raises it
-            outcome.put((_RAISED, exc))
-
-    start_thread(run, name=getattr(fn, "__name__", "call_blocking"))
-    kind, value = outcome.get()
-    if kind == _RAISED:
-        raise value
-    return value
+    return gevent.get_hub().threadpool.apply(fn, args, kwargs)
 
 
 class Home:
