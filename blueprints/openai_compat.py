@@ -34,7 +34,7 @@ from blueprints.errors import (
 )
 from blueprints.responses import json_body, pool, wait_for_result
 from blueprints.schemas import ChatCompletionsRequestSchema
-from blueprints.sse import cancel_on_close, data_line, job_events, sse_response
+from blueprints.sse import cancel_on_close, client_socket, data_line, job_events, sse_response
 from llmpool.generation import Final, GenerationRequest, Message, content_text
 from llmpool.job import Delta, Done, Failed, Job
 from llmpool.pool import Pool
@@ -151,7 +151,7 @@ def stream_chat(p: Pool, job: Job, include_usage: bool) -> Iterator[str]:
     def bug() -> str:
         return data_line(openai_error_body(500, "internal_error", "internal server error"))
 
-    return cancel_on_close(p, job, _chunks(p, job, include_usage), bug)
+    return cancel_on_close(p, job, _chunks(p, job, include_usage), bug, client_socket())
 
 
 def _chunks(p: Pool, job: Job, include_usage: bool) -> Iterator[str]:

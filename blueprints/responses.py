@@ -8,16 +8,13 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from blueprints.schemas import ResponsesRequestSchema
-from blueprints.sse import completed_payload, sse_response, stream_job
-from llmpool.errors import ClientGone
+from blueprints.sse import client_socket, completed_payload, on_hangup, sse_response, stream_job
 from llmpool.generation import GenerationRequest, Message
-from llmpool.greenbridge import ChannelTimeout, peer_closed
+from llmpool.greenbridge import watch_hangup
 from llmpool.job import Done, Failed, Job
 from llmpool.pool import Pool
 
 bp = Blueprint("responses", __name__)
-# How often a JSON request waiting for its job checks whether its client hung up.
-DISCONNECT_POLL_S = 0.2
 # One instance each: building a schema deep-copies its fields (measurable per request).
 RESPONSES_SCHEMA = ResponsesRequestSchema()
 
@@ -49,37 +46,26 @@ def to_generation_request(body: dict[str, Any], p: Pool) -> GenerationRequest:
     )
 
 
-def client_socket() -> int | None:
-    """The request's client socket under gunicorn (None elsewhere, e.g. the test client)."""
-    sock = request.environ.get("gunicorn.socket")
-    try:
-        return int(sock.fileno()) if sock is not None else None
-    except (OSError, ValueError):
-        return None
-
-
 def wait_for_result(p: Pool, job: Job) -> Done:
     """Suspend this greenlet until `job` ends: its Done, or its error raised.
 
-    While it waits it looks at the client's socket every `DISCONNECT_POLL_S`: a client
-    that hung up cancels its job (queued: out of line at once; running: stopped at the
-    next token), instead of holding a slot until max_tokens. If the wait is interrupted
-    (the worker is stopping the request), the job is cancelled too.
+    A client that hangs up meanwhile cancels its job at once (queued: out of line;
+    running: stopped at the next token) instead of holding a slot until max_tokens: a
+    read watcher on its socket wakes this wait. If the wait is interrupted (the worker is
+    stopping the request), the job is cancelled too.
     """
     fileno = client_socket()
+    stop_watching = watch_hangup(fileno, on_hangup(job)) if fileno is not None else None
     try:
         while True:
-            try:
-                event = job.events.get(timeout=DISCONNECT_POLL_S if fileno is not None else None)
-            except ChannelTimeout:
-                if fileno is not None and peer_closed(fileno):
-                    raise ClientGone("the client closed the connection", model=job.model) from None
-                continue
+            event = job.events.get()
             if isinstance(event, Done):
                 return event
             if isinstance(event, Failed):
                 raise event.error
     finally:
+        if stop_watching is not None:
+            stop_watching()
         if not job.finished:
             p.cancel(job)
 

@@ -18,9 +18,10 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Response
+from flask import Response, request
 
-from llmpool.greenbridge import ChannelTimeout
+from llmpool.errors import ClientGone
+from llmpool.greenbridge import ChannelTimeout, watch_hangup
 from llmpool.job import Delta, Done, Event, Failed, Job, JobStatus
 from llmpool.pool import Pool
 
@@ -65,15 +66,41 @@ def job_events(pool: Pool, job: Job) -> Iterator[Event | str]:
             return
 
 
-def cancel_on_close(pool: Pool, job: Job, body: Iterator[str], on_bug: Callable[[], str]) -> Iterator[str]:
+def client_socket() -> int | None:
+    """The request's client socket under gunicorn (None elsewhere, e.g. the test client).
+    Read in the view: a streamed body runs after the request context is gone."""
+    sock = request.environ.get("gunicorn.socket")
+    try:
+        return int(sock.fileno()) if sock is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def on_hangup(job: Job) -> Callable[[], None]:
+    """What a hang-up does to a job's waiter: wakes it with ClientGone (on the hub)."""
+
+    def hung_up() -> None:
+        job.events.put(Failed(ClientGone("the client closed the connection", model=job.model)))
+
+    return hung_up
+
+
+def cancel_on_close(
+    pool: Pool, job: Job, body: Iterator[str], on_bug: Callable[[], str], fileno: int | None
+) -> Iterator[str]:
     """`body`, except that a bug inside it ends the stream with `on_bug()` (logged, never
-    raised: the status line is long gone), and that closing it early cancels the job."""
+    raised: the status line is long gone), and that the client leaving cancels the job:
+    noticed at once through a read watcher on `fileno` while the job is quiet (queued, or
+    in a long prefill), else at the next write (GeneratorExit)."""
+    stop_watching = watch_hangup(fileno, on_hangup(job)) if fileno is not None else None
     try:
         yield from body
     except Exception:
         log.exception("stream of %s broke", job.id)
         yield on_bug()
     finally:
+        if stop_watching is not None:
+            stop_watching()
         if not job.finished:
             pool.cancel(job)
 
@@ -99,7 +126,7 @@ def stream_job(pool: Pool, job: Job) -> Iterator[str]:
         error = {"code": "internal_error", "message": "internal server error"}
         return frame("response.failed", {"id": job.id, "error": error})
 
-    return cancel_on_close(pool, job, _events(pool, job), bug)
+    return cancel_on_close(pool, job, _events(pool, job), bug, client_socket())
 
 
 def _events(pool: Pool, job: Job) -> Iterator[str]:

@@ -277,6 +277,35 @@ class Home:
         self._loop.run_callback_threadsafe(gevent.spawn, fn, *args)
 
 
+def watch_hangup(fileno: int, on_hangup: Callable[[], None]) -> Callable[[], None]:
+    """Call `on_hangup()` on the hub as soon as the client on socket `fileno` hangs up;
+    returns the function that stops watching (call it once, always).
+
+    For a request whose body has been read: the socket then turns readable only when the
+    client closes it, or sends a pipelined next request, which is left unread (the watch
+    just ends). A read watcher on the hub, not a poll loop: nothing runs while nothing
+    happens. Without gevent there is nothing to watch on (no gunicorn socket): a no-op.
+    """
+    if not on_hub():
+        return lambda: None
+    import gevent
+
+    watcher = gevent.get_hub().loop.io(fileno, 1)  # 1: readable
+
+    def readable() -> None:
+        watcher.stop()
+        if peer_closed(fileno):
+            on_hangup()
+
+    watcher.start(readable)
+
+    def stop() -> None:
+        watcher.stop()
+        watcher.close()
+
+    return stop
+
+
 def peer_closed(fileno: int) -> bool:
     """True when the client on socket `fileno` has closed (or broken) the connection.
 
