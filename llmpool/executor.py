@@ -157,10 +157,10 @@ class Executor:
     def position(self, job: Job) -> int:
         """1-based place of a queued job in line, 0 once it left the line."""
         with self._lock:
-            if job is self._next:
+            if job is self._next and job.status is JobStatus.QUEUED:
                 return 1
             place = self._line.place(job)
-            return place + (self._next is not None) if place else 0
+            return place + self._holding if place else 0
 
     def cancel(self, job: Job) -> None:
         """The client is gone: a queued job leaves the line at once (nothing keeps a
@@ -170,12 +170,18 @@ class Executor:
                 job.drop(None)
                 self._lock.notify_all()  # the dispatcher may hold it
             elif job.status is JobStatus.RUNNING:
-                job.request_stop(None)
+                self._stop(job, None)
 
     # -- observation -------------------------------------------------------------------
     @property
+    def _holding(self) -> int:
+        """1 while the dispatcher holds a queued job waiting for a slot (a cancelled one
+        it has not yet let go of no longer counts)."""
+        return int(self._next is not None and self._next.status is JobStatus.QUEUED)
+
+    @property
     def queue_depth(self) -> int:
-        return self._line.qsize() + (self._next is not None)
+        return self._line.qsize() + self._holding
 
     @property
     def inflight(self) -> int:
@@ -282,6 +288,12 @@ class Executor:
                 close()
         return final
 
+    def _stop(self, job: Job, error: PoolError | None) -> None:
+        """With `_lock` held: ask a running job to stop, and wake it inside its runtime."""
+        job.request_stop(error)
+        replica = next(r for r in self.replicas if r.id == job.replica)
+        replica.runtime.interrupt(job.request)
+
     # -- failures and shutdown (real threads) --------------------------------------------
     def replica_failed(self, replica_id: int, message: str) -> bool:
         """Mark a replica failed and end its running jobs with backend_error.
@@ -296,7 +308,7 @@ class Executor:
             replica.last_error = message
             for job in self._running:
                 if job.replica == replica_id:
-                    job.request_stop(error)
+                    self._stop(job, error)
             survivors = any(r.state is ReplicaState.READY for r in self.replicas)
             if not survivors:
                 for job in self._line.take_all():
@@ -321,7 +333,7 @@ class Executor:
             while self._running and time.monotonic() < deadline:
                 self._lock.wait(max(0.0, deadline - time.monotonic()))
             for job in self._running:
-                job.request_stop(unloading)
+                self._stop(job, unloading)
             self._wait_for_stopped_jobs()
             self._stopped = True
             self._lock.notify_all()

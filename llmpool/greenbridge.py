@@ -207,28 +207,14 @@ class Latch:
 
 
 # -- running work where it belongs ----------------------------------------------------------
-def _drop_thread_hub() -> None:
-    """Destroy the hub gevent may have made for this (ending) real thread, e.g. for a
-    patched `time.sleep` or a gevent socket: else its loop's descriptors outlive it."""
-    if not gevent_serving():
-        return
-    from gevent._hub_local import get_hub_if_exists
-
-    hub = get_hub_if_exists()
-    if hub is not None and threading.current_thread() is not threading.main_thread():
-        hub.destroy(destroy_loop=True)
-
-
 def start_thread(fn: Callable[..., None], *args: Any, name: str | None = None) -> threading.Thread:
-    """Run `fn(*args)` on a new real daemon thread; `fn` must catch its own exceptions."""
+    """Run `fn(*args)` on a new real daemon thread; `fn` must catch its own exceptions.
 
-    def run() -> None:
-        try:
-            fn(*args)
-        finally:
-            _drop_thread_hub()
-
-    thread = threading.Thread(target=run, name=name, daemon=True)
+    If `fn` uses a patched `time.sleep` or a gevent socket, gevent gives the thread a hub
+    of its own; it is not destroyed here, since sockets made there may outlive the thread
+    (vLLM keeps some) and would fail to close on a destroyed hub; it goes with its last
+    reference."""
+    thread = threading.Thread(target=fn, args=args, name=name, daemon=True)
     thread.start()
     return thread
 

@@ -138,6 +138,12 @@ class Adapter:
         """A blocking iterator of chunks, the last one carrying `final`."""
         raise NotImplementedError
 
+    def interrupt(self, request: GenerationRequest) -> None:
+        """The job generating `request` was asked to stop: wake it if it is waiting inside
+        the runtime (a long prefill, a busy engine), so that it stops now rather than at
+        its next chunk. Called by the executor under its lock: must never block. Default:
+        nothing, the stop is seen at the next chunk."""
+
     def close(self) -> None:
         """Release the runtime. Idempotent; must not raise for an unloaded runtime."""
 

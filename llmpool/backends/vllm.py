@@ -46,6 +46,7 @@ from llmpool.generation import Chunk, Final, GenerationRequest
 _ABORT_WAIT_S = 5.0
 _SHUTDOWN_WAIT_S = 60.0
 ENGINE_WATCH_S = 0.5  # how often the loop looks for a dead engine core
+_STOP = "stop"
 
 
 def build_engine_kwargs(spec: ModelSpec) -> dict[str, Any]:
@@ -183,6 +184,9 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
         self._engine: Any = None
         self._tokenizer: Any = None
         self._sampling_params: Any = None
+        # The output queue of each generation in flight, by id of its request: `interrupt`
+        # wakes a generation still waiting for its first (or next) output.
+        self._in_flight: dict[int, queue.SimpleQueue[tuple[str, Any]]] = {}
 
     @classmethod
     def config_fields(cls) -> dict[str, fields.Field]:
@@ -270,20 +274,37 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
         prompt = self.prompt(request)
         params = self._sampling_params(**sampling_kwargs(request, self.max_tokens_limit(self.spec)))
         prepared = time.perf_counter()
-        yield from stream_outputs(loop, engine, prompt, params, prepared, started)
+        outputs: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._in_flight[id(request)] = outputs
+        try:
+            yield from stream_outputs(loop, engine, prompt, params, prepared, started, outputs)
+        finally:
+            self._in_flight.pop(id(request), None)
+
+    def interrupt(self, request: GenerationRequest) -> None:
+        outputs = self._in_flight.get(id(request))
+        if outputs is not None:
+            outputs.put((_STOP, None))
 
 
 def stream_outputs(
-    loop: LoopThread, engine: Any, prompt: Any, params: Any, prepared: float, started: float
+    loop: LoopThread,
+    engine: Any,
+    prompt: Any,
+    params: Any,
+    prepared: float,
+    started: float,
+    outputs: queue.SimpleQueue[tuple[str, Any]] | None = None,
 ) -> Iterator[Chunk]:
     """Text deltas of one engine request, then the final chunk; blocks this OS thread.
 
     `engine` needs vLLM's `generate(prompt, params, request_id)` async generator of
     cumulative `RequestOutput`s and `abort(request_id)`. Closing the iterator before the
-    end aborts the request and waits (briefly) for the engine to acknowledge it.
+    end aborts the request and waits (briefly) for the engine to acknowledge it; so does
+    a `(_STOP, None)` put into `outputs` from another thread (`VllmAdapter.interrupt`).
     """
     request_id = uuid.uuid4().hex
-    outputs: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+    outputs = outputs if outputs is not None else queue.SimpleQueue()
 
     async def pump() -> None:
         try:
@@ -302,6 +323,8 @@ def stream_outputs(
     try:
         while True:
             kind, value = outputs.get()
+            if kind == _STOP:
+                return  # not finished: the request is aborted in `finally`
             if kind == "err":
                 raise BackendError(f"vLLM failed: {value}") from value
             if kind == "end":

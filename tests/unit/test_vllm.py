@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -287,6 +288,19 @@ def test_stream_yields_deltas_then_final(loop: LoopThread) -> None:
     assert final.time_to_first_token_ms is not None and final.generate_total_ms is not None
     assert engine.loop_threads and threading.get_ident() not in engine.loop_threads
     assert not engine.aborted
+
+
+def test_a_stop_put_in_from_another_thread_ends_a_stream_waiting_on_the_engine(loop: LoopThread) -> None:
+    # A long prefill: the first output is 30 s away. The executor's stop must not wait
+    # for it (VllmAdapter.interrupt puts the stop into the stream's queue).
+    engine = FakeEngine(["a"], delay=30)
+    outputs: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+    threading.Timer(0.05, outputs.put, args=(("stop", None),)).start()
+    began = time.monotonic()
+    chunks = list(stream_outputs(loop, engine, {}, None, 0.0, 0.0, outputs))
+    assert time.monotonic() - began < 2
+    assert [c.text for c in chunks if c.text] == []
+    assert len(engine.aborted) == 1  # and the engine was told
 
 
 def test_closing_the_stream_aborts_the_request(loop: LoopThread) -> None:
