@@ -255,9 +255,10 @@ def test_unload_shuts_the_engine_down_and_frees_memory(server: Server) -> None:
     )
     assert loaded - before > 500 << 20  # the engine really was in this process tree
     assert after - before < (loaded - before) * 0.4
-    assert not proc.children(recursive=True) or all(
-        c.status() == "zombie" for c in proc.children(recursive=True)
-    ), [c.cmdline() for c in proc.children(recursive=True)]
+    # The engine core is gone; multiprocessing's resource tracker (started with the first
+    # spawned process) stays until the worker exits, as it does in any spawning program.
+    left = [c for c in proc.children(recursive=True) if c.status() != "zombie"]
+    assert all("resource_tracker" in " ".join(c.cmdline()) for c in left), [c.cmdline() for c in left]
 
 
 def test_an_engine_core_killed_mid_stream_fails_the_stream_and_the_model(server: Server) -> None:
@@ -266,7 +267,11 @@ def test_an_engine_core_killed_mid_stream_fails_the_stream_and_the_model(server:
     sock = open_stream(server, {**STORY, "decoding": {"max_tokens": 1500}})
     try:
         read_until(sock, b"response.output_text.delta", 3)
-        engines = worker(server).children(recursive=True)
+        engines = [
+            c
+            for c in worker(server).children(recursive=True)
+            if "resource_tracker" not in " ".join(c.cmdline())
+        ]
         assert engines, "no engine core process"
         for engine in engines:
             engine.send_signal(signal.SIGKILL)
