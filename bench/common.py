@@ -16,13 +16,18 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import free_port, wait_ready
+import requests
+
+from tests.conftest import SMOLLM2_ID
+from tests.integration.conftest import free_port, integration_settings, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 Log = Callable[[str], None]
@@ -111,10 +116,86 @@ def worker_pid(master: int) -> int:
 
 
 def rss_mb(pid: int) -> float:
+    """VmRSS in MiB (the figures call it MB; /proc reports kB)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)  # reported in kB
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class RssPeak:
+    """The highest VmRSS of `pid` while the `with` block runs, sampled on a thread every
+    `every_s` (a peak between two samples is missed; 20 ms is well under how long a
+    request's body stays in memory)."""
+
+    def __init__(self, pid: int, every_s: float = 0.02) -> None:
+        self.pid = pid
+        self.every_s = every_s
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="rss-peak", daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, rss_mb(self.pid))
+            if self._stop.wait(self.every_s):
+                return
+
+    def __enter__(self) -> RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb(self.pid))
+
+
+def rss_settled(pid: int, seconds: float = 2.0, samples: int = 5) -> list[float]:
+    """`samples` readings spread over `seconds`: whether RSS is still moving shows in them."""
+    readings = []
+    for i in range(samples):
+        if i:
+            time.sleep(seconds / (samples - 1))
+        readings.append(rss_mb(pid))
+    return readings
+
+
+def one_slot_settings(max_queue: int, max_tokens: int = 2000) -> dict[str, Any]:
+    """The integration tests' SmolLM2 (llama_cpp, in-process) with one replica and one
+    slot: while a job runs, every other request waits in its queue of `max_queue`."""
+    settings = integration_settings()
+    settings["engine"]["decoding"]["max_tokens"] = max_tokens
+    settings["engine"]["models"][SMOLLM2_ID].update(
+        replicas=1, replica_max=1, target_inflight=1, max_queue=max_queue
+    )
+    return settings
+
+
+def model_row(session: requests.Session, pool: Pool, timeout_s: float = 30) -> dict[str, Any]:
+    """SmolLM2's row of GET /v1/admin/models (queue_depth, inflight, ...)."""
+    rows = session.get(pool.url + "/v1/admin/models", timeout=timeout_s).json()["models"]
+    return next(r for r in rows if r["name"] == SMOLLM2_ID)
+
+
+def wait_for_row(
+    session: requests.Session,
+    pool: Pool,
+    done: Callable[[dict[str, Any]], bool],
+    what: str,
+    timeout_s: float,
+) -> float:
+    """Seconds until SmolLM2's admin row satisfies `done`; RuntimeError after `timeout_s`."""
+    t0 = time.monotonic()
+    while True:
+        row = model_row(session, pool)
+        if done(row):
+            return round(time.monotonic() - t0, 2)
+        if time.monotonic() - t0 > timeout_s:
+            raise RuntimeError(
+                f"not {what} after {timeout_s}s: queue_depth={row['queue_depth']} inflight={row['inflight']}"
+            )
+        time.sleep(0.1)
 
 
 @contextmanager
@@ -124,8 +205,11 @@ def pool_server(
     env: dict[str, str] | None = None,
     timeout_s: float = 120,
     cpus: list[str] | None = None,
+    config: str | None = None,
 ) -> Iterator[Pool]:
-    """The pool as operators run it (conf/gunicorn.conf.py, wsgi:app), pinned to the server CPU."""
+    """The pool as operators run it (conf/gunicorn.conf.py, wsgi:app), pinned to the server CPU.
+
+    `config` replaces the gunicorn config file (a bench-only one that adds hooks)."""
     workdir = Path(tempfile.mkdtemp(prefix="llmpool-bench-"))
     settings_path = workdir / "settings.json"
     settings_path.write_text(json.dumps(settings))
@@ -133,7 +217,13 @@ def pool_server(
     gunicorn = str(Path(sys.executable).with_name("gunicorn"))
     log_path = workdir / "pool.log"
     proc = spawn(
-        [*(SERVER_CPU if cpus is None else cpus), gunicorn, "-c", "conf/gunicorn.conf.py", "wsgi:app"],
+        [
+            *(SERVER_CPU if cpus is None else cpus),
+            gunicorn,
+            "-c",
+            config or "conf/gunicorn.conf.py",
+            "wsgi:app",
+        ],
         log_path,
         {
             "LLM_POOL_SETTINGS_PATH": str(settings_path),
@@ -149,6 +239,16 @@ def pool_server(
     finally:
         stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_result(run: Callable[..., dict[str, Any]], **kwargs: Any) -> None:
+    """A case run from its own command line: progress to stderr, the result (JSON) alone
+    on stdout."""
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    print(json.dumps(run(log=progress, **kwargs), indent=2))
 
 
 def command_version(argv: list[str]) -> str:

@@ -39,8 +39,17 @@ from urllib.parse import urlparse
 
 import requests
 
-from bench.common import ROOT, Pool, pool_server, rss_mb
-from tests.conftest import SMOLLM2_ID, SMOLLM2_REF
+from bench.common import (
+    ROOT,
+    Pool,
+    model_row,
+    one_slot_settings,
+    pool_server,
+    print_result,
+    rss_mb,
+    wait_for_row,
+)
+from tests.conftest import SMOLLM2_ID
 
 # conf/gunicorn.conf.py reads it: gunicorn's gevent worker serves at most
 # `worker_connections` sockets at once (default 1000) and leaves the rest unaccepted in
@@ -52,29 +61,6 @@ HEADERS_TIMEOUT_S = 120.0  # a client the worker never accepts counts as failed 
 DRAIN_TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 30.0
 RSS_SAMPLES = 10  # while the clients wait, spread over the probes
-
-
-def settings(clients: int) -> dict[str, Any]:
-    """One SmolLM2 replica with one slot: every client but the first waits in its queue."""
-    return {
-        "service": {"log_level": "warning"},
-        "engine": {
-            "decoding": {"temperature": 0.8, "max_tokens": MAX_TOKENS},
-            "models": {
-                SMOLLM2_ID: {
-                    "backend": "llama_cpp",
-                    "model_path": SMOLLM2_REF,
-                    "gguf_n_ctx": 2048,
-                    "gguf_n_threads": 1,
-                    "replicas": 1,
-                    "replica_max": 1,
-                    "target_inflight": 1,
-                    "max_queue": clients + 64,
-                    "enabled": True,
-                }
-            },
-        },
-    }
 
 
 def raise_nofile() -> None:
@@ -224,11 +210,6 @@ async def generate_load(url: str, clients: int) -> None:
 # -- the measuring side (this process) -------------------------------------------------
 
 
-def admin_row(session: requests.Session, server: Pool) -> dict[str, Any]:
-    rows = session.get(server.url + "/v1/admin/models", timeout=PROBE_TIMEOUT_S).json()["models"]
-    return next(r for r in rows if r["name"] == SMOLLM2_ID)
-
-
 def line_reader(stream: IO[bytes]) -> queue.Queue[dict[str, Any] | None]:
     """The load generator's JSON lines, read on a thread so waits can time out; None at EOF."""
     lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
@@ -252,20 +233,6 @@ def next_report(lines: queue.Queue[dict[str, Any] | None], timeout_s: float) -> 
     return message
 
 
-def wait_drained(session: requests.Session, server: Pool, timeout_s: float) -> float:
-    """Seconds until the model has nothing queued and nothing running."""
-    t0 = time.monotonic()
-    while True:
-        row = admin_row(session, server)
-        if row["queue_depth"] == 0 and row["inflight"] == 0:
-            return round(time.monotonic() - t0, 2)
-        if time.monotonic() - t0 > timeout_s:
-            raise RuntimeError(
-                f"not drained after {timeout_s}s: queue_depth={row['queue_depth']} inflight={row['inflight']}"
-            )
-        time.sleep(0.1)
-
-
 def percentiles(latencies: list[float]) -> dict[str, float]:
     if len(latencies) < 2:  # statistics.quantiles needs two points
         return {"max": round(max(latencies), 2)} if latencies else {}
@@ -275,11 +242,17 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
     return {k: round(v, 2) for k, v in picked.items()}
 
 
+def idle(row: dict[str, Any]) -> bool:
+    return row["queue_depth"] == 0 and row["inflight"] == 0
+
+
 def run(*, clients: int = 1000, probes: int = 300, log: Callable[[str], None] = print) -> dict[str, Any]:
     started = time.monotonic()
     raise_nofile()
     log(f"many clients: starting the pool (max_queue {clients + 64})")
-    with pool_server(settings(clients), env={WORKER_CONNECTIONS_ENV: str(clients + 256)}) as server:
+    with pool_server(
+        one_slot_settings(clients + 64, MAX_TOKENS), env={WORKER_CONNECTIONS_ENV: str(clients + 256)}
+    ) as server:
         return _measure(server, clients, probes, log, started)
 
 
@@ -311,7 +284,7 @@ def _measure(
         )
 
         waiting = [rss_mb(worker)]
-        row = admin_row(session, server)
+        row = model_row(session, server, PROBE_TIMEOUT_S)
         queued_seen, inflight_seen = row["queue_depth"], row["inflight"]
         log(f"many clients: queue_depth {queued_seen}, inflight {inflight_seen}")
         log(f"many clients: probing /v1/models x{probes}")
@@ -332,14 +305,14 @@ def _measure(
             # greenlet wakes to write its `: queued N`, and the tail should include those.
             time.sleep(0.01)
         waiting.append(rss_mb(worker))
-        row_end = admin_row(session, server)
+        row_end = model_row(session, server, PROBE_TIMEOUT_S)
         rss["waiting_peak"] = max(waiting)
         log(f"many clients: waiting RSS peak {rss['waiting_peak']} MB; stopping the clients")
 
         generator.stdin.close()  # EOF: the generator resets every socket and reports
         stopped = next_report(lines, 60)
         generator.wait(timeout=30)
-        drain_s = wait_drained(session, server, DRAIN_TIMEOUT_S)
+        drain_s = wait_for_row(session, server, idle, "drained", DRAIN_TIMEOUT_S)
         time.sleep(1.0)  # let the worker free what the last cancelled streams held
         rss["after"] = rss_mb(worker)
         log(f"many clients: drained in {drain_s}s, RSS after {rss['after']} MB")
@@ -377,12 +350,7 @@ def main() -> None:
     if args.client_mode:
         asyncio.run(generate_load(args.client_mode, args.clients))
         return
-
-    def progress(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)  # stdout carries only the JSON result
-
-    result = run(clients=args.clients, probes=args.probes, log=progress)
-    print(json.dumps(result, indent=2))
+    print_result(run, clients=args.clients, probes=args.probes)
 
 
 if __name__ == "__main__":
