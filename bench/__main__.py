@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import inprocess, load_times, many_clients, proxy, report, streaming
+from bench import hangups, inprocess, load_times, many_clients, proxy, report, streaming
 from bench.common import (
     LAYOUTS,
     ROOT,
@@ -34,7 +34,7 @@ from bench.common import (
 )
 from bench.proxy import litellm_binary
 
-CASES = ("proxy", "streaming", "inprocess", "many_clients", "load_times")
+CASES = ("proxy", "streaming", "inprocess", "many_clients", "load_times", "hangups")
 
 
 def litellm_version() -> str:
@@ -82,6 +82,13 @@ def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[st
             clients=20 if smoke else 1000, probes=20 if smoke else 300, log=log
         ),
         "load_times": lambda log: load_times.run(repeats=1 if smoke else 3, log=log),
+        "hangups": lambda log: hangups.run(
+            rounds=1 if smoke else 5,
+            clients=5 if smoke else 40,
+            prompt_mb=1 if smoke else 4,
+            long_tokens=600 if smoke else 1900,
+            log=log,
+        ),
     }
 
 

@@ -63,6 +63,18 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
             many["models_ms"]["p99"],
             lambda v: v <= 20,
         )
+    hang = r.get("hangups")
+    if hang:
+        what = f"hangups: {hang['rounds']} x {hang['clients']} clients with {hang['prompt_mb']:g} MB prompts"
+        growth = hang["after_minus_before_mb"]
+        add(f"{what}: worker RSS after - before (MB)", "<= 20", growth, lambda v: v <= 20)
+        add(f"{what}: queue_depth after the hang-ups", "0", hang["queue_depth_after"], lambda v: v == 0)
+        add(
+            f"{what}: long jobs that completed",
+            str(hang["rounds"]),
+            sum(x["long_job"]["completed"] for x in hang["by_round"]),
+            lambda v: v == hang["rounds"],
+        )
     return rows
 
 
@@ -200,10 +212,46 @@ def markdown(r: dict[str, Any], command: str) -> str:
                 lines.append(
                     f"| {backend} | {_fmt(loads[backend]['median_s'])} | {loads[backend]['all_s']} |"
                 )
+    lines += _hangups(r.get("hangups"))
     if r.get("errors"):
         lines += ["", "## Cases that failed", ""]
         lines += [f"- **{case}**: {message}" for case, message in r["errors"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _hangups(hang: dict[str, Any] | None) -> list[str]:
+    if not hang:
+        return []
+    lines = [
+        "",
+        f"## 6. Clients that hang up while queued ({hang['clients']} per round, "
+        f"{hang['prompt_mb']:g} MB prompts)",
+        "",
+        "Each round: one long greedy stream holds the only slot; the clients POST their prompt "
+        "(streamed), read `: queued N`, then close the socket. Worker RSS before the clients, at "
+        "the peak (sampled every 20 ms), and 2 s after the queue is empty again.",
+        "",
+        "| round | queued | failed | queue_depth seen | RSS before MB | peak MB | after MB | after - before "
+        "| emptied in s | queue_depth after | long job |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, x in enumerate(hang["by_round"], 1):
+        rss, job = x["rss_mb"], x["long_job"]
+        ended = "completed" if job["completed"] else "FAILED"
+        if not job["outlasted_hangups"]:
+            ended += ", ended before the queue emptied (round void)"
+        lines.append(
+            f"| {i} | {x['queued']} | {x['failed']} | {x['queue_depth_seen']} | {_fmt(rss['before'])} "
+            f"| {_fmt(rss['peak'])} | {_fmt(rss['after'])} | {_fmt(x['after_minus_before_mb'])} "
+            f"| {_fmt(x['emptied_s'])} | {x['queue_depth_after']} | {ended}, {job['output_tokens']} tokens |"
+        )
+    after = ", ".join(_fmt(v) for v in hang["after_by_round_mb"])
+    lines += [
+        "",
+        f"Idle worker {_fmt(hang['rss_mb']['idle'])} MB. After each round: {after} MB; after the last "
+        f"round minus before the first: {_fmt(hang['after_minus_before_mb'])} MB.",
+    ]
+    return lines
 
 
 def chart(r: dict[str, Any], path: Path) -> bool:

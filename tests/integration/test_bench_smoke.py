@@ -44,6 +44,14 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     assert many["queued_seen"] >= many["clients"] - 2  # one runs; the rest really waited
     assert results["load_times"]["llama_server"]["median_s"] > 0
     assert results["load_times"]["llama_cpp"]["median_s"] > 0
+    # Memory figures: present and plausible. Their targets are benchmark targets, which a
+    # run this short cannot show; the queue emptying and the long job completing it can.
+    hang = results["hangups"]
+    assert hang["failed"] == 0 and hang["queue_depth_after"] == 0
+    for one in hang["by_round"]:
+        assert one["queued"] == one["queue_depth_seen"] == hang["clients"], one
+        assert one["long_job"]["completed"] and one["long_job"]["outlasted_hangups"], one
+        assert 0 < one["rss_mb"]["before"] <= one["rss_mb"]["peak"] and one["rss_mb"]["after"] > 0, one
     page = (tmp_path / "RESULTS.md").read_text()
     assert "## Targets" in page and "smoke run" in page
     assert (tmp_path / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
