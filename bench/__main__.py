@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import hangups, inprocess, load_times, many_clients, proxy, report, streaming
+from bench import hangups, inprocess, load_times, many_clients, proxy, report, soak, streaming
 from bench.common import (
     LAYOUTS,
     ROOT,
@@ -34,7 +34,7 @@ from bench.common import (
 )
 from bench.proxy import litellm_binary
 
-CASES = ("proxy", "streaming", "inprocess", "many_clients", "load_times", "hangups")
+CASES = ("proxy", "streaming", "inprocess", "many_clients", "load_times", "hangups", "soak")
 
 
 def litellm_version() -> str:
@@ -87,6 +87,12 @@ def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[st
             clients=5 if smoke else 40,
             prompt_mb=1 if smoke else 4,
             long_tokens=600 if smoke else 1900,
+            log=log,
+        ),
+        "soak": lambda log: soak.run(
+            requests=200 if smoke else 10_000,
+            warmup=50 if smoke else 1000,
+            every=50 if smoke else 1000,
             log=log,
         ),
     }

@@ -75,6 +75,11 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
             sum(x["long_job"]["completed"] for x in hang["by_round"]),
             lambda v: v == hang["rounds"],
         )
+    soak = r.get("soak")
+    if soak:
+        what = f"soak: {soak['requests']} requests over {soak['clients']} keep-alive connections"
+        add(f"{what}: errors", "0", soak["errors"], lambda v: v == 0)
+        add(f"{what}: worker RSS growth after warm-up (%)", "< 5", soak["rss_growth_pct"], lambda v: v < 5)
     return rows
 
 
@@ -212,7 +217,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
                 lines.append(
                     f"| {backend} | {_fmt(loads[backend]['median_s'])} | {loads[backend]['all_s']} |"
                 )
-    lines += _hangups(r.get("hangups"))
+    lines += _hangups(r.get("hangups")) + _soak(r.get("soak"))
     if r.get("errors"):
         lines += ["", "## Cases that failed", ""]
         lines += [f"- **{case}**: {message}" for case, message in r["errors"].items()]
@@ -252,6 +257,31 @@ def _hangups(hang: dict[str, Any] | None) -> list[str]:
         f"round minus before the first: {_fmt(hang['after_minus_before_mb'])} MB.",
     ]
     return lines
+
+
+def _soak(soak: dict[str, Any] | None) -> list[str]:
+    if not soak:
+        return []
+    series = ", ".join(_fmt(v) for v in soak["rss_mb_series"])
+    kinds = f" {soak['errors_by_kind']}" if soak["errors"] else ""
+    return [
+        "",
+        f"## 7. Soak: short requests over {soak['clients']} keep-alive connections",
+        "",
+        "Non-streaming POST /v1/responses, `max_tokens` 1, back to back on persistent connections.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| requests (after {soak['warmup']} warm-up) | {soak['requests']} |",
+        f"| errors | {soak['errors']}{kinds} |",
+        f"| connections opened | {soak['connections_opened']} |",
+        f"| req/s | {_fmt(soak['rps'])} |",
+        f"| worker RSS after warm-up (MB) | {_fmt(soak['rss_mb']['after_warmup'])} |",
+        f"| worker RSS at the end (MB) | {_fmt(soak['rss_mb']['end'])} |",
+        f"| growth (%) | {_fmt(soak['rss_growth_pct'])} |",
+        "",
+        f"RSS after the warm-up, then every {soak['rss_mb_every']} requests (MB): {series}.",
+    ]
 
 
 def chart(r: dict[str, Any], path: Path) -> bool:

@@ -52,6 +52,10 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
         assert one["queued"] == one["queue_depth_seen"] == hang["clients"], one
         assert one["long_job"]["completed"] and one["long_job"]["outlasted_hangups"], one
         assert 0 < one["rss_mb"]["before"] <= one["rss_mb"]["peak"] and one["rss_mb"]["after"] > 0, one
+    soak = results["soak"]
+    assert soak["errors"] == 0 and soak["warmup_errors"] == 0 and soak["rps"] > 0, soak
+    assert soak["connections_opened"] == soak["clients"], soak  # every connection was kept alive
+    assert len(soak["rss_mb_series"]) == soak["requests"] // soak["rss_mb_every"] + 1
     page = (tmp_path / "RESULTS.md").read_text()
     assert "## Targets" in page and "smoke run" in page
     assert (tmp_path / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
