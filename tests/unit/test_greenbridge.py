@@ -234,6 +234,29 @@ threading.Thread(target=lambda: home.spawn(lambda: ran.put((on_hub(), threading.
 where = ran.get(timeout=5)
 result["spawned_on_hub"] = where[0] and where[1] == threading.get_ident()
 
+# A hang-up wakes the watcher at once; a pipelined request does not count as one.
+import socket as socket_module
+from llmpool.greenbridge import watch_hangup
+
+ours, theirs = socket_module.socketpair()
+calls = []
+stop = watch_hangup(ours.fileno(), lambda: calls.append(time.monotonic()))
+gevent.sleep(0.05)
+result["hangup_before_close"] = len(calls)
+closed_at = time.monotonic()
+theirs.close()
+gevent.sleep(0.05)
+result["hangup_after_close"] = len(calls)
+result["hangup_delay_s"] = calls[0] - closed_at if calls else None
+stop()
+talker, listener = socket_module.socketpair()
+talked = []
+stop = watch_hangup(talker.fileno(), lambda: talked.append(1))
+listener.sendall(b"GET / HTTP/1.1\r\n")
+gevent.sleep(0.05)
+result["hangup_on_pipelined_data"] = len(talked)
+stop()
+
 # 50 greenlets sleeping 0.5 s (patched time.sleep) finish together: time is cooperative.
 began = time.monotonic()
 gevent.joinall([gevent.spawn(time.sleep, 0.5) for _ in range(50)])
@@ -267,6 +290,9 @@ def test_greenlets_and_real_threads_under_the_selective_patch() -> None:
     assert result["latch_timeout"] is False
     assert result["call_value"] == 42 and result["call_ticks"] >= 3, result
     assert result["spawned_on_hub"] is True
+    assert result["hangup_before_close"] == 0 and result["hangup_after_close"] == 1
+    assert result["hangup_delay_s"] < 0.5  # at once, not at a poll or a comment (1 s)
+    assert result["hangup_on_pipelined_data"] == 0
     assert result["fifty_sleeps_s"] < 2.5, result
 
 
