@@ -65,7 +65,7 @@ def versions() -> dict[str, str]:
 def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[str], None]], dict[str, Any]]]:
     """Each case with its run length: full, or a few requests each for --smoke."""
     return {
-        "proxy": lambda log: proxy.run(seconds=1 if smoke else 10, log=log, workdir=workdir),
+        "proxy": lambda log: proxy.run(seconds=2 if smoke else 10, log=log, workdir=workdir),
         "streaming": lambda log: {
             layout: streaming.run(
                 repeats=1 if smoke else 4, max_tokens=16 if smoke else 200, layout=layout, log=log

@@ -130,7 +130,11 @@ def run(*, seconds: float = 10, log: Log = print, workdir: Path) -> dict[str, An
     out["pool_added_p50_vs_litellm"] = (
         round(out["added_ms"]["pool"]["p50_ms"] / lite, 3) if lite > 0 else None
     )
+    # None where LiteLLM answered nothing in the window (a loaded machine, a short smoke).
     out["pool_rps_vs_litellm"] = {
-        str(c): round(out["pool"][str(c)]["rps"] / out["litellm"][str(c)]["rps"], 2) for c in CONCURRENCY
+        str(c): round(out["pool"][str(c)]["rps"] / lite_rps, 2)
+        if (lite_rps := out["litellm"][str(c)]["rps"])
+        else None
+        for c in CONCURRENCY
     }
     return out
