@@ -76,7 +76,7 @@ bench-tools: $(LITELLM_STAMP)
 		apt-get update -qq && apt-get install -y -qq nginx-light wrk; \
 	fi
 
-# Not part of `make test` (which runs a smoke of the same harness): about 10 minutes.
+# Not part of `make test` (which runs a smoke of the same harness): about 50 minutes.
 bench: $(STAMP) bench-tools
 	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm $(PY) -m bench
 

@@ -1,6 +1,6 @@
 """`make bench`: every case in one run, then bench/results.json, RESULTS.md, overhead.png.
 
-    .venv/bin/python -m bench                 # the full run (about 10 minutes here)
+    .venv/bin/python -m bench                 # the full run (about 50 minutes here)
     .venv/bin/python -m bench --smoke --out /tmp/b   # a few requests per case: the harness works
     .venv/bin/python -m bench --cases proxy,streaming
 
