@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from bench.common import ROOT, SERVER_CPU, Log, free_port, pool_server, spawn, stop, wait_ready
-from bench.loadgen import run_wrk
+from bench.loadgen import BODY, run_wrk
 from bench.upstream import MODEL, static_upstream
 
 CONCURRENCY = (1, 16, 64)
@@ -102,7 +104,10 @@ def litellm_proxy(upstream: str, workdir: Path) -> Iterator[str]:
 
 def measure(url: str, seconds: float, headers: dict[str, str] | None, log: Log, name: str) -> dict[str, Any]:
     runs = {}
-    run_wrk(url, connections=1, seconds=1, headers=headers)  # warm-up: imports, pools, JIT-less caches
+    # Warm-up: one answered request first (LiteLLM's first one imports for seconds, longer
+    # than a smoke's window on a busy machine), then a second of wrk: pools, caches.
+    requests.post(url, json=BODY, headers=headers, timeout=120).raise_for_status()
+    run_wrk(url, connections=1, seconds=1, headers=headers)
     for c in CONCURRENCY:
         log(f"proxy: {name}, {c} connection(s), {seconds:g} s")
         result = run_wrk(url, connections=c, seconds=seconds, headers=headers)
