@@ -39,8 +39,6 @@ SAMPLES: dict[str, Any] = {
     "speculative_attention_backend": "triton_attn",
     "num_speculative_tokens": 2,
 }
-# Keys meant to reach only one of the two (key -> why). None today: both run one engine.
-ONE_SIDED: dict[str, str] = {}
 
 
 def spec_of(write_settings: Callable[..., Path], **keys: Any) -> ModelSpec:
@@ -57,8 +55,6 @@ def argv_of(spec: ModelSpec) -> list[str]:
 def test_every_key_reaches_the_engine_and_the_serve_command_alike(
     write_settings: Callable[..., Path], key: str
 ) -> None:
-    if key in ONE_SIDED:
-        pytest.skip(ONE_SIDED[key])
     plain = spec_of(write_settings)
     changed = spec_of(write_settings, **{vllm_keys.V + key: SAMPLES[key]})
     before, after = build_engine_kwargs(plain), build_engine_kwargs(changed)
