@@ -54,8 +54,7 @@ def wait_for_result(p: Pool, job: Job) -> Done:
     read watcher on its socket wakes this wait. If the wait is interrupted (the worker is
     stopping the request), the job is cancelled too.
     """
-    fileno = client_socket()
-    stop_watching = watch_hangup(fileno, on_hangup(job)) if fileno is not None else None
+    stop_watching = watch_hangup(client_socket(), on_hangup(job))
     try:
         while True:
             event = job.events.get()
@@ -64,8 +63,7 @@ def wait_for_result(p: Pool, job: Job) -> Done:
             if isinstance(event, Failed):
                 raise event.error
     finally:
-        if stop_watching is not None:
-            stop_watching()
+        stop_watching()
         if not job.finished:
             p.cancel(job)
 

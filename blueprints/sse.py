@@ -92,15 +92,14 @@ def cancel_on_close(
     raised: the status line is long gone), and that the client leaving cancels the job:
     noticed at once through a read watcher on `fileno` while the job is quiet (queued, or
     in a long prefill), else at the next write (GeneratorExit)."""
-    stop_watching = watch_hangup(fileno, on_hangup(job)) if fileno is not None else None
+    stop_watching = watch_hangup(fileno, on_hangup(job))
     try:
         yield from body
     except Exception:
         log.exception("stream of %s broke", job.id)
         yield on_bug()
     finally:
-        if stop_watching is not None:
-            stop_watching()
+        stop_watching()
         if not job.finished:
             pool.cancel(job)
 

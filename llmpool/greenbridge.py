@@ -263,16 +263,17 @@ class Home:
         self._loop.run_callback_threadsafe(gevent.spawn, fn, *args)
 
 
-def watch_hangup(fileno: int, on_hangup: Callable[[], None]) -> Callable[[], None]:
+def watch_hangup(fileno: int | None, on_hangup: Callable[[], None]) -> Callable[[], None]:
     """Call `on_hangup()` on the hub as soon as the client on socket `fileno` hangs up;
     returns the function that stops watching (call it once, always).
 
     For a request whose body has been read: the socket then turns readable only when the
     client closes it, or sends a pipelined next request, which is left unread (the watch
     just ends). A read watcher on the hub, not a poll loop: nothing runs while nothing
-    happens. Without gevent there is nothing to watch on (no gunicorn socket): a no-op.
+    happens. Without a socket (`fileno` None: not under gunicorn) or without gevent: a
+    no-op.
     """
-    if not on_hub():
+    if fileno is None or not on_hub():
         return lambda: None
     import gevent
 
