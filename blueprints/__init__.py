@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 
-from flask import Flask
+from flask import Flask, request
 
 from blueprints import admin, openai_compat, responses
 from blueprints.errors import register_error_handlers
+from llmpool.auth import Access, Credentials, credentials_from
 from llmpool.config.loader import load_settings
 from llmpool.config.spec import Settings
 from llmpool.greenbridge import check_not_fully_patched
@@ -25,6 +27,8 @@ def create_app(
     """
     check_not_fully_patched()  # a stock gevent worker would turn the scheduler into greenlets
     settings = settings or load_settings()
+    # Before the pool exists: a named secret that is missing stops start-up (fail closed).
+    credentials = credentials_from(settings.service, os.environ)
     pool = pool or Pool(settings)
     logging.basicConfig(
         level=str(settings.service["log_level"]).upper(),
@@ -38,8 +42,35 @@ def create_app(
     app.register_blueprint(openai_compat.bp)
     app.register_blueprint(admin.bp)
     register_error_handlers(app)
+    require_credentials(app, credentials)
     # gunicorn's worker_exit hook shuts the pool down; this covers `flask run` and tests.
     atexit.register(pool.shutdown)
     if start_models:
         pool.start_in_background()
     return app
+
+
+# Endpoints anyone may call: a load balancer's probes carry no token.
+OPEN_ENDPOINTS = frozenset({"responses.healthz", "responses.readyz"})
+ADMIN_PREFIXES = ("/v1/admin",)
+
+
+def access_for(endpoint: str | None, blueprint: str | None, path: str) -> Access:
+    """Admin by blueprint or path prefix (so an unmatched admin path is closed too), open
+    for the probes, public for everything else, including paths that match no route."""
+    if blueprint == admin.bp.name or path.startswith(ADMIN_PREFIXES):
+        return Access.ADMIN
+    if endpoint in OPEN_ENDPOINTS:
+        return Access.OPEN
+    return Access.PUBLIC
+
+
+def require_credentials(app: Flask, credentials: Credentials) -> None:
+    """Check the bearer token before any view runs; a refusal is rendered by the error
+    handlers in the route's own shape (401 with `WWW-Authenticate: Bearer`)."""
+    app.extensions["llmpool.credentials"] = credentials
+
+    @app.before_request
+    def _authenticate() -> None:
+        access = access_for(request.endpoint, request.blueprint, request.path)
+        credentials.check(access, request.headers.get("Authorization"))

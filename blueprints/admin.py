@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from blueprints.responses import json_body, pool
+from blueprints.body import json_body, raw_body
+from blueprints.responses import pool
 from blueprints.schemas import LoadRequestSchema
 from llmpool.errors import RequestFieldInvalid
 
@@ -12,11 +13,34 @@ bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 LOAD_SCHEMA = LoadRequestSchema()
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+MAX_TAIL = 100_000
+
+
 def _flag(name: str, default: bool) -> bool:
+    """A boolean query parameter; anything but the usual spellings is a 422, so a typo
+    such as `force=ture` is not silently read as false."""
     value = request.args.get(name)
     if value is None:
         return default
-    return value.lower() in ("1", "true", "yes", "on")
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    message = "Must be true or false (or 1/0, yes/no, on/off)."
+    raise RequestFieldInvalid(["query", name], message, "value_error")
+
+
+def _count(name: str, default: int, maximum: int) -> int:
+    """A non-negative integer query parameter (ASCII digits only: `str.isdigit` also
+    accepts '²', which int() refuses)."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > maximum:
+        raise RequestFieldInvalid(["query", name], f"Must be an integer from 0 to {maximum}.", "value_error")
+    return int(raw)
 
 
 @bp.get("/models")
@@ -31,8 +55,8 @@ def get_model(name: str) -> Response:
 
 @bp.post("/models/<name>/load")
 def load_model(name: str) -> Response:
-    has_body = bool(request.get_data())
-    body = LOAD_SCHEMA.load(json_body() if has_body else {})
+    has_body = bool(raw_body().strip())
+    body = LOAD_SCHEMA.load(json_body(optional=True))
     wait = _flag("wait", True)
     entry = pool().load(
         name,
@@ -56,11 +80,9 @@ def unload_model(name: str) -> Response:
 @bp.get("/models/<name>/logs")
 def model_logs(name: str) -> Response:
     """The last `tail` lines each replica's child printed (kept after unload or failure)."""
-    raw = request.args.get("tail", "200")
-    if not raw.isdigit() or int(raw) > 100_000:
-        raise RequestFieldInvalid(["query", "tail"], "Must be an integer from 0 to 100000.", "value_error")
+    tail = _count("tail", 200, MAX_TAIL)
     entry = pool().entry(name)
-    replicas = [{"id": r.replica_id, "pid": r.pid(), "lines": r.logs(int(raw))} for r in entry.last_runtimes]
+    replicas = [{"id": r.replica_id, "pid": r.pid(), "lines": r.logs(tail)} for r in entry.last_runtimes]
     return jsonify({"name": name, "replicas": replicas})
 
 

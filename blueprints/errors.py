@@ -5,9 +5,10 @@
 - Flask/werkzeug HTTP errors (404 route, 405, 413 body too large): the same detail shape.
 - Anything else is a bug: 500 internal_error, trace in the log, never in the body.
 
-The OpenAI-compatible blueprint renders the same errors, with the same statuses, in
-OpenAI's shape instead: {"error": {message, type, param, code}} (`openai_error_body`,
-installed on that blueprint only by `register_openai_error_handlers`).
+On the OpenAI routes (`OPENAI_PREFIXES`) the same errors, with the same statuses and
+headers, are rendered in OpenAI's shape instead: {"error": {message, type, param, code}}.
+The shape follows the path, not the matched blueprint, so errors raised before or
+instead of routing (401, 404, 405, 413) take the route's shape too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -24,8 +25,12 @@ from llmpool.errors import InvalidRequest, PoolError, RequestFieldInvalid
 
 log = logging.getLogger("llmpool.http")
 
+# Routes whose clients expect OpenAI's error body (its SDK reads `error.message`).
+OPENAI_PREFIXES = ("/v1/chat/", "/v1/completions")
+
 _HTTP_CODES = {
     400: "bad_request",
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     413: "request_too_large",
@@ -51,7 +56,13 @@ def _json(body: Any, status: int, headers: dict[str, str] | None = None) -> Resp
     return response
 
 
+def openai_route() -> bool:
+    return request.path.startswith(OPENAI_PREFIXES)
+
+
 def pool_error_response(exc: PoolError) -> Response:
+    if openai_route():
+        return _json(openai_pool_error(exc), exc.status, exc.headers)
     if isinstance(exc, RequestFieldInvalid):
         return _json({"detail": [{"loc": exc.loc, "msg": exc.message, "type": exc.type}]}, 422)
     return _json({"detail": exc.to_detail()}, exc.status, exc.headers)
@@ -66,17 +77,26 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ValidationError)
     def _schema(exc: ValidationError) -> Response:
+        if openai_route():
+            return _json(_openai_validation(exc.messages), 422)
         return _json({"detail": validation_details(exc.messages)}, 422)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
         status = exc.code or 500
         code = _HTTP_CODES.get(status, "http_error")
-        return _json({"detail": {"code": code, "message": exc.description, "model": None}}, status)
+        message = exc.description or code
+        # 405 must keep its Allow header; werkzeug puts it on the exception's own response.
+        headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
+        if openai_route():
+            return _json(openai_error_body(status, code, message), status, headers)
+        return _json({"detail": {"code": code, "message": message, "model": None}}, status, headers)
 
     @app.errorhandler(Exception)
     def _bug(exc: Exception) -> Response:
         log.exception("unhandled error")
+        if openai_route():
+            return _json(openai_error_body(500, "internal_error", "internal server error"), 500)
         body = {"code": "internal_error", "message": "internal server error", "model": None}
         return _json({"detail": body}, 500)
 
@@ -109,28 +129,3 @@ def _openai_validation(messages: Any) -> dict[str, Any]:
     text = "; ".join(f"{p}: {d['msg']}" if p else d["msg"] for p, d in zip(params, details, strict=True))
     code = _OPENAI_CODES.get(details[0]["type"], "invalid_value") if details else "invalid_value"
     return openai_error_body(422, code, text, params[0] if params else None)
-
-
-def register_openai_error_handlers(bp: Blueprint) -> None:
-    """The handlers above, for one blueprint, in OpenAI's shape (same statuses, headers)."""
-
-    @bp.errorhandler(PoolError)
-    def _pool(exc: PoolError) -> Response:
-        if exc.status >= 500:
-            log.warning("%s %s: %s", exc.status, exc.code, exc.message)
-        return _json(openai_pool_error(exc), exc.status, exc.headers)
-
-    @bp.errorhandler(ValidationError)
-    def _schema(exc: ValidationError) -> Response:
-        return _json(_openai_validation(exc.messages), 422)
-
-    @bp.errorhandler(HTTPException)
-    def _http(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        code = _HTTP_CODES.get(status, "http_error")
-        return _json(openai_error_body(status, code, exc.description or code), status)
-
-    @bp.errorhandler(Exception)
-    def _bug(exc: Exception) -> Response:
-        log.exception("unhandled error")
-        return _json(openai_error_body(500, "internal_error", "internal server error"), 500)

@@ -26,13 +26,13 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from blueprints.body import json_body
 from blueprints.errors import (
     InvalidParam,
     openai_error_body,
     openai_pool_error,
-    register_openai_error_handlers,
 )
-from blueprints.responses import json_body, pool, wait_for_result
+from blueprints.responses import pool, wait_for_result
 from blueprints.schemas import ChatCompletionsRequestSchema
 from blueprints.sse import cancel_on_close, client_socket, data_line, job_events, sse_response
 from llmpool.generation import Final, GenerationRequest, Message, content_text
@@ -42,7 +42,6 @@ from llmpool.pool import Pool
 bp = Blueprint("openai_compat", __name__)
 # One instance each: building a schema deep-copies its fields (measurable per request).
 CHAT_SCHEMA = ChatCompletionsRequestSchema()
-register_openai_error_handlers(bp)
 
 ALLOW_REMOTE_HEADER = "X-LLM-Pool-Allow-Remote"
 SYSTEM_ROLES = ("system", "developer")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify
 
+from blueprints.body import json_body
 from blueprints.schemas import ResponsesRequestSchema
 from blueprints.sse import client_socket, completed_payload, on_hangup, sse_response, stream_job
 from llmpool.generation import GenerationRequest, Message
@@ -21,16 +22,6 @@ RESPONSES_SCHEMA = ResponsesRequestSchema()
 
 def pool() -> Pool:
     return current_app.extensions["llmpool"]
-
-
-def json_body() -> dict[str, Any]:
-    """The request body as a JSON object; malformed bodies become 422 like schema errors."""
-    from marshmallow import ValidationError
-
-    data = request.get_json(force=True, silent=True)
-    if not isinstance(data, dict):
-        raise ValidationError({"_schema": ["Body must be a JSON object."]})
-    return data
 
 
 def to_generation_request(body: dict[str, Any], p: Pool) -> GenerationRequest:

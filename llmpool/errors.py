@@ -105,6 +105,22 @@ class InvalidLoadRequest(PoolError):
     code = "invalid_load_request"
 
 
+class Unauthorized(PoolError):
+    """Missing or wrong credentials (SPEC §8). The message never echoes what was sent."""
+
+    status = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        # RFC 6750: a bearer-protected resource names its scheme in the challenge.
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="llm-pool"'})
+
+
+class RequestTooLarge(PoolError):
+    status = 413
+    code = "request_too_large"
+
+
 class InvalidRequest(PoolError):
     """A request that passed the schema but breaks a model-specific rule."""
 

@@ -23,20 +23,10 @@ from llmpool.config.spec import ModelSpec
 from llmpool.errors import InvalidLoadRequest, ModelLoadFailed, PoolError
 from llmpool.executor import Executor, Replica
 from llmpool.greenbridge import assert_may_block
+from llmpool.secrets import redact
 from llmpool.states import ModelState, check_transition
 
 log = logging.getLogger(__name__)
-
-
-def redact(value: Any) -> Any:
-    """Definitions as shown to operators: any key ending in `api_key` becomes ***."""
-    if isinstance(value, dict):
-        return {
-            k: ("***" if k.endswith("api_key") and v is not None else redact(v)) for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    return value
 
 
 class ModelEntry:

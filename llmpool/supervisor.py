@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmpool.greenbridge import Latch, assert_may_block, start_thread
+from llmpool.secrets import redact_argv, scrub
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ class ChildSpec:
     library_path: Sequence[str] = ()
     log_lines: int = 2000
     stop_timeout_s: float = 10.0
+    # Values masked in the child's captured output (an API key it echoes, for instance):
+    # that output is shown by the admin API and quoted in load errors.
+    secrets: Sequence[str] = ()
 
     def environment(self) -> dict[str, str]:
         env = {**os.environ, **self.env}
@@ -182,7 +186,7 @@ class ChildProcess:
 
     def start(self) -> None:
         self.state = ProcessState.STARTING
-        log.info("%s: starting %s", self.label, " ".join(self.spec.argv))
+        log.info("%s: starting %s", self.label, " ".join(redact_argv(self.spec.argv)))
         try:
             self._proc = _spawner.popen(
                 args=self.spec.argv,
@@ -202,7 +206,8 @@ class ChildProcess:
         assert self._proc is not None and self._proc.stdout is not None
         with self._proc.stdout:  # closed at EOF: the child is gone or closed its output
             for raw in self._proc.stdout:
-                self._log.append(raw.decode("utf-8", "replace").rstrip("\r\n"))
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                self._log.append(scrub(line, self.spec.secrets) if self.spec.secrets else line)
 
     def _watch(self) -> None:
         assert self._proc is not None

@@ -22,6 +22,7 @@ from llmpool.config.fields import StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, BackendTimeout, InvalidRequest, ModelLoadFailed, PoolError
 from llmpool.generation import Chunk, GenerationRequest
+from llmpool.secrets import secret_values
 from llmpool.supervisor import ChildFailed, ChildProcess, ChildSpec, pick_port
 
 PORT_ATTEMPTS = 3
@@ -124,14 +125,16 @@ class ManagedServerAdapter(Adapter):
         fixed_port = self.option("port")
         for attempt in range(PORT_ATTEMPTS):
             port = fixed_port or pick_port()
+            argv = self.build_argv(binary, port)
             child = ChildProcess(
                 self.label,
                 ChildSpec(
-                    argv=self.build_argv(binary, port),
+                    argv=argv,
                     env=self.child_env(),
                     library_path=list(self.option("library_path")),
                     log_lines=self.option("log_lines"),
                     stop_timeout_s=self.option("stop_timeout_s"),
+                    secrets=secret_values(self.spec.options, argv),
                 ),
                 on_exit=self._child_exited,
             )

@@ -51,6 +51,7 @@ from llmpool.errors import (
     UpstreamTimeout,
 )
 from llmpool.generation import Chunk, GenerationRequest
+from llmpool.secrets import ENV_NAME
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,6 @@ P = "remote_"
 API_KINDS = ("chat_completions",)
 HEALTH_CHECKS = ("config_only", "models")
 THINKING = ("default", "enabled", "disabled")
-ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # Jittered exponential backoff between retries: attempt n waits about BASE * 2**(n-1),
 # at most CAP; an upstream Retry-After up to CAP is honoured as a minimum.
 BACKOFF_BASE_S = 0.2

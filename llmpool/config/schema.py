@@ -11,6 +11,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from llmpool.config.fields import StrictBool, StrictFloat, StrictInt
+from llmpool.secrets import ENV_NAME
 
 PROMPT_FORMATS = (
     "generic",
@@ -23,6 +24,9 @@ MODALITIES = ("text", "image")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
+_ENV_NAME_RULE = validate.Regexp(ENV_NAME, error="Must be an environment variable name.")
+
+
 class _Strict(Schema):
     class Meta:
         unknown = RAISE
@@ -32,8 +36,10 @@ class ServiceSchema(_Strict):
     host = fields.String(load_default="127.0.0.1")
     port = StrictInt(load_default=8010, validate=validate.Range(1, 65535))
     log_level = fields.String(load_default="info", validate=validate.OneOf(LOG_LEVELS))
-    admin_token_env = fields.String(load_default=None, allow_none=True)
-    api_keys_env = fields.String(load_default=None, allow_none=True)
+    # Names of environment variables holding the secrets (llmpool.auth), never the secrets;
+    # held to the shape of a name so that a secret pasted here is refused, not echoed.
+    admin_token_env = fields.String(load_default=None, allow_none=True, validate=_ENV_NAME_RULE)
+    api_keys_env = fields.String(load_default=None, allow_none=True, validate=_ENV_NAME_RULE)
     max_body_mb = StrictFloat(load_default=32, validate=validate.Range(min=0, min_inclusive=False))
     log_prompts = StrictBool(load_default=False)
 

@@ -6,7 +6,7 @@ import pytest
 
 from llmpool.generation import Final, GenerationRequest, Message, content_text
 from llmpool.metrics import METRIC_KEYS, JobTimes, build_metrics
-from llmpool.model import redact
+from llmpool.secrets import redact
 from llmpool.prompts import generic
 
 # -- metrics ---------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""Reading a JSON request body that anyone may have sent.
+
+Every way a body can be hostile ends in a structured 4xx here, before a schema or the
+core sees it:
+
+- over `service.max_body_mb` (declared or, for chunked bodies, counted while read): 413;
+- a body the server cannot read (a malformed chunk size, a connection that breaks
+  mid-body): 400;
+- not JSON, not an object, nested deeper than `MAX_DEPTH`: 422;
+- a string or key with a lone UTF-16 surrogate (`"\\ud800"` is valid JSON but not
+  Unicode text; it would fail in a tokenizer later): 422 naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import current_app, request
+from marshmallow import ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from llmpool.errors import InvalidRequest, RequestFieldInvalid, RequestTooLarge
+
+# No request of ours nests deeper than ~6 (messages -> content -> item -> image_url);
+# the limit sits far above that and far below the interpreter's recursion limit.
+MAX_DEPTH = 64
+_READ_CHUNK = 1 << 16
+
+
+_CACHE_KEY = "llmpool.body"
+
+
+def raw_body() -> bytes:
+    """The body, at most MAX_CONTENT_LENGTH bytes, however it was framed (read once per
+    request; later calls return the same bytes)."""
+    cached = request.environ.get(_CACHE_KEY)
+    if cached is None:
+        cached = request.environ[_CACHE_KEY] = _read_capped()
+    return cached
+
+
+def _read_capped() -> bytes:
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while True:
+            chunk = request.stream.read(_READ_CHUNK)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except RequestEntityTooLarge:
+        raise _too_large(limit) from None
+    except RequestTooLarge:
+        raise
+    except Exception as exc:  # the server's framing errors are not ours to name
+        raise InvalidRequest(f"the request body could not be read ({type(exc).__name__})") from None
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> RequestTooLarge:
+    mib = limit / (1024 * 1024)
+    return RequestTooLarge(f"the request body is larger than {mib:g} MiB (service.max_body_mb)")
+
+
+def json_body(*, optional: bool = False) -> dict[str, Any]:
+    """The body as a JSON object (`optional`: an empty body is `{}`)."""
+    raw = raw_body()
+    if optional and not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise ValidationError({"_schema": [f"JSON nested deeper than {MAX_DEPTH} levels."]}) from None
+    except ValueError:  # includes UnicodeDecodeError
+        raise ValidationError({"_schema": ["Body must be a JSON object."]}) from None
+    if not isinstance(data, dict):
+        raise ValidationError({"_schema": ["Body must be a JSON object."]})
+    check_tree(data)
+    return data
+
+
+def check_tree(data: Any) -> None:
+    """Depth and lone surrogates, walked without recursion (the input decides the depth)."""
+    stack: list[tuple[Any, list[str | int]]] = [(data, ["body"])]
+    while stack:
+        node, loc = stack.pop()
+        if len(loc) > MAX_DEPTH:
+            raise RequestFieldInvalid(loc[:8], f"JSON nested deeper than {MAX_DEPTH} levels.", "value_error")
+        if isinstance(node, str):
+            _check_text(node, loc)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                _check_text(key, [*loc, "(key)"])
+                stack.append((value, [*loc, key]))
+        elif isinstance(node, list):
+            stack.extend((value, [*loc, index]) for index, value in enumerate(node))
+
+
+def _check_text(text: str, loc: list[str | int]) -> None:
+    if text.isascii():  # the common case, without encoding a copy
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RequestFieldInvalid(
+            loc,
+            f"Contains a lone UTF-16 surrogate at character {exc.start}; send valid Unicode text.",
+            "value_error.unicode",
+        ) from None
