@@ -180,3 +180,18 @@ def test_a_missing_secret_stops_gunicorn_with_a_message(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "service.admin_token_env names the environment variable HOSTILE_TEST_ADMIN" in result.stderr
     assert "Traceback" not in result.stderr and KEY not in result.stderr + result.stdout
+
+
+def test_the_openai_client_with_a_key_and_without(secured: Server) -> None:
+    import openai
+
+    messages = [{"role": "user", "content": "Hi"}]
+    with openai.OpenAI(base_url=secured.url + "/v1", api_key=KEY, max_retries=0, timeout=60) as client:
+        reply = client.chat.completions.create(model=SMOLLM2_ID, messages=messages, max_tokens=2)  # type: ignore[arg-type]
+        assert reply.choices[0].message.content is not None
+        assert SMOLLM2_ID in [m.id for m in client.models.list()]
+    with openai.OpenAI(base_url=secured.url + "/v1", api_key="sk-wrong", max_retries=0, timeout=60) as client:
+        with pytest.raises(openai.AuthenticationError) as info:
+            client.chat.completions.create(model=SMOLLM2_ID, messages=messages, max_tokens=2)  # type: ignore[arg-type]
+        assert info.value.status_code == 401
+        assert "not valid" in info.value.message
