@@ -6,8 +6,8 @@ import pytest
 
 from llmpool.generation import Final, GenerationRequest, Message, content_text
 from llmpool.metrics import METRIC_KEYS, JobTimes, build_metrics
-from llmpool.secrets import redact
 from llmpool.prompts import generic
+from llmpool.secrets import redact
 
 # -- metrics ---------------------------------------------------------------------------
 FULL_TIMES = JobTimes(
