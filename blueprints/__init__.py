@@ -8,7 +8,7 @@ import os
 
 from flask import Flask, request
 
-from blueprints import admin, openai_compat, responses
+from blueprints import admin, observe, openai_compat, operations, responses
 from blueprints.errors import register_error_handlers
 from llmpool.auth import Access, Credentials, credentials_from
 from llmpool.config.loader import load_settings
@@ -41,7 +41,10 @@ def create_app(
     app.register_blueprint(responses.bp)
     app.register_blueprint(openai_compat.bp)
     app.register_blueprint(admin.bp)
+    app.register_blueprint(operations.bp)
     register_error_handlers(app)
+    observe.setup_access_log(str(settings.service["log_level"]))
+    observe.install(app, pool, bool(settings.service["log_prompts"]))  # first: it times the rest
     require_credentials(app, credentials)
     # gunicorn's worker_exit hook shuts the pool down; this covers `flask run` and tests.
     atexit.register(pool.shutdown)
@@ -52,7 +55,7 @@ def create_app(
 
 # Endpoints anyone may call: a load balancer's probes carry no token.
 OPEN_ENDPOINTS = frozenset({"responses.healthz", "responses.readyz"})
-ADMIN_PREFIXES = ("/v1/admin",)
+ADMIN_PREFIXES = ("/v1/admin", "/metrics")
 
 
 def access_for(endpoint: str | None, blueprint: str | None, path: str) -> Access:

@@ -20,6 +20,7 @@ from flask import Flask, Response, jsonify, request
 from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
+from blueprints.observe import note_error
 from blueprints.schemas import validation_details
 from llmpool.errors import InvalidRequest, PoolError, RequestFieldInvalid
 
@@ -61,6 +62,7 @@ def openai_route() -> bool:
 
 
 def pool_error_response(exc: PoolError) -> Response:
+    note_error(exc.code)
     if openai_route():
         return _json(openai_pool_error(exc), exc.status, exc.headers)
     if isinstance(exc, RequestFieldInvalid):
@@ -77,6 +79,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ValidationError)
     def _schema(exc: ValidationError) -> Response:
+        note_error("validation_error")
         if openai_route():
             return _json(_openai_validation(exc.messages), 422)
         return _json({"detail": validation_details(exc.messages)}, 422)
@@ -88,6 +91,7 @@ def register_error_handlers(app: Flask) -> None:
         message = exc.description or code
         # 405 must keep its Allow header; werkzeug puts it on the exception's own response.
         headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
+        note_error(code)
         if openai_route():
             return _json(openai_error_body(status, code, message), status, headers)
         return _json({"detail": {"code": code, "message": message, "model": None}}, status, headers)
@@ -95,6 +99,7 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _bug(exc: Exception) -> Response:
         log.exception("unhandled error")
+        note_error("internal_error")
         if openai_route():
             return _json(openai_error_body(500, "internal_error", "internal server error"), 500)
         body = {"code": "internal_error", "message": "internal server error", "model": None}

@@ -32,6 +32,7 @@ from blueprints.errors import (
     openai_error_body,
     openai_pool_error,
 )
+from blueprints.observe import note_job, note_model
 from blueprints.responses import pool, wait_for_result
 from blueprints.schemas import ChatCompletionsRequestSchema
 from blueprints.sse import cancel_on_close, client_socket, data_line, job_events, sse_response
@@ -51,6 +52,7 @@ SYSTEM_ROLES = ("system", "developer")
 def chat_completions() -> Response:
     started = time.monotonic()
     body = CHAT_SCHEMA.load(json_body())
+    note_model(body["model"])
     refuse_unsupported(body)
     p = pool()
     allow_remote = (
@@ -59,6 +61,7 @@ def chat_completions() -> Response:
     job = p.submit(
         body["model"], to_generation_request(body, p), allow_remote=allow_remote, pool_started=started
     )
+    note_job(job)
     if body["stream"]:
         include_usage = bool((body["stream_options"] or {}).get("include_usage"))
         return sse_response(stream_chat(p, job, include_usage))

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify
 
 from blueprints.body import json_body
+from blueprints.observe import note_job, note_model
 from blueprints.schemas import ResponsesRequestSchema
 from blueprints.sse import client_socket, completed_payload, on_hangup, sse_response, stream_job
 from llmpool.generation import GenerationRequest, Message
@@ -63,6 +64,7 @@ def wait_for_result(p: Pool, job: Job) -> Done:
 def create_response() -> Response:
     started = time.monotonic()
     body = RESPONSES_SCHEMA.load(json_body())
+    note_model(body["model"])
     p = pool()
     job = p.submit(
         body["model"],
@@ -70,6 +72,7 @@ def create_response() -> Response:
         allow_remote=body["allow_remote"],
         pool_started=started,
     )
+    note_job(job)
     if body["stream"]:
         return sse_response(stream_job(p, job))
     done = wait_for_result(p, job)

@@ -40,7 +40,10 @@ timeout = 120
 # closes every runtime (worker_exit below).
 graceful_timeout = 10
 keepalive = 5
-accesslog = "-"
+# The pool writes its own JSON line per request (llmpool.access); gunicorn's access line would
+# repeat it. LLM_POOL_GUNICORN_ACCESSLOG=- turns it back on (e.g. to see requests gunicorn
+# itself refused).
+accesslog = os.environ.get("LLM_POOL_GUNICORN_ACCESSLOG") or None
 errorlog = "-"
 loglevel = _service["log_level"]
 

@@ -83,6 +83,9 @@ class Job:
     # its consumer is told `stop_error` (None: nobody is listening).
     stop_requested: bool = False
     stop_error: PoolError | None = None
+    # How it ended, for the request's log line and metrics (set with the final status).
+    error: PoolError | None = None
+    final: Final | None = None
     _text: list[str] = field(default_factory=list)
     _reasoning: list[str] = field(default_factory=list)
 
@@ -115,6 +118,7 @@ class Job:
             self._move(JobStatus.CANCELLED)
         else:
             self._move(JobStatus.FAILED)
+            self.error = error
             self.events.put(Failed(error))
 
     def finish(self, final: Final | None, error: PoolError | None) -> None:
@@ -125,6 +129,7 @@ class Job:
             self.drop(error)
         else:
             self._move(JobStatus.DONE)
+            self.final = final
             reasoning = "".join(self._reasoning) or None
             finish = final.finish_reason if final else "stop"
             self.events.put(Done("".join(self._text), reasoning, finish, final))
@@ -136,6 +141,20 @@ class Job:
         if reasoning:
             self._reasoning.append(reasoning)
         self.events.put(Delta(text=text, reasoning=reasoning))
+
+    @property
+    def output_text(self) -> str:
+        return "".join(self._text)
+
+    @property
+    def outcome(self) -> str:
+        """`ok`, the error code it failed with, or `cancelled` (also while a stop it was
+        asked for is still on its way)."""
+        if self.status is JobStatus.DONE:
+            return "ok"
+        if self.status is JobStatus.FAILED and self.error is not None:
+            return self.error.code
+        return "cancelled"
 
     def metrics(self, final: Final | None) -> dict[str, float | int | None]:
         return build_metrics(self.times, final, self.replica, time.monotonic())

@@ -25,14 +25,18 @@ from llmpool.executor import Executor, Replica
 from llmpool.greenbridge import assert_may_block
 from llmpool.secrets import redact
 from llmpool.states import ModelState, check_transition
+from llmpool.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 
 class ModelEntry:
-    def __init__(self, spec: ModelSpec, adapter_cls: type[Adapter]) -> None:
+    def __init__(
+        self, spec: ModelSpec, adapter_cls: type[Adapter], telemetry: Telemetry | None = None
+    ) -> None:
         self.spec = spec
         self.adapter_cls = adapter_cls
+        self.telemetry = telemetry
         self.state = ModelState.UNLOADED
         self.last_error: str | None = None
         self.executor: Executor | None = None
@@ -163,7 +167,11 @@ class ModelEntry:
                 self._measured_mib[self._override_key()] = round(max(0.0, after - before), 1)
             self.load_seconds = round(time.monotonic() - started, 3)
             self._set_state(ModelState.LOADED)
+            if self.telemetry is not None:
+                self.telemetry.load_finished(self.name, True, self.load_seconds)
         except Exception as exc:
+            if self.telemetry is not None:
+                self.telemetry.load_finished(self.name, False, time.monotonic() - started)
             for runtime in runtimes:
                 self._close_quietly(runtime)
             error = (
@@ -184,6 +192,8 @@ class ModelEntry:
         executor = self.executor
         if self.state is not ModelState.LOADED or executor is None:
             return  # a load in progress reports the failure itself; an unload expects it
+        if self.telemetry is not None:
+            self.telemetry.runtime_died(self.name)
         if executor.replica_failed(replica_id, message):
             return  # other replicas still serve
         with self._changed:

@@ -23,6 +23,7 @@ from llmpool.errors import (
     ModelNotLoaded,
     ModelUnloading,
     MultiTurnUnsupported,
+    QueueFull,
     RemoteNotAllowed,
     RequestFieldInvalid,
     ThinkingUnsupported,
@@ -34,6 +35,7 @@ from llmpool.job import Job
 from llmpool.metrics import JobTimes
 from llmpool.model import ModelEntry
 from llmpool.states import ModelState
+from llmpool.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,11 @@ class Pool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.models: dict[str, ModelEntry] = {}
+        self.telemetry = Telemetry(lambda: self.models)
         for name, spec in settings.models.items():
             adapter_cls = registry.get(spec.backend)
             assert adapter_cls is not None  # the loader rejected unknown backends
-            self.models[name] = ModelEntry(spec, adapter_cls)
+            self.models[name] = ModelEntry(spec, adapter_cls, self.telemetry)
         self.ready = False
         self._closed = False
 
@@ -85,7 +88,11 @@ class Pool:
         self._admit(entry, request, allow_remote)
         now = time.monotonic()
         job = Job(model=model, request=request, times=JobTimes(pool_started or now, now))
-        entry.executor.submit(job)
+        try:
+            entry.executor.submit(job)
+        except QueueFull:
+            self.telemetry.rejected_queue_full(model)
+            raise
         return job
 
     def _admit(self, entry: ModelEntry, request: GenerationRequest, allow_remote: bool) -> None:

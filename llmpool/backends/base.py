@@ -154,6 +154,12 @@ class Adapter:
         """The child process id, for subprocess backends."""
         return None
 
+    def kv_cache_usage(self) -> float | None:
+        """The KV cache's utilisation, 0 to 1, where the runtime reports it (for the
+        inference gateway's endpoint picker). Called at each metrics scrape, on the hub:
+        must answer from memory, never wait. Default: unknown."""
+        return None
+
     def logs(self, tail: int) -> list[str]:
         """The last `tail` lines the runtime printed (subprocess backends)."""
         return []
