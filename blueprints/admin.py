@@ -7,7 +7,9 @@ from flask import Blueprint, Response, jsonify, request
 from blueprints.body import json_body, raw_body
 from blueprints.responses import pool
 from blueprints.schemas import LoadRequestSchema
+from llmpool.config.loader import load_settings
 from llmpool.errors import RequestFieldInvalid
+from llmpool.greenbridge import call_blocking
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
 LOAD_SCHEMA = LoadRequestSchema()
@@ -89,3 +91,11 @@ def model_logs(name: str) -> Response:
 @bp.get("/gpu-memory")
 def gpu_memory() -> Response:
     return jsonify(pool().gpu_memory())
+
+
+@bp.post("/settings/reload")
+def reload_settings() -> Response:
+    """Re-read the settings files and apply them atomically (SPEC §2): 200 with what
+    changed, 400 invalid_settings, or 409 settings_conflict with nothing applied."""
+    new = call_blocking(load_settings)  # file reads, off the hub
+    return jsonify(pool().reload(new))

@@ -39,8 +39,10 @@ class InternalError(PoolError):
 
 
 class ConfigError(PoolError):
-    """Settings files are invalid; raised at start-up and on reload."""
+    """Settings files are invalid; raised at start-up and on reload (where the operator's
+    request to apply them is refused: 400)."""
 
+    status = 400
     code = "invalid_settings"
 
 
@@ -71,8 +73,17 @@ class ModelFailed(PoolError):
 
 
 class SettingsConflict(PoolError):
+    """A settings reload that would change something in use; nothing was applied."""
+
     status = 409
     code = "settings_conflict"
+
+    def __init__(self, message: str, conflicts: list[dict[str, object]]) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts
+
+    def to_detail(self) -> dict[str, object]:
+        return {**super().to_detail(), "conflicts": self.conflicts}
 
 
 class RemoteNotAllowed(PoolError):

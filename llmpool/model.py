@@ -45,6 +45,9 @@ class ModelEntry:
         # The runtimes of the current or last load, kept after unload for their logs.
         self.last_runtimes: list[Adapter] = []
         self._write_lock = threading.Lock()
+        # Set (under the write lock) when a settings reload replaced this definition: the
+        # entry is no longer in the pool and must never start a runtime.
+        self.retired = False
         self._changed = threading.Condition()
         # Last measured VRAM per override (json key), kept across unloads.
         self._measured_mib: dict[str, float] = {}
@@ -134,6 +137,10 @@ class ModelEntry:
         """Enter LOADING (caller holds no lock; raises if another writer is active)."""
         if not self._write_lock.acquire(blocking=False):
             raise InvalidLoadRequest("another load or unload of this model is in progress", model=self.name)
+        if self.retired:
+            self._write_lock.release()
+            message = "a settings reload replaced this model's definition; retry"
+            raise InvalidLoadRequest(message, model=self.name)
         try:
             self.load_override = plan
             self._set_state(ModelState.LOADING)

@@ -14,7 +14,7 @@ from typing import Any
 
 from llmpool import gpu, prompts
 from llmpool.backends import registry
-from llmpool.config.spec import Settings
+from llmpool.config.spec import ModelSpec, Settings
 from llmpool.errors import (
     InvalidLoadRequest,
     ModalityUnsupported,
@@ -26,6 +26,7 @@ from llmpool.errors import (
     QueueFull,
     RemoteNotAllowed,
     RequestFieldInvalid,
+    SettingsConflict,
     ThinkingUnsupported,
     UnknownModel,
 )
@@ -34,6 +35,7 @@ from llmpool.greenbridge import call_blocking, start_thread
 from llmpool.job import Job
 from llmpool.metrics import JobTimes
 from llmpool.model import ModelEntry
+from llmpool.reload import plan_reload
 from llmpool.states import ModelState
 from llmpool.telemetry import Telemetry
 
@@ -50,14 +52,17 @@ _NOT_SERVING = {
 class Pool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # Replaced as a whole by `reload` (readers take a reference; never mutated in place).
         self.models: dict[str, ModelEntry] = {}
         self.telemetry = Telemetry(lambda: self.models)
-        for name, spec in settings.models.items():
-            adapter_cls = registry.get(spec.backend)
-            assert adapter_cls is not None  # the loader rejected unknown backends
-            self.models[name] = ModelEntry(spec, adapter_cls, self.telemetry)
+        self.models = {name: self._new_entry(spec) for name, spec in settings.models.items()}
         self.ready = False
         self._closed = False
+
+    def _new_entry(self, spec: ModelSpec) -> ModelEntry:
+        adapter_cls = registry.get(spec.backend)
+        assert adapter_cls is not None  # the loader rejected unknown backends
+        return ModelEntry(spec, adapter_cls, self.telemetry)
 
     # -- lookup ----------------------------------------------------------------------
     def entry(self, name: str) -> ModelEntry:
@@ -177,6 +182,46 @@ class Pool:
             raise ModelLoading(f"model '{name}' is still loading", model=name)
         call_blocking(entry.unload, force)
         return entry
+
+    def reload(self, new: Settings) -> dict[str, Any]:
+        """Apply freshly read settings atomically (llmpool.reload says what may change);
+        SettingsConflict, with nothing applied, when something in use would change.
+
+        Runs on the hub without yielding, so no admin call interleaves; loads and unloads
+        running on threads hold their model's write lock, which makes that model a
+        conflict too."""
+        plan = plan_reload(self.settings, new, self.models)
+        locked: list[ModelEntry] = []
+        try:
+            for name in [*plan.updated, *plan.removed]:
+                entry = self.models[name]
+                if entry._write_lock.acquire(blocking=False):
+                    locked.append(entry)
+                elif not any(c.get("model") == name for c in plan.conflicts):
+                    plan.conflicts.append({"model": name, "reason": "a load or unload is in progress"})
+            if plan.conflicts:
+                raise SettingsConflict(
+                    "the new settings change something in use; nothing was applied", plan.conflicts
+                )
+            for entry in locked:
+                entry.retired = True
+            current = self.models
+            self.models = {
+                name: current[name] if name in plan.unchanged else self._new_entry(spec)
+                for name, spec in new.models.items()
+            }
+            self.settings = new
+        finally:
+            for entry in locked:
+                entry._write_lock.release()
+        log.info(
+            "settings reloaded: added %s, removed %s, updated %s, changed %s",
+            plan.added,
+            plan.removed,
+            plan.updated,
+            plan.settings_changed,
+        )
+        return plan.report()
 
     def gpu_memory(self) -> dict[str, Any]:
         gpus, error = gpu.snapshot()
