@@ -20,7 +20,7 @@ CT2_STAMP := $(CT2_MODEL_DIR)/.ready
 # This project installed into the vLLM env (--no-deps: its torch/vllm stay as pinned), for
 # the in-process `vllm` backend tests, which can only run where vLLM imports.
 VLLM_POOL_STAMP := $(VLLM_VENV)/.llmpool-installed
-VLLM_POOL_DEPS := flask marshmallow requests nvidia-ml-py gunicorn gevent pytest prometheus_client python-json-logger
+VLLM_POOL_DEPS := flask marshmallow requests nvidia-ml-py gunicorn gevent pytest prometheus_client python-json-logger apispec
 # The benchmark's other side: LiteLLM's proxy in its own env (pinned: later releases'
 # proxy extra needs a package the registry does not serve), nginx and wrk from Debian.
 LITELLM_VENV ?= .venv-litellm
@@ -86,6 +86,8 @@ test: lint $(VLLM_STAMP) $(CT2_STAMP) $(VLLM_POOL_STAMP) bench-tools
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
 	LLM_POOL_TEST_CT2_MODEL=$(abspath $(CT2_MODEL_DIR)) \
 		$(PY) -m pytest
+	# the API fuzzer: schemathesis from /openapi.json against a live server (~2 minutes)
+	$(PY) -m tests.fuzz_api
 	# the slow tier: the `vllm` backend in-process, in the vLLM env
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
 		$(VLLM_VENV)/bin/python -m pytest -o addopts="-ra --strict-markers" tests/vllm_inprocess -q

@@ -8,7 +8,7 @@ import os
 
 from flask import Flask, request
 
-from blueprints import admin, observe, openai_compat, operations, responses
+from blueprints import admin, observe, openai_compat, openapi, operations, responses
 from blueprints.errors import register_error_handlers
 from llmpool.auth import Access, Credentials, credentials_from
 from llmpool.config.loader import load_settings
@@ -42,6 +42,7 @@ def create_app(
     app.register_blueprint(openai_compat.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(operations.bp)
+    app.register_blueprint(openapi.bp)
     register_error_handlers(app)
     observe.setup_access_log(str(settings.service["log_level"]))
     observe.install(app, pool, bool(settings.service["log_prompts"]))  # first: it times the rest
