@@ -248,6 +248,8 @@ def logs(client: PoolClient, args: argparse.Namespace) -> int:
         while True:
             time.sleep(args.interval)
             answer = client.get(path, since=since)
+            if answer["next"] < since:  # a restarted pool numbers its lines from 0 again
+                answer = client.get(path, since=0)
             _print_lines(render.log_lines(answer))
             since = answer["next"]
     except KeyboardInterrupt:

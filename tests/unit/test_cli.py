@@ -329,6 +329,8 @@ def stub() -> Iterator[Stub]:
                 }
             )
             status, answer = state.answers.get((method, self.path.split("?")[0]), NOT_FOUND)
+            if isinstance(answer, list):  # a sequence of answers, one per call
+                answer = answer.pop(0) if len(answer) > 1 else answer[0]
             data = answer if isinstance(answer, bytes) else json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -443,3 +445,36 @@ def test_a_pool_that_does_not_answer_exits_3_naming_the_url(capsys: pytest.Captu
     code, out, err = run(capsys, "status", "--url", "http://127.0.0.1:1")
     assert code == 3 and out == ""
     assert err.strip() == "llm-pool: cannot connect to http://127.0.0.1:1: [Errno 111] Connection refused"
+
+
+def test_follow_starts_over_when_the_pool_restarted(
+    stub: Stub, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new pool process numbers its lines from 0: a `next` below the one asked for
+    means the old numbers are gone, and the new process's lines are all new."""
+
+    def replica(*lines: str) -> dict[str, Any]:
+        return {"name": "m", "replicas": [{"id": 0, "pid": 1, "lines": list(lines)}]}
+
+    answers = [
+        {**replica("old 1", "old 2"), "next": 500},  # --tail
+        {**replica("old 3"), "next": 501},  # since=500
+        {**replica(), "next": 3},  # since=501: restarted, and this answer is empty
+        {**replica("new 1", "new 2", "new 3"), "next": 3},  # since=0
+        {**replica(), "next": 3},
+    ]
+    stub.answers[("GET", "/v1/admin/models/m/logs")] = (200, answers)
+    sleeps = 0
+
+    def sleep(_: float) -> None:
+        nonlocal sleeps
+        sleeps += 1
+        if sleeps > 4:
+            raise KeyboardInterrupt  # the operator's Ctrl-C
+
+    monkeypatch.setattr(cli.time, "sleep", sleep)
+    code, out, err = run(capsys, "logs", "m", "--follow", "--url", stub.url)
+    assert code == 0, err
+    assert out.splitlines() == ["[0] old 1", "[0] old 2", "[0] old 3", "[0] new 1", "[0] new 2", "[0] new 3"]
+    asked = [seen["path"].split("?")[1] for seen in stub.seen]
+    assert asked[:5] == ["tail=200", "since=500", "since=501", "since=0", "since=3"]
