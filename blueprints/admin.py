@@ -18,6 +18,7 @@ LOAD_SCHEMA = LoadRequestSchema()
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 MAX_TAIL = 100_000
+MAX_SEQ = 2**53  # line numbers stay exact as JSON numbers in every client
 
 
 def _flag(name: str, default: bool) -> bool:
@@ -81,11 +82,13 @@ def unload_model(name: str) -> Response:
 
 @bp.get("/models/<name>/logs")
 def model_logs(name: str) -> Response:
-    """The last `tail` lines each replica's child printed (kept after unload or failure)."""
-    tail = _count("tail", 200, MAX_TAIL)
-    entry = pool().entry(name)
-    replicas = [{"id": r.replica_id, "pid": r.pid(), "lines": r.logs(tail)} for r in entry.last_runtimes]
-    return jsonify({"name": name, "replicas": replicas})
+    """The last `tail` lines each replica's child printed (kept after unload or failure).
+
+    `since=N` (the `next` of an earlier answer) keeps only the lines printed after that
+    answer, for following; with it, `tail` defaults to everything still buffered."""
+    since = _count("since", 0, MAX_SEQ)
+    tail = _count("tail", MAX_TAIL if "since" in request.args else 200, MAX_TAIL)
+    return jsonify(pool().entry(name).logs(tail, since))
 
 
 @bp.get("/gpu-memory")

@@ -25,6 +25,7 @@ from llmpool.executor import Executor, Replica
 from llmpool.greenbridge import assert_may_block
 from llmpool.secrets import redact
 from llmpool.states import ModelState, check_transition
+from llmpool.supervisor import next_line_seq
 from llmpool.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -233,6 +234,17 @@ class ModelEntry:
             log.exception("closing a runtime of %s failed", self.name)
 
     # -- admin view ------------------------------------------------------------------
+    def logs(self, tail: int, since: int = 0) -> dict[str, Any]:
+        """What each runtime of the current or last load printed: per replica the last
+        `tail` lines numbered `since` or later; `next` is the `since` of a later call
+        that wants only what was printed after this one (see supervisor.next_line_seq)."""
+        before = next_line_seq()  # first: every line numbered below it is buffered
+        replicas = [
+            {"id": r.replica_id, "pid": r.pid(), "lines": r.logs(tail, since, before)}
+            for r in self.last_runtimes
+        ]
+        return {"name": self.name, "replicas": replicas, "next": before}
+
     def _override_key(self) -> str:
         return json.dumps((self.load_override or {}).get("overrides") or {}, sort_keys=True)
 

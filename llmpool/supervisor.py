@@ -5,7 +5,9 @@ Guarantees, in llama-swap's manner:
   process it spawned; on Linux it also gets PDEATHSIG=SIGKILL, so a pool killed with
   SIGKILL cannot orphan it;
 - its stdout/stderr go to a ring buffer (last `log_lines` lines) read by a cooperative
-  reader, so logs survive the child and are served to operators;
+  reader, so logs survive the child and are served to operators; every line gets a
+  number from one sequence shared by all children, so a follower asks for "the lines
+  after N" (`lines_since`, `next_line_seq`) across replicas and reloads;
 - readiness polling gives up as soon as the child exits and reports its last lines;
 - stop is SIGTERM to the group, SIGKILL to the group after `stop_timeout_s`, then reap;
 - an exit nobody asked for is reported once through `on_exit`.
@@ -40,6 +42,37 @@ log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 _ADDRESS_IN_USE = ("address already in use", "couldn't bind", "failed to bind", "errno 98")
+
+
+class _LineSequence:
+    """Numbers for captured lines, one sequence for every child of the process.
+
+    A number is taken and its line stored under one lock, and the counter moves past it
+    only after the line is stored: so every number below `next()` is already in its
+    child's buffer, and a reader that asks for [since, next()) never misses a line that
+    is still buffered nor sees one twice. `next()` reads an int without the lock, so a
+    greenlet may call it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next = 0
+
+    def next(self) -> int:
+        return self._next
+
+    def append(self, buffer: collections.deque[tuple[int, str]], line: str) -> None:
+        with self._lock:
+            buffer.append((self._next, line))
+            self._next += 1
+
+
+_lines = _LineSequence()
+
+
+def next_line_seq() -> int:
+    """The number the next captured line (of any child) will get."""
+    return _lines.next()
 
 
 class ProcessState(enum.StrEnum):
@@ -172,7 +205,7 @@ class ChildProcess:
         self.state = ProcessState.NEW
         self.returncode: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log: collections.deque[str] = collections.deque(maxlen=spec.log_lines)
+        self._log: collections.deque[tuple[int, str]] = collections.deque(maxlen=spec.log_lines)
         self._reader: threading.Thread | None = None
         self._exited = Latch()
 
@@ -181,8 +214,18 @@ class ChildProcess:
         return self._proc.pid if self._proc is not None else None
 
     def tail(self, n: int | None = None) -> list[str]:
-        lines = list(self._log)
+        # list() copies the deque in one step; iterating it while the reader appends
+        # would raise "deque mutated during iteration".
+        lines = [line for _, line in list(self._log)]
         return lines if n is None else lines[-n:] if n > 0 else []
+
+    def lines_since(self, n: int, since: int = 0, before: int | None = None) -> list[str]:
+        """The last `n` buffered lines numbered `since` <= number < `before` (a reader of
+        several children takes `before` from `next_line_seq()` once, first). Lines pushed
+        out of the ring buffer are gone; the caller sees the oldest that remain."""
+        end = _lines.next() if before is None else before
+        lines = [line for seq, line in list(self._log) if since <= seq < end]
+        return lines[-n:] if n > 0 else []
 
     def start(self) -> None:
         self.state = ProcessState.STARTING
@@ -207,7 +250,7 @@ class ChildProcess:
         with self._proc.stdout:  # closed at EOF: the child is gone or closed its output
             for raw in self._proc.stdout:
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
-                self._log.append(scrub(line, self.spec.secrets) if self.spec.secrets else line)
+                _lines.append(self._log, scrub(line, self.spec.secrets) if self.spec.secrets else line)
 
     def _watch(self) -> None:
         assert self._proc is not None

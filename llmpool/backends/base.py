@@ -160,6 +160,7 @@ class Adapter:
         must answer from memory, never wait. Default: unknown."""
         return None
 
-    def logs(self, tail: int) -> list[str]:
-        """The last `tail` lines the runtime printed (subprocess backends)."""
+    def logs(self, tail: int, since: int = 0, before: int | None = None) -> list[str]:
+        """The last `tail` lines the runtime printed (subprocess backends), of those
+        numbered `since` <= n < `before` (`llmpool.supervisor.next_line_seq`)."""
         return []

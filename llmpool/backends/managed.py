@@ -100,8 +100,8 @@ class ManagedServerAdapter(Adapter):
     def pid(self) -> int | None:
         return self.child.pid if self.child is not None else None
 
-    def logs(self, tail: int) -> list[str]:
-        return self.child.tail(tail) if self.child is not None else []
+    def logs(self, tail: int, since: int = 0, before: int | None = None) -> list[str]:
+        return self.child.lines_since(tail, since, before) if self.child is not None else []
 
     # -- lifecycle -------------------------------------------------------------------
     def check_extra_args(self) -> None:

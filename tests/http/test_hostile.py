@@ -91,8 +91,14 @@ def test_logs_tail_is_validated(client: FlaskClient, query: str) -> None:
     assert status == 422 and body["detail"][0]["loc"] == ["query", "tail"]
 
 
+@pytest.mark.parametrize("query", ["since=-1", "since=x", "since=", "since=1e3", "since=9007199254740993"])
+def test_logs_since_is_validated(client: FlaskClient, query: str) -> None:
+    status, body = error_of(client.get(f"/v1/admin/models/{MODEL}/logs?{query}"))
+    assert status == 422 and body["detail"][0]["loc"] == ["query", "since"]
+
+
 def test_logs_tail_accepts_numbers(client: FlaskClient) -> None:
-    for query in ("tail=0", "tail=5", "tail=100000", ""):
+    for query in ("tail=0", "tail=5", "tail=100000", "", "since=0", "since=9007199254740992&tail=3"):
         r = client.get(f"/v1/admin/models/{MODEL}/logs?{query}")
         assert r.status_code == 200, r.get_json()
 

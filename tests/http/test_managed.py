@@ -106,6 +106,27 @@ def test_logs_endpoint_shows_the_childs_output_env_and_library_path(client: Flas
     assert after["replicas"][0]["lines"][: len(lines)] == lines
 
 
+def test_logs_since_next_returns_only_what_was_printed_after(client: FlaskClient) -> None:
+    load(client, "fake")
+    first = client.get("/v1/admin/models/fake/logs").get_json()
+    mark = first["next"]
+    assert isinstance(mark, int)
+    quiet = client.get(f"/v1/admin/models/fake/logs?since={mark}").get_json()
+    assert [r["lines"] for r in quiet["replicas"]] == [[], []] and quiet["next"] == mark
+
+    client.post("/v1/responses", json={"model": "fake", "input": "hello", "stream": True}).get_data()
+    newer: list[str] = []
+    deadline = time.monotonic() + 5
+    while not any("stream finished" in line for line in newer) and time.monotonic() < deadline:
+        answer = client.get(f"/v1/admin/models/fake/logs?since={mark}").get_json()
+        newer += [line for r in answer["replicas"] for line in r["lines"]]
+        mark = answer["next"]
+    assert any(line.startswith("request: ") and "/v1/chat/completions" in line for line in newer)
+    assert "stream finished after 16 tokens" in newer
+    assert len(newer) == len(set(newer)), "a line came back twice"
+    assert not any(line in newer for r in first["replicas"] for line in r["lines"])
+
+
 def test_a_child_that_fails_to_start_fails_the_load_with_its_output(client: FlaskClient) -> None:
     r = client.post("/v1/admin/models/fake-broken/load")
     assert r.status_code == 500

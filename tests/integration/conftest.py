@@ -65,7 +65,11 @@ def integration_settings() -> dict:
     }
 
 
-def start_server(tmp: Path, settings: dict, timeout_s: float = 60) -> Server:
+def start_server(
+    tmp: Path, settings: dict, timeout_s: float = 60, command: list[str] | None = None
+) -> Server:
+    """Write `settings`, start the pool (gunicorn as `make run` does, or `command` from the
+    repository root) on a free port, wait for /readyz."""
     settings_path = tmp / "settings.json"
     settings_path.write_text(json.dumps(settings))
     port = free_port()
@@ -77,9 +81,10 @@ def start_server(tmp: Path, settings: dict, timeout_s: float = 60) -> Server:
     }
     log_path = tmp / "server.log"
     gunicorn = Path(sys.executable).with_name("gunicorn")
+    command = command or [str(gunicorn), "-c", "conf/gunicorn.conf.py", "wsgi:app"]
     with log_path.open("wb") as log_file:  # the child keeps its own copy of the fd
         process = subprocess.Popen(
-            [str(gunicorn), "-c", "conf/gunicorn.conf.py", "wsgi:app"],
+            command,
             cwd=ROOT,
             env=env,
             stdout=log_file,

@@ -28,7 +28,7 @@ from llmpool.config.loader import load_settings
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, ModelLoadFailed
 from llmpool.generation import Decoding, GenerationRequest
-from llmpool.supervisor import ChildFailed, ChildProcess, ChildSpec, ProcessState, pick_port
+from llmpool.supervisor import ChildFailed, ChildProcess, ChildSpec, ProcessState, next_line_seq, pick_port
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE = str(ROOT / "tests" / "runtimes" / "fake_llm_server.py")
@@ -186,6 +186,31 @@ def test_log_ring_buffer_keeps_only_the_last_lines(make_child: MakeChild) -> Non
     assert child.tail(1) == [expected[-1]]
     assert child.tail(0) == []
     assert child.tail(100) == expected
+
+
+def test_lines_since_a_number_are_only_the_newer_lines_of_every_child(make_child: MakeChild) -> None:
+    """A follower passes back the number it was given and sees each new line exactly
+    once, whichever of two children printed it."""
+    first, first_port = make_child()
+    second, second_port = make_child()
+    first.start()
+    second.start()
+    assert poll(lambda: any(line.startswith("listening on") for line in first.tail()), timeout_s=10)
+    assert poll(lambda: any(line.startswith("listening on") for line in second.tail()), timeout_s=10)
+    mark = next_line_seq()
+    assert first.lines_since(1000, 0, mark) == first.tail()  # everything before the mark
+    assert first.lines_since(1000, mark) == [] and second.lines_since(1000, mark) == []
+
+    assert healthy(first_port) and healthy(second_port)  # one "request:" line in each child
+    assert poll(lambda: first.lines_since(1000, mark) and second.lines_since(1000, mark))
+    upto = next_line_seq()
+    new_first = first.lines_since(1000, mark, upto)
+    new_second = second.lines_since(1000, mark, upto)
+    assert len(new_first) == 1 and new_first[0].startswith("request: ") and "/health" in new_first[0]
+    assert len(new_second) == 1 and new_second[0].startswith("request: ")
+    assert upto >= mark + 2
+    assert first.lines_since(1000, upto) == [] and second.lines_since(1000, upto) == []
+    assert first.lines_since(0, mark) == []  # n still caps the count
 
 
 def test_early_exit_fails_fast_with_the_last_lines(make_child: MakeChild) -> None:
