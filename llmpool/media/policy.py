@@ -16,8 +16,8 @@ class MediaPolicy:
     """The `media` section; its defaults live in `MediaSchema` only.
 
     `allowed_dirs` are absolute paths as configured; their symlinks are resolved at each
-    check. `http_timeout_s` bounds one whole fetch: resolving, connecting, every redirect
-    and every read.
+    check. `http_timeout_s` bounds one whole fetch: connecting, every redirect, every send
+    and receive (a name lookup is bounded by the system resolver; time it takes counts).
     """
 
     max_image_bytes: int
