@@ -1,9 +1,10 @@
 """The pool: every configured model, admission, load/unload, shutdown.
 
 This is the object the HTTP layer talks to; it takes plain data and raises `PoolError`s.
-`submit`, `position` and `cancel` never wait. `load`, `unload` and `shutdown` wait on
-runtimes and real locks: they run that work on real threads (`call_blocking`), so on the
-hub they suspend only the calling greenlet.
+`position` and `cancel` never wait; `submit` waits only while it reads or fetches a
+request's image URLs (`llmpool.media`: on the hub only the calling greenlet waits).
+`load`, `unload` and `shutdown` wait on runtimes and real locks: they run that work on
+real threads (`call_blocking`), so on the hub they suspend only the calling greenlet.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from llmpool.errors import (
     ThinkingUnsupported,
     UnknownModel,
 )
+from llmpool.executor import Executor
 from llmpool.generation import GenerationRequest
 from llmpool.greenbridge import call_blocking, start_thread
 from llmpool.job import Job
+from llmpool.media import MediaPolicy, inline_images, policy_from_settings
 from llmpool.metrics import JobTimes
 from llmpool.model import ModelEntry
 from llmpool.reload import plan_reload
@@ -52,6 +55,7 @@ _NOT_SERVING = {
 class Pool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.media: MediaPolicy = policy_from_settings(settings.media)
         # Replaced as a whole by `reload` (readers take a reference; never mutated in place).
         self.models: dict[str, ModelEntry] = {}
         self.telemetry = Telemetry(lambda: self.models)
@@ -84,21 +88,35 @@ class Pool:
         pool_started: float | None = None,
     ) -> Job:
         """Admit and enqueue a request. Every check runs before the job takes a place
-        in the queue, so a rejected request never occupies a slot."""
+        in the queue, so a rejected request never occupies a slot.
+
+        The media policy runs last, once every cheap rule has passed: a request refused
+        anyway never makes the pool read a file or fetch a URL. What is queued is the
+        request with its images inlined as data URLs.
+        """
         entry = self.entry(model)
-        if entry.state is not ModelState.LOADED or entry.executor is None:
-            raise _NOT_SERVING.get(entry.state, ModelNotLoaded)(
-                f"model '{model}' is {entry.state.value}", model=model
-            )
+        self._executor(entry)
         self._admit(entry, request, allow_remote)
+        request = inline_images(request, self.media)
+        executor = self._executor(entry)  # the model may have begun unloading meanwhile
         now = time.monotonic()
         job = Job(model=model, request=request, times=JobTimes(pool_started or now, now))
         try:
-            entry.executor.submit(job)
+            executor.submit(job)
         except QueueFull:
             self.telemetry.rejected_queue_full(model)
             raise
         return job
+
+    @staticmethod
+    def _executor(entry: ModelEntry) -> Executor:
+        """The executor of a model that serves; else the error its state calls for."""
+        executor = entry.executor
+        if entry.state is not ModelState.LOADED or executor is None:
+            raise _NOT_SERVING.get(entry.state, ModelNotLoaded)(
+                f"model '{entry.name}' is {entry.state.value}", model=entry.name
+            )
+        return executor
 
     def _admit(self, entry: ModelEntry, request: GenerationRequest, allow_remote: bool) -> None:
         model = entry.name
@@ -191,6 +209,7 @@ class Pool:
         running on threads hold their model's write lock, which makes that model a
         conflict too."""
         plan = plan_reload(self.settings, new, self.models)
+        media = policy_from_settings(new.media)  # before anything changes: it may refuse
         locked: list[ModelEntry] = []
         try:
             for name in [*plan.updated, *plan.removed]:
@@ -211,6 +230,7 @@ class Pool:
                 for name, spec in new.models.items()
             }
             self.settings = new
+            self.media = media
         finally:
             for entry in locked:
                 entry._write_lock.release()

@@ -121,6 +121,14 @@ def resolve_model_path(value: str | None, settings_dir: Path) -> str | None:
     return str(path if path.is_absolute() else (settings_dir / path).resolve())
 
 
+def resolve_media_dirs(media: Mapping[str, Any], settings_dir: Path) -> dict[str, Any]:
+    """`media` with each of `allowed_dirs` absolute, relative ones taken from the settings
+    file's directory like `model_path`. Symlinks stay: the media policy resolves them at
+    each request, so it follows the directories as they are then."""
+    dirs = [os.path.abspath(settings_dir / Path(d).expanduser()) for d in media["allowed_dirs"]]
+    return {**media, "allowed_dirs": dirs}
+
+
 def _model_spec(
     name: str, raw: Any, default_backend: str, settings_dir: Path, report: _Reporter
 ) -> ModelSpec | None:
@@ -180,7 +188,7 @@ def load_settings() -> Settings:
     report.raise_if_any()
     return Settings(
         service=top["service"],
-        media=top["media"],
+        media=resolve_media_dirs(top["media"], base_path.parent),
         decoding=Decoding().merged(engine["decoding"]),
         models=models,
         sources=tuple(sources),

@@ -70,10 +70,12 @@ class EngineSchema(_Strict):
 
 class MediaSchema(_Strict):
     max_image_bytes = StrictInt(load_default=16 * 1024 * 1024, validate=validate.Range(min=1))
-    allowed_dirs = fields.List(fields.String(), load_default=list)
+    # Absolute, or relative to the settings file (the loader resolves them).
+    allowed_dirs = fields.List(fields.String(validate=validate.Length(min=1)), load_default=list)
     allow_http = StrictBool(load_default=False)
     allow_private_http = StrictBool(load_default=False)
     http_timeout_s = StrictFloat(load_default=10.0, validate=validate.Range(min=0, min_inclusive=False))
+    max_redirects = StrictInt(load_default=3, validate=validate.Range(min=0, max=10))
 
 
 class SettingsSchema(_Strict):

@@ -186,3 +186,15 @@ def test_a_replaced_definition_can_never_start_a_runtime(
 
     with pytest.raises(InvalidLoadRequest):
         old_entry.begin_load({"replicas": 1, "target_inflight": 1, "overrides": {}})
+
+
+def test_the_media_policy_applies_to_later_requests(setup: tuple[FlaskClient, Callable[..., Path]]) -> None:
+    client, write = setup
+    pool = client.application.extensions["llmpool"]
+    assert pool.media.allow_http is False
+    new = base()
+    new["media"] = {"allow_http": True, "max_image_bytes": 1024}
+    write(new)
+    r = client.post(RELOAD)
+    assert r.status_code == 200 and r.get_json()["settings_changed"] == ["media"]
+    assert pool.media.allow_http is True and pool.media.max_image_bytes == 1024
