@@ -76,6 +76,8 @@ class MediaSchema(_Strict):
     allow_private_http = StrictBool(load_default=False)
     http_timeout_s = StrictFloat(load_default=10.0, validate=validate.Range(min=0, min_inclusive=False))
     max_redirects = StrictInt(load_default=3, validate=validate.Range(min=0, max=10))
+    # Fetches run one after another: this bounds a request's time and memory for images.
+    max_images_per_request = StrictInt(load_default=16, validate=validate.Range(min=1))
 
 
 class SettingsSchema(_Strict):

@@ -75,6 +75,17 @@ def inline_images(
     """
     if not request.has_images:
         return request
+    count = sum(
+        1
+        for content in [request.input, *(m.content for m in request.messages or ())]
+        if isinstance(content, list)
+        for item in content
+        if item.get("type") == "image_url"
+    )
+    if count > policy.max_images_per_request:
+        raise InvalidRequest(
+            f"{count} images in one request; media.max_images_per_request is {policy.max_images_per_request}"
+        )
     done: dict[str, str] = {}  # the same URL twice in one request is read once
 
     def inline(content: Content) -> Content:

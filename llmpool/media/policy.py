@@ -26,6 +26,7 @@ class MediaPolicy:
     allow_private_http: bool
     http_timeout_s: float
     max_redirects: int
+    max_images_per_request: int
 
 
 def too_large(policy: MediaPolicy) -> InvalidRequest:

@@ -557,3 +557,22 @@ def test_a_fetch_on_the_hub_lets_other_greenlets_run() -> None:
     # A ticker every 5 ms keeps running while the fetch waits on its socket; a fetch that
     # blocked the hub would leave it at 0 or 1.
     assert result["fetch_s"] > 0.5 and result["fetch_ticks"] >= 20, result
+
+
+def test_too_many_images_are_refused_before_any_is_read() -> None:
+    from llmpool.errors import InvalidRequest
+    from llmpool.generation import GenerationRequest
+
+    calls: list[str] = []
+
+    def resolve(host: str, port: int) -> list[str]:  # never reached: refused first
+        calls.append(host)
+        return ["93.184.216.34"]
+
+    item = {"type": "image_url", "image_url": {"url": "http://images.example/a.png"}}
+    request = GenerationRequest(input=[{"type": "text", "text": "x"}, *([item] * 3)])
+    strict = policy(allow_http=True, max_images_per_request=2)
+    with pytest.raises(InvalidRequest) as info:
+        inline_images(request, strict, Network(resolve=resolve))
+    assert "media.max_images_per_request is 2" in info.value.message
+    assert calls == []
