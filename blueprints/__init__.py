@@ -31,11 +31,11 @@ def create_app(
     credentials = credentials_from(settings.service, os.environ)
     pool = pool or Pool(settings)
     logging.basicConfig(
-        level=str(settings.service["log_level"]).upper(),
+        level=settings.service.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = int(settings.service["max_body_mb"] * 1024 * 1024)
+    app.config["MAX_CONTENT_LENGTH"] = int(settings.service.max_body_mb * 1024 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["llmpool"] = pool
     app.register_blueprint(responses.bp)
@@ -44,8 +44,8 @@ def create_app(
     app.register_blueprint(operations.bp)
     app.register_blueprint(openapi.bp)
     register_error_handlers(app)
-    observe.setup_access_log(str(settings.service["log_level"]))
-    observe.install(app, pool, bool(settings.service["log_prompts"]))  # first: it times the rest
+    observe.setup_access_log(settings.service.log_level)
+    observe.install(app, pool, settings.service.log_prompts)  # first: it times the rest
     require_credentials(app, credentials)
     # gunicorn's worker_exit hook shuts the pool down; this covers `flask run` and tests.
     atexit.register(pool.shutdown)

@@ -27,7 +27,7 @@ try:
 except ConfigError as exc:  # say what is wrong and stop, instead of a traceback per worker
     sys.exit(f"llm-pool: {exc.message}")
 
-bind = os.environ.get("LLM_POOL_BIND") or f"{_service['host']}:{_service['port']}"
+bind = os.environ.get("LLM_POOL_BIND") or f"{_service.host}:{_service.port}"
 workers = 1  # never more: each worker would load its own copy of every model
 worker_class = "conf.worker.SelectiveGeventWorker"
 # Simultaneous connections the one worker accepts (gunicorn's default is 1000). Queued SSE
@@ -45,7 +45,7 @@ keepalive = 5
 # itself refused).
 accesslog = os.environ.get("LLM_POOL_GUNICORN_ACCESSLOG") or None
 errorlog = "-"
-loglevel = _service["log_level"]
+loglevel = _service.log_level
 
 
 def worker_exit(server, worker):

@@ -22,6 +22,7 @@ import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from llmpool.config.spec import ServiceSettings
 from llmpool.errors import ConfigError, Unauthorized
 
 
@@ -86,11 +87,11 @@ def bearer_token(authorization: str | None) -> str | None:
     return token
 
 
-def credentials_from(service: Mapping[str, object], environ: Mapping[str, str]) -> Credentials:
+def credentials_from(service: ServiceSettings, environ: Mapping[str, str]) -> Credentials:
     """Read the secrets the settings name; ConfigError when a named variable is unset or
     empty, or holds no key."""
-    admin_env = service.get("admin_token_env")
-    keys_env = service.get("api_keys_env")
+    admin_env = service.admin_token_env
+    keys_env = service.api_keys_env
     admin = None
     keys = None
     if admin_env is not None:

@@ -35,7 +35,7 @@ from llmpool.executor import Executor
 from llmpool.generation import GenerationRequest
 from llmpool.greenbridge import call_blocking, start_thread
 from llmpool.job import Job
-from llmpool.media import MediaPolicy, inline_images, policy_from_settings
+from llmpool.media import MediaPolicy, inline_images
 from llmpool.metrics import JobTimes
 from llmpool.model import ModelEntry
 from llmpool.reload import plan_reload
@@ -55,7 +55,7 @@ _NOT_SERVING = {
 class Pool:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.media: MediaPolicy = policy_from_settings(settings.media)
+        self.media: MediaPolicy = settings.media
         # Replaced as a whole by `reload` (readers take a reference; never mutated in place).
         self.models: dict[str, ModelEntry] = {}
         self.telemetry = Telemetry(lambda: self.models)
@@ -209,7 +209,6 @@ class Pool:
         running on threads hold their model's write lock, which makes that model a
         conflict too."""
         plan = plan_reload(self.settings, new, self.models)
-        media = policy_from_settings(new.media)  # before anything changes: it may refuse
         locked: list[ModelEntry] = []
         try:
             for name in [*plan.updated, *plan.removed]:
@@ -230,7 +229,7 @@ class Pool:
                 for name, spec in new.models.items()
             }
             self.settings = new
-            self.media = media
+            self.media = new.media
         finally:
             for entry in locked:
                 entry._write_lock.release()

@@ -15,6 +15,7 @@ Any conflict makes the whole reload a 409 and nothing is applied.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,8 +54,9 @@ def replaceable(entry: ModelEntry) -> bool:
 
 def plan_reload(current: Settings, new: Settings, entries: Mapping[str, ModelEntry]) -> ReloadPlan:
     plan = ReloadPlan()
-    for key in sorted(set(current.service) | set(new.service)):
-        if current.service.get(key) != new.service.get(key):
+    old_service, new_service = dataclasses.asdict(current.service), dataclasses.asdict(new.service)
+    for key in old_service:
+        if old_service[key] != new_service[key]:
             plan.conflicts.append(
                 {
                     "key": f"service.{key}",
@@ -63,7 +65,7 @@ def plan_reload(current: Settings, new: Settings, entries: Mapping[str, ModelEnt
             )
     if current.decoding != new.decoding:
         plan.settings_changed.append("engine.decoding")
-    if dict(current.media) != dict(new.media):
+    if current.media != new.media:
         plan.settings_changed.append("media")
     for name, spec in new.models.items():
         old = current.models.get(name)

@@ -13,10 +13,10 @@ import time
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from marshmallow import fields
+from marshmallow import fields, validate
 
-from llmpool.backends.base import Adapter, Capabilities, Constraint
-from llmpool.config.fields import StrictBool, StrictFloat, StrictInt
+from llmpool.backends.base import Adapter, Capabilities
+from llmpool.config.fields import LIVE, StrictBool, StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest
@@ -25,7 +25,6 @@ from llmpool.generation import Chunk, Final, GenerationRequest
 class ScriptedAdapter(Adapter):
     backend = "scripted"
     can_batch = True
-    constraints: ClassVar[tuple[Constraint, ...]] = (Constraint("scripted_tokens", "int", min=1, max=10_000),)
     # Observability for tests: every live instance, and how many generations are running.
     instances: ClassVar[list[ScriptedAdapter]] = []
     lock = threading.Lock()
@@ -42,7 +41,7 @@ class ScriptedAdapter(Adapter):
     @classmethod
     def config_fields(cls) -> dict[str, fields.Field]:
         return {
-            "scripted_tokens": StrictInt(load_default=5),
+            "scripted_tokens": StrictInt(load_default=5, validate=validate.Range(1, 10_000), metadata=LIVE),
             "scripted_delay_s": StrictFloat(load_default=0.01),
             "scripted_fail_load": StrictBool(load_default=False),
             "scripted_batch": StrictBool(load_default=True),

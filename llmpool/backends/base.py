@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from marshmallow import fields
+from marshmallow import fields, validate
 
+from llmpool.config.fields import MultipleOf, StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.generation import Chunk, GenerationRequest
 
@@ -79,6 +80,46 @@ class Constraint:
         }
 
 
+def constraint_of(name: str, field: fields.Field) -> Constraint:
+    """The live-override rule of a settings field, read off its validators.
+
+    A live string must also be non-empty (Constraint's "string" rule), although a
+    settings file may take "". Raises TypeError for a rule a Constraint cannot state.
+    """
+    kind = {StrictInt: "int", StrictFloat: "float", fields.String: "string"}.get(type(field))
+    rules = list(field.validators)
+    if kind == "string" and len(rules) == 1 and isinstance(rules[0], validate.OneOf):
+        return Constraint(name, "choice", choices=tuple(str(c) for c in rules[0].choices))
+    if kind is None:
+        raise TypeError(f"{name}: a live override cannot state the rule of {field!r}")
+    low = high = step = None
+    for rule in rules:
+        inclusive = isinstance(rule, validate.Range) and rule.min_inclusive and rule.max_inclusive
+        if isinstance(rule, validate.Range) and inclusive and kind != "string":
+            low, high = rule.min, rule.max
+        elif isinstance(rule, MultipleOf) and kind == "int":
+            step = rule.step
+        else:
+            raise TypeError(f"{name}: a live override cannot state the rule {rule!r}")
+    return Constraint(name, kind, min=low, max=high, multiple_of=step)
+
+
+class _LiveConstraints:
+    """`Adapter.constraints`: derived once per class from the fields of its
+    `config_fields()` that carry the LIVE metadata."""
+
+    def __get__(self, obj: object, owner: type[Adapter]) -> tuple[Constraint, ...]:
+        cached = owner.__dict__.get("_live_constraints")
+        if cached is None:
+            cached = tuple(
+                constraint_of(key, field)
+                for key, field in owner.config_fields().items()
+                if field.metadata.get("live")
+            )
+            setattr(owner, "_live_constraints", cached)  # noqa: B010 (per class, not inherited)
+        return cached
+
+
 class Adapter:
     """Base of all backend adapters; subclasses set the class attributes below."""
 
@@ -92,7 +133,8 @@ class Adapter:
     runtime_errors: ClassVar[tuple[type[Exception], ...]] = (RuntimeError, OSError, MemoryError)
     # False: one job at a time per replica; target_inflight is clamped to 1.
     can_batch: ClassVar[bool] = False
-    constraints: ClassVar[tuple[Constraint, ...]] = ()
+    # The live load overrides: the config fields marked LIVE (never written by hand).
+    constraints = _LiveConstraints()
 
     def __init__(self, spec: ModelSpec, replica_id: int) -> None:
         self.spec = spec

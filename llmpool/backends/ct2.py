@@ -28,13 +28,13 @@ import os
 import queue
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 from marshmallow import fields, validate
 
 from llmpool import prompts
-from llmpool.backends.base import Adapter, Capabilities, Constraint
-from llmpool.config.fields import StrictInt
+from llmpool.backends.base import Adapter, Capabilities
+from llmpool.config.fields import LIVE, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest
@@ -143,11 +143,6 @@ def sampling_kwargs(
 class Ct2Adapter(Adapter):
     backend = "ct2"
     can_batch = False
-    constraints: ClassVar[tuple[Constraint, ...]] = (
-        Constraint("device", "choice", choices=DEVICES),
-        Constraint("compute_type", "choice", choices=COMPUTE_TYPES),
-        Constraint("ct2_max_length", "int", min=16),
-    )
 
     def __init__(self, spec: ModelSpec, replica_id: int) -> None:
         super().__init__(spec, replica_id)
@@ -159,13 +154,17 @@ class Ct2Adapter(Adapter):
     def config_fields(cls) -> dict[str, fields.Field]:
         threads = validate.Range(min=0)
         return {
-            "device": fields.String(load_default="cpu", validate=validate.OneOf(DEVICES)),
-            "compute_type": fields.String(load_default="int8", validate=validate.OneOf(COMPUTE_TYPES)),
+            "device": fields.String(load_default="cpu", validate=validate.OneOf(DEVICES), metadata=LIVE),
+            "compute_type": fields.String(
+                load_default="int8", validate=validate.OneOf(COMPUTE_TYPES), metadata=LIVE
+            ),
             "ct2_device_index": StrictInt(load_default=0, validate=validate.Range(min=0)),
             # 0 lets CTranslate2 choose (its defaults: 1 and the core count).
             "ct2_inter_threads": StrictInt(load_default=1, validate=validate.Range(min=1)),
             "ct2_intra_threads": StrictInt(load_default=0, validate=threads),
-            "ct2_max_length": StrictInt(load_default=DEFAULT_MAX_LENGTH, validate=validate.Range(min=16)),
+            "ct2_max_length": StrictInt(
+                load_default=DEFAULT_MAX_LENGTH, validate=validate.Range(min=16), metadata=LIVE
+            ),
         }
 
     @classmethod

@@ -35,13 +35,13 @@ from __future__ import annotations
 import importlib
 import time
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
-from marshmallow import ValidationError, fields, validate
+from marshmallow import fields, validate
 
 from llmpool import prompts
-from llmpool.backends.base import Adapter, Capabilities, Constraint
-from llmpool.config.fields import StrictBool, StrictFloat, StrictInt
+from llmpool.backends.base import Adapter, Capabilities
+from llmpool.config.fields import LIVE, MultipleOf, StrictBool, StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest
@@ -61,11 +61,6 @@ GENERATOR_KEYS = {
 }
 
 
-def _page_multiple(value: int) -> None:
-    if value % PAGE_SIZE:
-        raise ValidationError(f"Must be a multiple of {PAGE_SIZE}.")
-
-
 def cache_bits(quant: str) -> tuple[int, int]:
     """(k_bits, v_bits) of an `exllama_cache_quant` value, as model_init parses it."""
     bits = [int(b) for b in quant.split(",")]
@@ -75,10 +70,6 @@ def cache_bits(quant: str) -> tuple[int, int]:
 class ExLlamaV3Adapter(Adapter):
     backend = "exllamav3"
     can_batch = False
-    constraints: ClassVar[tuple[Constraint, ...]] = (
-        Constraint("exllama_cache_size", "int", min=PAGE_SIZE, multiple_of=PAGE_SIZE),
-        Constraint("exllama_cache_quant", "choice", choices=CACHE_QUANTS),
-    )
 
     def __init__(self, spec: ModelSpec, replica_id: int) -> None:
         super().__init__(spec, replica_id)
@@ -95,10 +86,11 @@ class ExLlamaV3Adapter(Adapter):
         return {
             "exllama_cache_size": StrictInt(
                 load_default=DEFAULT_CACHE_SIZE,
-                validate=[validate.Range(min=PAGE_SIZE), _page_multiple],
+                validate=[validate.Range(min=PAGE_SIZE), MultipleOf(PAGE_SIZE)],
+                metadata=LIVE,
             ),
             "exllama_cache_quant": fields.String(
-                load_default=None, allow_none=True, validate=validate.OneOf(CACHE_QUANTS)
+                load_default=None, allow_none=True, validate=validate.OneOf(CACHE_QUANTS), metadata=LIVE
             ),
             "exllama_gpu_split": fields.List(
                 StrictFloat(validate=validate.Range(min=0)),

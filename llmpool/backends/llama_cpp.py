@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 from marshmallow import fields, validate
 
 from llmpool import prompts
-from llmpool.backends.base import Adapter, Capabilities, Constraint
-from llmpool.config.fields import StrictBool, StrictInt
+from llmpool.backends.base import Adapter, Capabilities
+from llmpool.config.fields import LIVE, StrictBool, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest
@@ -42,12 +42,6 @@ DEFAULT_N_CTX = 4096
 class LlamaCppAdapter(Adapter):
     backend = "llama_cpp"
     can_batch = False
-    constraints: ClassVar[tuple[Constraint, ...]] = (
-        Constraint("gguf_n_ctx", "int", min=256),
-        Constraint("gguf_flash_attn", "choice", choices=FLASH_ATTN),
-        Constraint("gguf_type_k", "choice", choices=KV_TYPES),
-        Constraint("gguf_type_v", "choice", choices=KV_TYPES),
-    )
 
     def __init__(self, spec: ModelSpec, replica_id: int) -> None:
         super().__init__(spec, replica_id)
@@ -59,10 +53,14 @@ class LlamaCppAdapter(Adapter):
         kv = validate.OneOf(KV_TYPES)
         return {
             "gguf_n_gpu_layers": StrictInt(load_default=-1, validate=validate.Range(min=-1)),
-            "gguf_n_ctx": StrictInt(load_default=DEFAULT_N_CTX, validate=validate.Range(min=256)),
-            "gguf_flash_attn": fields.String(load_default="auto", validate=validate.OneOf(FLASH_ATTN)),
-            "gguf_type_k": fields.String(load_default=None, allow_none=True, validate=kv),
-            "gguf_type_v": fields.String(load_default=None, allow_none=True, validate=kv),
+            "gguf_n_ctx": StrictInt(
+                load_default=DEFAULT_N_CTX, validate=validate.Range(min=256), metadata=LIVE
+            ),
+            "gguf_flash_attn": fields.String(
+                load_default="auto", validate=validate.OneOf(FLASH_ATTN), metadata=LIVE
+            ),
+            "gguf_type_k": fields.String(load_default=None, allow_none=True, validate=kv, metadata=LIVE),
+            "gguf_type_v": fields.String(load_default=None, allow_none=True, validate=kv, metadata=LIVE),
             "gguf_n_threads": StrictInt(load_default=None, allow_none=True, validate=validate.Range(min=1)),
             "gguf_seed": StrictInt(load_default=None, allow_none=True),
             "gguf_verbose": StrictBool(load_default=False),

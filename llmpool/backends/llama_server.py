@@ -7,13 +7,13 @@ server's slots are the pool's slots.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from marshmallow import fields, validate
 
-from llmpool.backends.base import Capabilities, Constraint
+from llmpool.backends.base import Capabilities
 from llmpool.backends.managed import ManagedServerAdapter, supervision_fields
-from llmpool.config.fields import IntOrString, StrictFloat, StrictInt
+from llmpool.config.fields import LIVE, IntOrString, StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.generation import GenerationRequest
 
@@ -42,19 +42,12 @@ class LlamaServerAdapter(ManagedServerAdapter):
     process_name = "llama-server"
     ready_path = "/health"
     reserved_flags = ("-np", "--parallel", "--port", "--host", "-m", "--model", "-a", "--alias")
-    constraints: ClassVar[tuple[Constraint, ...]] = (
-        Constraint(P + "n_ctx", "int", min=256),
-        Constraint(P + "image_max_tokens", "int", min=1),
-        Constraint(P + "spec_type", "string"),
-        Constraint(P + "spec_draft_n_max", "int", min=1, max=6),
-        Constraint(P + "spec_draft_p_min", "float", min=0, max=1),
-    )
 
     @classmethod
     def config_fields(cls) -> dict[str, fields.Field]:
         return {
             **supervision_fields(P, start_timeout_s=300.0),
-            P + "n_ctx": StrictInt(load_default=4096, validate=validate.Range(min=256)),
+            P + "n_ctx": StrictInt(load_default=4096, validate=validate.Range(min=256), metadata=LIVE),
             P + "n_gpu_layers": IntOrString(load_default=None, allow_none=True),
             P + "n_threads": StrictInt(load_default=None, allow_none=True, validate=validate.Range(min=1)),
             P + "flash_attn": fields.String(
@@ -62,15 +55,15 @@ class LlamaServerAdapter(ManagedServerAdapter):
             ),
             P + "mmproj_path": fields.String(load_default=None, allow_none=True),
             P + "image_max_tokens": StrictInt(
-                load_default=None, allow_none=True, validate=validate.Range(min=1)
+                load_default=None, allow_none=True, validate=validate.Range(min=1), metadata=LIVE
             ),
             P + "draft_model_path": fields.String(load_default=None, allow_none=True),
-            P + "spec_type": fields.String(load_default=None, allow_none=True),
+            P + "spec_type": fields.String(load_default=None, allow_none=True, metadata=LIVE),
             P + "spec_draft_n_max": StrictInt(
-                load_default=None, allow_none=True, validate=validate.Range(1, 6)
+                load_default=None, allow_none=True, validate=validate.Range(1, 6), metadata=LIVE
             ),
             P + "spec_draft_p_min": StrictFloat(
-                load_default=None, allow_none=True, validate=validate.Range(0, 1)
+                load_default=None, allow_none=True, validate=validate.Range(0, 1), metadata=LIVE
             ),
             P + "spec_draft_ngl": IntOrString(load_default=None, allow_none=True),
             P + "reasoning": fields.String(load_default=None, allow_none=True),

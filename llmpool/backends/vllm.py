@@ -30,13 +30,13 @@ import sys
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 from marshmallow import fields
 
 from llmpool import greenbridge
 from llmpool.backends import vllm_keys
-from llmpool.backends.base import Adapter, Constraint
+from llmpool.backends.base import Adapter
 from llmpool.backends.openai_chat import chat_messages
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
@@ -176,7 +176,6 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
     backend = "vllm"
     blocking = True
     can_batch = True
-    constraints: ClassVar[tuple[Constraint, ...]] = vllm_keys.CONSTRAINTS
 
     def __init__(self, spec: ModelSpec, replica_id: int) -> None:
         super().__init__(spec, replica_id)

@@ -18,8 +18,8 @@ from typing import Any
 
 from marshmallow import fields, validate
 
-from llmpool.backends.base import Capabilities, Constraint
-from llmpool.config.fields import StrictBool, StrictFloat, StrictInt
+from llmpool.backends.base import Capabilities
+from llmpool.config.fields import LIVE, StrictBool, StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
 
 V = "vllm_"
@@ -113,31 +113,15 @@ _FORMS = {key.name: key.form for key in KEYS if key.into is None} | dict.fromkey
 
 
 def engine_fields() -> dict[str, fields.Field]:
-    """The settings fields of the vllm_* keys; fresh copies, as each schema binds its own."""
-    return {V + key.name: copy.deepcopy(key.field) for key in KEYS}
-
-
-def live_constraint(key: Key) -> Constraint:
-    """The live-override rule of `key`, read off its settings field (bounds written once).
-
-    A live string must also be non-empty (Constraint's "string" rule), although the
-    settings file takes "". Raises TypeError for a field that a Constraint cannot state.
-    """
-    name, field, rules = V + key.name, key.field, list(key.field.validators)
-    kind = {StrictInt: "int", StrictFloat: "float", fields.String: "string"}.get(type(field))
-    if kind == "string" and len(rules) == 1 and isinstance(rules[0], validate.OneOf):
-        return Constraint(name, "choice", choices=tuple(rules[0].choices))
-    if kind is None or len(rules) > 1:
-        raise TypeError(f"{name}: a live override cannot state the rule of {field!r}")
-    if not rules:
-        return Constraint(name, kind)
-    bounds = rules[0]
-    if not isinstance(bounds, validate.Range) or not (bounds.min_inclusive and bounds.max_inclusive):
-        raise TypeError(f"{name}: a live override takes inclusive bounds only")
-    return Constraint(name, kind, min=bounds.min, max=bounds.max)
-
-
-CONSTRAINTS: tuple[Constraint, ...] = tuple(live_constraint(key) for key in KEYS if key.live)
+    """The settings fields of the vllm_* keys; fresh copies, as each schema binds its own.
+    A `live` key's field carries the LIVE metadata: its override rule is read off it."""
+    out = {}
+    for key in KEYS:
+        field = copy.deepcopy(key.field)
+        if key.live:
+            field.metadata = {**field.metadata, **LIVE}
+        out[V + key.name] = field
+    return out
 
 
 def flag(arg: str) -> str:

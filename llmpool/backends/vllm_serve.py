@@ -6,12 +6,11 @@ Ready when `/v1/models` answers. `--max-num-seqs` is the replica's `target_infli
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from marshmallow import fields
 
 from llmpool.backends import vllm_keys
-from llmpool.backends.base import Constraint
 from llmpool.backends.managed import ManagedServerAdapter, supervision_fields
 from llmpool.generation import GenerationRequest
 
@@ -30,7 +29,6 @@ class VllmServeAdapter(vllm_keys.VllmModelFacts, ManagedServerAdapter):
         *(vllm_keys.flag(arg) for arg in vllm_keys.POOL_ARGS),
         vllm_keys.flag(vllm_keys.SPECULATIVE_CONFIG),
     )
-    constraints: ClassVar[tuple[Constraint, ...]] = vllm_keys.CONSTRAINTS
 
     @classmethod
     def config_fields(cls) -> dict[str, fields.Field]:

@@ -19,6 +19,7 @@ from typing import Any
 import requests
 
 from llmpool.config.loader import load_settings
+from llmpool.config.spec import ServiceSettings
 from llmpool.errors import ConfigError
 
 URL_ENV = "LLM_POOL_URL"
@@ -79,14 +80,14 @@ def resolve_target(url: str | None, environ: Mapping[str, str]) -> Target:
     if url is None and environ.get(BIND_ENV):
         url = _url_of_bind(environ[BIND_ENV])
     if url is None or token is None:
+        service: ServiceSettings | None = None
         try:
             service = load_settings().service
         except ConfigError:
-            service = {}
             notes.append("the settings files could not be read (see `llm-pool check-config`)")
-        if url is None and service:
-            url = _url_of(str(service["host"]), service["port"])
-        token_env = service.get("admin_token_env")
+        if url is None and service is not None:
+            url = _url_of(service.host, service.port)
+        token_env = service.admin_token_env if service is not None else None
         if token is None and token_env:
             token = environ.get(str(token_env)) or None
             source = str(token_env)

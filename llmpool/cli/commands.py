@@ -177,8 +177,8 @@ def settings_document(settings: Settings) -> dict[str, Any]:
         models[name] = redact({**common, **spec.options})
     return {
         "sources": list(settings.sources),
-        "service": redact(dict(settings.service)),
-        "media": redact(dict(settings.media)),
+        "service": redact(dataclasses.asdict(settings.service)),
+        "media": redact(dataclasses.asdict(settings.media)),
         "engine": {"decoding": dataclasses.asdict(settings.decoding), "models": models},
     }
 

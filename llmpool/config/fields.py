@@ -9,7 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import fields
+from marshmallow import ValidationError, fields, validate
+
+# Field metadata marking a backend key an operator may override for one load (the admin
+# API's `overrides`); its live-override rule is read off the same field's validators
+# (llmpool.backends.base.constraint_of), so each bound is written once.
+LIVE = {"live": True}
+
+
+class MultipleOf(validate.Validator):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def __call__(self, value: int) -> int:
+        if value % self.step:
+            raise ValidationError(f"Must be a multiple of {self.step}.")
+        return value
 
 
 class StrictBool(fields.Field):

@@ -18,9 +18,10 @@ from marshmallow import ValidationError
 
 from llmpool.backends import registry
 from llmpool.config.schema import SettingsSchema, model_schema
-from llmpool.config.spec import COMMON_KEYS, ModelSpec, Settings
+from llmpool.config.spec import COMMON_KEYS, ModelSpec, ServiceSettings, Settings
 from llmpool.errors import ConfigError
 from llmpool.generation import Decoding
+from llmpool.media import policy_from_settings
 
 SETTINGS_ENV = "LLM_POOL_SETTINGS_PATH"
 LOCAL_ENV = "LLM_POOL_LOCAL_SETTINGS_PATH"
@@ -187,8 +188,8 @@ def load_settings() -> Settings:
             models[name] = spec
     report.raise_if_any()
     return Settings(
-        service=top["service"],
-        media=resolve_media_dirs(top["media"], base_path.parent),
+        service=ServiceSettings(**top["service"]),
+        media=policy_from_settings(resolve_media_dirs(top["media"], base_path.parent)),
         decoding=Decoding().merged(engine["decoding"]),
         models=models,
         sources=tuple(sources),

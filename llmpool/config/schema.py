@@ -10,16 +10,10 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from llmpool import prompts
 from llmpool.config.fields import StrictBool, StrictFloat, StrictInt
 from llmpool.secrets import ENV_NAME
 
-PROMPT_FORMATS = (
-    "generic",
-    "mistral_template",
-    "qwen3_template",
-    "gemma4_template",
-    "translategemma_template",
-)
 MODALITIES = ("text", "image")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -92,7 +86,7 @@ def common_model_fields(default_backend: str) -> dict[str, fields.Field]:
     return {
         "backend": fields.String(load_default=default_backend),
         "model_path": fields.String(load_default=None, allow_none=True),
-        "prompt_format": fields.String(load_default="generic", validate=validate.OneOf(PROMPT_FORMATS)),
+        "prompt_format": fields.String(load_default="generic", validate=validate.OneOf(prompts.names())),
         "enable_thinking": StrictBool(load_default=False),
         "enabled": StrictBool(load_default=False),
         "replicas": StrictInt(load_default=1, validate=validate.Range(min=1)),

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmpool.generation import Decoding
+from llmpool.media.policy import MediaPolicy
 
 COMMON_KEYS = frozenset(
     {
@@ -55,9 +56,23 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class ServiceSettings:
+    """The `service` section (defaults and rules: `ServiceSchema`). Read once at start-up:
+    a reload that changes it is refused (llmpool.reload)."""
+
+    host: str
+    port: int
+    log_level: str
+    admin_token_env: str | None
+    api_keys_env: str | None
+    max_body_mb: float
+    log_prompts: bool
+
+
+@dataclass(frozen=True)
 class Settings:
-    service: Mapping[str, Any]
-    media: Mapping[str, Any]
+    service: ServiceSettings
+    media: MediaPolicy
     decoding: Decoding
     models: Mapping[str, ModelSpec]  # in configuration order
     sources: tuple[str, ...] = ()  # the files that were read, base first

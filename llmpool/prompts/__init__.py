@@ -41,6 +41,11 @@ def _formats() -> dict[str, ModuleType]:
     }
 
 
+def names() -> tuple[str, ...]:
+    """Every prompt format's name: the settings accept exactly these."""
+    return tuple(_formats())
+
+
 def get(name: str) -> ModuleType:
     """The module of a prompt format; KeyError for an unknown name."""
     return _formats()[name]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmpool.auth import Access, Credentials, bearer_token, credentials_from
+from llmpool.config.spec import ServiceSettings
 from llmpool.errors import ConfigError, Unauthorized
 from llmpool.secrets import is_secret_key, redact, redact_argv, scrub, secret_values
 
@@ -28,10 +29,20 @@ def test_bearer_token(header: str | None, token: str | None) -> None:
     assert bearer_token(header) == token
 
 
-def creds() -> Credentials:
-    return credentials_from(
-        {"admin_token_env": "A", "api_keys_env": "K"}, {"A": "admin-tok", "K": "k1, k2 ,k3"}
+def service(admin: str | None = "A", keys: str | None = "K") -> ServiceSettings:
+    return ServiceSettings(
+        host="127.0.0.1",
+        port=8010,
+        log_level="info",
+        admin_token_env=admin,
+        api_keys_env=keys,
+        max_body_mb=32,
+        log_prompts=False,
     )
+
+
+def creds() -> Credentials:
+    return credentials_from(service(), {"A": "admin-tok", "K": "k1, k2 ,k3"})
 
 
 def test_admin_access_takes_the_admin_token_only() -> None:
@@ -53,7 +64,7 @@ def test_public_access_takes_any_key_or_the_admin_token() -> None:
 
 def test_open_access_and_unset_settings_need_nothing() -> None:
     creds().check(Access.OPEN, None)
-    none = credentials_from({"admin_token_env": None, "api_keys_env": None}, {})
+    none = credentials_from(service(None, None), {})
     none.check(Access.ADMIN, None)
     none.check(Access.PUBLIC, "Bearer anything")
 
@@ -77,7 +88,7 @@ def test_credentials_repr_shows_no_secret() -> None:
 )
 def test_a_named_variable_that_is_unset_or_empty_fails_closed(environ: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
-        credentials_from({"admin_token_env": "A", "api_keys_env": "K"}, environ)
+        credentials_from(service(), environ)
 
 
 # -- secrets ---------------------------------------------------------------------------

@@ -411,10 +411,10 @@ def test_absent_sections_get_their_defaults(write_settings: WriteSettings) -> No
     settings = load_settings()
     assert settings.decoding == Decoding()
     assert settings.models == {}
-    assert settings.service["port"] == 8010
-    assert settings.service["max_body_mb"] == 32
-    assert settings.media["max_image_bytes"] == 16 * 1024 * 1024
-    assert settings.media["allow_http"] is False
+    assert settings.service.port == 8010
+    assert settings.service.max_body_mb == 32
+    assert settings.media.max_image_bytes == 16 * 1024 * 1024
+    assert settings.media.allow_http is False
 
 
 def test_models_keep_configuration_order(write_settings: WriteSettings) -> None:

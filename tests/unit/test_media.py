@@ -4,6 +4,7 @@ server on 127.0.0.1, with a stubbed resolver where a public name is needed."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import ipaddress
 import json
 import os
@@ -218,10 +219,10 @@ def test_file_urls_take_an_absolute_local_path_only(url: str) -> None:
 def test_relative_allowed_dirs_resolve_against_the_settings_file(write_settings: Any, tmp_path: Path) -> None:
     write_settings({"media": {"allowed_dirs": ["images", "/srv/shared/../pics"]}})
     media = load_settings().media
-    assert media["allowed_dirs"] == [str(tmp_path / "images"), "/srv/pics"]
-    assert media["max_redirects"] == 3
+    assert media.allowed_dirs == (str(tmp_path / "images"), "/srv/pics")
+    assert media.max_redirects == 3
     with pytest.raises(PoolError, match="must be absolute"):
-        policy_from_settings({**media, "allowed_dirs": ["images"]})
+        policy_from_settings({**dataclasses.asdict(media), "allowed_dirs": ["images"]})
 
 
 # -- addresses -----------------------------------------------------------------------------

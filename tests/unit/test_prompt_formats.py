@@ -12,7 +12,6 @@ import pytest
 from llmpool import prompts
 from llmpool.backends.llama_cpp import LlamaCppAdapter
 from llmpool.config.loader import load_settings
-from llmpool.config.schema import PROMPT_FORMATS
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import InvalidRequest
 from llmpool.generation import Decoding, GenerationRequest, Message
@@ -52,7 +51,7 @@ def spec(prompt_format: str, enable_thinking: bool = False) -> ModelSpec:
 
 # -- registry --------------------------------------------------------------------------
 def test_every_configurable_format_has_a_module() -> None:
-    for name in PROMPT_FORMATS:
+    for name in prompts.names():
         module = prompts.get(name)
         assert callable(module.render)
         assert "default" in module.THINKING_MODES
@@ -60,7 +59,7 @@ def test_every_configurable_format_has_a_module() -> None:
 
 def test_format_capabilities() -> None:
     table = {
-        name: (prompts.get(name).MULTI_TURN, prompts.get(name).THINKING_MODES) for name in PROMPT_FORMATS
+        name: (prompts.get(name).MULTI_TURN, prompts.get(name).THINKING_MODES) for name in prompts.names()
     }
     assert table == {
         "generic": (True, ("default",)),
@@ -72,7 +71,7 @@ def test_format_capabilities() -> None:
 
 
 def test_llama_cpp_capabilities_follow_the_format() -> None:
-    for name in PROMPT_FORMATS:
+    for name in prompts.names():
         caps = LlamaCppAdapter.capabilities(spec(name))
         assert caps.multi_turn is prompts.get(name).MULTI_TURN
         assert caps.thinking_modes == prompts.get(name).THINKING_MODES

@@ -48,7 +48,10 @@ def spec_of(write_settings: Callable[..., Path], **keys: Any) -> ModelSpec:
 def test_registered_with_the_shared_keys_and_constraints(write_settings: Callable[..., Path]) -> None:
     assert registry.get("vllm") is VllmAdapter
     assert VllmAdapter.blocking and VllmAdapter.can_batch
-    assert VllmAdapter.constraints == vllm_keys.CONSTRAINTS
+    from llmpool.backends.vllm_serve import VllmServeAdapter
+
+    assert VllmAdapter.constraints == VllmServeAdapter.constraints  # one table for both
+    assert VllmAdapter.constraints
     assert set(VllmAdapter.config_fields()) == set(vllm_keys.engine_fields())
     spec = spec_of(write_settings, vllm_max_model_len=2048, modalities=["text", "image"])
     caps = VllmAdapter.capabilities(spec)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from llmpool.backends import vllm_keys
+from llmpool.backends.base import constraint_of
 from llmpool.backends.vllm import build_engine_kwargs
 from llmpool.backends.vllm_serve import VllmServeAdapter
 from llmpool.config.loader import load_settings
@@ -77,7 +78,9 @@ def test_every_key_reaches_the_engine_and_the_serve_command_alike(
 
 
 def test_live_overrides_are_the_live_keys_with_their_settings_bounds() -> None:
-    by_key = {c.key: c for c in vllm_keys.CONSTRAINTS}
+    from llmpool.backends.vllm_serve import VllmServeAdapter
+
+    by_key = {c.key: c for c in VllmServeAdapter.constraints}
     assert set(by_key) == {vllm_keys.V + key.name for key in vllm_keys.KEYS if key.live}
     # The bounds come from the settings field: 1..16, both ends included.
     tokens = by_key["vllm_num_speculative_tokens"]
@@ -95,4 +98,4 @@ def test_live_overrides_are_the_live_keys_with_their_settings_bounds() -> None:
 def test_a_key_whose_rule_a_live_override_cannot_state_cannot_be_live(key: str) -> None:
     row = next(row for row in vllm_keys.KEYS if row.name == key)
     with pytest.raises(TypeError):
-        vllm_keys.live_constraint(row)
+        constraint_of(vllm_keys.V + row.name, row.field)
