@@ -11,7 +11,7 @@ from flask import Flask, request
 from blueprints import admin, observe, openai_compat, openapi, operations, responses
 from blueprints.errors import register_error_handlers
 from llmpool.auth import Access, Credentials, credentials_from
-from llmpool.config.loader import load_settings
+from llmpool.config.loader import startup_settings
 from llmpool.config.spec import Settings
 from llmpool.greenbridge import check_not_fully_patched
 from llmpool.pool import Pool
@@ -22,11 +22,12 @@ def create_app(
 ) -> Flask:
     """Build the app around a pool.
 
-    `settings` defaults to the files (see llmpool.config.loader); `start_models` loads the
+    `settings` defaults to the start-up settings (read once, by the gunicorn master when
+    there is one; see llmpool.config.loader); `start_models` loads the
     enabled models in the background, and /readyz turns 200 once that is done.
     """
     check_not_fully_patched()  # a stock gevent worker would turn the scheduler into greenlets
-    settings = settings or load_settings()
+    settings = settings or startup_settings()
     # Before the pool exists: a named secret that is missing stops start-up (fail closed).
     credentials = credentials_from(settings.service, os.environ)
     pool = pool or Pool(settings)

@@ -18,12 +18,14 @@ from conf.worker import patch_selectively  # noqa: E402
 patch_selectively()
 
 from llmpool.auth import credentials_from  # noqa: E402
-from llmpool.config.loader import load_settings  # noqa: E402
+from llmpool.config.loader import load_settings, remember_startup_settings  # noqa: E402
 from llmpool.errors import ConfigError  # noqa: E402
 
 try:
-    _service = load_settings().service
+    _settings = load_settings()
+    _service = _settings.service
     credentials_from(_service, os.environ)  # a named secret that is unset: stop here
+    remember_startup_settings(_settings)  # the worker (forked from here) starts from these
 except ConfigError as exc:  # say what is wrong and stop, instead of a traceback per worker
     sys.exit(f"llm-pool: {exc.message}")
 

@@ -163,6 +163,22 @@ def _model_spec(
     )
 
 
+_startup: Settings | None = None
+
+
+def remember_startup_settings(settings: Settings) -> None:
+    """The settings the gunicorn master read (conf/gunicorn.conf.py): its forked worker
+    starts from this very object, so the files are read once per start (a later edit
+    cannot make the master and the worker disagree about the bind address or secrets)."""
+    global _startup
+    _startup = settings
+
+
+def startup_settings() -> Settings:
+    """The remembered start-up settings, else the files read now (`flask run`, tests)."""
+    return _startup if _startup is not None else load_settings()
+
+
 def load_settings() -> Settings:
     """Read, merge and validate the settings files; raises ConfigError."""
     base_path, local_path = settings_paths()

@@ -428,3 +428,24 @@ def test_shipped_settings_file_is_valid(monkeypatch: pytest.MonkeyPatch, tmp_pat
     monkeypatch.setenv(LOCAL_ENV, str(tmp_path / "absent.json"))
     settings = load_settings()
     assert settings.models, "the shipped settings define the default model"
+
+
+def test_the_worker_starts_from_the_settings_the_master_read(
+    write_settings: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """conf/gunicorn.conf.py remembers what it read; create_app (in the forked worker)
+    uses that object and never reads the files again."""
+    from blueprints import create_app
+    from llmpool.config import loader
+
+    write_settings({"service": {"port": 8123}})
+    read = loader.load_settings()
+    monkeypatch.setattr(loader, "_startup", None)
+    loader.remember_startup_settings(read)
+
+    def no_second_read() -> None:
+        raise AssertionError("the settings files were read twice")
+
+    monkeypatch.setattr(loader, "load_settings", no_second_read)
+    app = create_app(start_models=False)
+    assert app.extensions["llmpool"].settings is read
