@@ -67,25 +67,29 @@ def _masked(key: str, value: Any) -> Any:
     return MASK
 
 
-def redact_argv(argv: Sequence[str]) -> list[str]:
-    """A command line with the values of secret-looking flags masked."""
-    out: list[str] = []
+def _split_argv(argv: Sequence[str]) -> list[tuple[str, str | None]]:
+    """Each argument as (what may be shown, the secret it carries or None):
+    `--api-key X` gives ("--api-key", None), ("X"→secret); `--hf-token=X` one pair."""
+    out: list[tuple[str, str | None]] = []
     hide_next = False
     for arg in argv:
         if hide_next:
-            out.append(MASK)
+            out.append((MASK, arg))
             hide_next = False
             continue
-        flag, eq, _ = arg.partition("=")
+        flag, eq, rest = arg.partition("=")
         if arg.startswith("-") and is_secret_key(flag.lstrip("-")):
             if eq:
-                out.append(f"{flag}={MASK}")
-            else:
-                out.append(arg)
-                hide_next = True
-            continue
-        out.append(arg)
+                out.append((f"{flag}={MASK}", rest))
+                continue
+            hide_next = True
+        out.append((arg, None))
     return out
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """A command line with the values of secret-looking flags masked."""
+    return [shown for shown, _ in _split_argv(argv)]
 
 
 def secret_values(options: Mapping[str, Any], argv: Sequence[str] = ()) -> tuple[str, ...]:
@@ -98,18 +102,7 @@ def secret_values(options: Mapping[str, Any], argv: Sequence[str] = ()) -> tuple
             found.extend(str(v) for v in value.values())
         elif isinstance(value, str):
             found.append(value)
-    hide_next = False
-    for arg in argv:
-        if hide_next:
-            found.append(arg)
-            hide_next = False
-            continue
-        flag, eq, rest = arg.partition("=")
-        if arg.startswith("-") and is_secret_key(flag.lstrip("-")):
-            if eq:
-                found.append(rest)
-            else:
-                hide_next = True
+    found.extend(secret for _, secret in _split_argv(argv) if secret is not None)
     # Very short values would mask unrelated text; they are not worth hiding anyway.
     return tuple(sorted({s for s in found if len(s) >= 4}, key=len, reverse=True))
 

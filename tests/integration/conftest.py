@@ -99,6 +99,28 @@ def start_server(
     return server
 
 
+def gunicorn_once(
+    settings_path: Path, local_path: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run the server the operators' way in a minimal environment, for a start-up that is
+    meant to fail (it must exit on its own within 30 s)."""
+    gunicorn = Path(sys.executable).with_name("gunicorn")
+    return subprocess.run(
+        [str(gunicorn), "-c", "conf/gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env={
+            "PATH": "/usr/bin:/bin",
+            SETTINGS_ENV: str(settings_path),
+            LOCAL_ENV: str(local_path),
+            "LLM_POOL_BIND": "127.0.0.1:0",
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
 def wait_ready(
     url: str, process: subprocess.Popen[bytes], what: str, log_path: Path, timeout_s: float
 ) -> None:

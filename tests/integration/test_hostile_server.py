@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ import pytest
 import requests
 
 from tests.conftest import SMOLLM2_ID
-from tests.integration.conftest import ROOT, Server, integration_settings, start_server, stop_server
+from tests.integration.conftest import Server, gunicorn_once, integration_settings, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -161,22 +159,8 @@ def test_auth_against_the_real_server(secured: Server) -> None:
 def test_a_missing_secret_stops_gunicorn_with_a_message(tmp_path: Path) -> None:
     base = tmp_path / "settings.json"
     base.write_text(json.dumps(secured_settings()))
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "LLM_POOL_SETTINGS_PATH": str(base),
-        "LLM_POOL_LOCAL_SETTINGS_PATH": str(tmp_path / "local.json"),
-        "LLM_POOL_BIND": "127.0.0.1:0",
-        "HOSTILE_TEST_KEYS": KEY,  # the admin token's variable is unset
-    }
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    result = subprocess.run(
-        [str(gunicorn), "-c", "conf/gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    # The admin token's variable is unset.
+    result = gunicorn_once(base, tmp_path / "local.json", {"HOSTILE_TEST_KEYS": KEY})
     assert result.returncode == 1
     assert "service.admin_token_env names the environment variable HOSTILE_TEST_ADMIN" in result.stderr
     assert "Traceback" not in result.stderr and KEY not in result.stderr + result.stdout

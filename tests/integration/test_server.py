@@ -18,6 +18,7 @@ from tests.conftest import SMOLLM2_ID
 from tests.integration.conftest import (
     REPLICAS,
     Server,
+    gunicorn_once,
     integration_settings,
     start_server,
     stop_server,
@@ -238,30 +239,11 @@ def test_concurrent_json_requests_all_complete(server: Server) -> None:
 
 
 def test_invalid_settings_stop_start_up_with_a_readable_message(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    from tests.integration.conftest import ROOT
-
     base = tmp_path / "settings.json"
     base.write_text(json.dumps(integration_settings()))
     local = tmp_path / "local.json"
     local.write_text(json.dumps({"engine": {"models": {SMOLLM2_ID: {"replicas": "2"}}}}))
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "LLM_POOL_SETTINGS_PATH": str(base),
-        "LLM_POOL_LOCAL_SETTINGS_PATH": str(local),
-        "LLM_POOL_BIND": "127.0.0.1:0",
-    }
-    gunicorn = Path(sys.executable).with_name("gunicorn")
-    result = subprocess.run(
-        [str(gunicorn), "-c", "conf/gunicorn.conf.py", "wsgi:app"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    result = gunicorn_once(base, local, {})
     assert result.returncode == 1
     assert f"{local}: engine.models.{SMOLLM2_ID}.replicas: Not a valid integer." in result.stderr
     assert "Traceback" not in result.stderr
