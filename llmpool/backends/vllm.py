@@ -130,17 +130,27 @@ class LoopThread:
 
     `call(coro, timeout)` runs a coroutine there and blocks the calling OS thread for its
     result (re-raising its exception); `submit` only schedules it. Thread-safe.
+
+    The loop is made and closed on its own thread. Its self-pipe is a socket pair, gevent
+    sockets under the worker's patch, tied to the hub of the thread that made them: made
+    on the caller's thread (a hub threadpool worker, for a load with wait=true), they
+    could not be closed once that worker had exited and gevent had destroyed its hub
+    ("operation on destroyed loop" at unload or shutdown, and the loop leaked).
     """
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        made: queue.SimpleQueue[asyncio.AbstractEventLoop] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[bool] = queue.SimpleQueue()
-        greenbridge.start_thread(self._run, name="vllm-loop")
+        greenbridge.start_thread(self._run, made, name="vllm-loop")
+        self.loop = made.get()
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
+    def _run(self, made: queue.SimpleQueue[asyncio.AbstractEventLoop]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        made.put(loop)
         try:
-            self.loop.run_forever()
+            loop.run_forever()
+            loop.close()
         finally:
             self._done.put(True)
 
@@ -167,7 +177,7 @@ class LoopThread:
         return value
 
     def stop(self, timeout: float) -> None:
-        """Cancel what still runs there, stop the loop, wait for its thread, close the loop."""
+        """Cancel what still runs there, stop the loop and wait for its thread to close it."""
 
         async def cancel_the_rest() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -181,8 +191,7 @@ class LoopThread:
         try:
             self._done.get(timeout=timeout)
         except queue.Empty:
-            return  # still running something: leave it rather than close a live loop
-        self.loop.close()
+            pass  # still running something: its thread closes the loop when it stops
 
 
 class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):

@@ -12,6 +12,8 @@ import base64
 import io
 import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -391,6 +393,41 @@ def test_a_request_the_engine_refuses_is_an_invalid_request(loop: LoopThread) ->
         next(stream_outputs(loop, engine, {}, None, 0.0, 0.0, None, (ClientError,)))
     with pytest.raises(BackendError):  # not one of the client errors named
         next(stream_outputs(loop, FakeEngine(["a"], fail_after=0), {}, None, 0.0, 0.0, None, (ClientError,)))
+
+
+LOOP_UNDER_THE_PATCH = r"""
+from conf.worker import patch_selectively
+
+patch_selectively()
+
+import asyncio
+import gevent
+from llmpool.backends.vllm import LoopThread
+from llmpool.greenbridge import call_blocking
+
+thread = call_blocking(LoopThread)  # on a hub threadpool worker, as a load with wait=true
+
+
+async def answer():
+    await asyncio.sleep(0.01)
+    return 42
+
+
+assert call_blocking(thread.call, answer(), 5) == 42
+gevent.get_hub().threadpool.kill()  # that worker exits and gevent destroys its hub
+gevent.sleep(0.2)
+call_blocking(thread.stop, 5)  # unload (or worker exit), on another thread
+print("closed" if thread.loop.is_closed() else "open")
+"""
+
+
+def test_the_loop_outlives_the_thread_that_made_it_under_the_worker_patch() -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run(
+        [sys.executable, "-c", LOOP_UNDER_THE_PATCH], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert proc.returncode == 0, proc.stderr  # was: ValueError: operation on destroyed loop
+    assert proc.stdout.split() == ["closed"], proc.stdout + proc.stderr
 
 
 def test_loop_call_returns_results_and_raises_errors(loop: LoopThread) -> None:
