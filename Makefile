@@ -93,6 +93,7 @@ test: lint $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(VLLM_POOL_STAMP) bench
 	LLM_POOL_TEST_VLLM_SERVE=$(abspath $(VLLM_VENV))/bin/vllm-serve \
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
 	LLM_POOL_TEST_CT2_MODEL=$(abspath $(CT2_MODEL_DIR)) \
+	LLM_POOL_TEST_VLM_MODEL=$(abspath $(TINY_VLM_DIR)) \
 		$(PY) -m pytest
 	# the slow tier: the `vllm` backend in-process, in the vLLM env
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
