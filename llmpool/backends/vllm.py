@@ -68,6 +68,19 @@ def decode_data_url(url: str) -> bytes:
         raise InvalidRequest(f"image data URL is not valid base64: {exc}") from exc
 
 
+def open_image(data: bytes) -> Any:
+    """The decoded image (PIL, a dependency of vLLM itself); InvalidRequest for bytes that
+    are not an image PIL can read, here rather than later inside the engine."""
+    from PIL import Image
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()  # open() reads the header only; a truncated file fails here
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InvalidRequest(f"image data URL is not an image PIL can read: {exc}") from exc
+    return image
+
+
 def template_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]], list[bytes]]:
     """Messages for the chat template, and the images' bytes in prompt order.
 
@@ -117,17 +130,27 @@ class LoopThread:
 
     `call(coro, timeout)` runs a coroutine there and blocks the calling OS thread for its
     result (re-raising its exception); `submit` only schedules it. Thread-safe.
+
+    The loop is made and closed on its own thread. Its self-pipe is a socket pair, gevent
+    sockets under the worker's patch, tied to the hub of the thread that made them: made
+    on the caller's thread (a hub threadpool worker, for a load with wait=true), they
+    could not be closed once that worker had exited and gevent had destroyed its hub
+    ("operation on destroyed loop" at unload or shutdown, and the loop leaked).
     """
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        made: queue.SimpleQueue[asyncio.AbstractEventLoop] = queue.SimpleQueue()
         self._done: queue.SimpleQueue[bool] = queue.SimpleQueue()
-        greenbridge.start_thread(self._run, name="vllm-loop")
+        greenbridge.start_thread(self._run, made, name="vllm-loop")
+        self.loop = made.get()
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
+    def _run(self, made: queue.SimpleQueue[asyncio.AbstractEventLoop]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        made.put(loop)
         try:
-            self.loop.run_forever()
+            loop.run_forever()
+            loop.close()
         finally:
             self._done.put(True)
 
@@ -154,7 +177,7 @@ class LoopThread:
         return value
 
     def stop(self, timeout: float) -> None:
-        """Cancel what still runs there, stop the loop, wait for its thread, close the loop."""
+        """Cancel what still runs there, stop the loop and wait for its thread to close it."""
 
         async def cancel_the_rest() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -168,8 +191,7 @@ class LoopThread:
         try:
             self._done.get(timeout=timeout)
         except queue.Empty:
-            return  # still running something: leave it rather than close a live loop
-        self.loop.close()
+            pass  # still running something: its thread closes the loop when it stops
 
 
 class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
@@ -183,6 +205,7 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
         self._engine: Any = None
         self._tokenizer: Any = None
         self._sampling_params: Any = None
+        self._client_errors: tuple[type[BaseException], ...] = ()
         # The output queue of each generation in flight, by id of its request: `interrupt`
         # wakes a generation still waiting for its first (or next) output.
         self._in_flight: dict[int, queue.SimpleQueue[tuple[str, Any]]] = {}
@@ -201,6 +224,12 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
             from vllm import AsyncEngineArgs, AsyncLLMEngine, SamplingParams
         except ImportError as exc:
             raise ModelLoadFailed(f"vllm is not installed: {exc}", model=self.spec.name) from exc
+        try:  # what vLLM raises for a request it refuses (too long, too many images, ...)
+            from vllm.exceptions import VLLMClientError
+
+            self._client_errors = (VLLMClientError,)
+        except ImportError:  # older releases raised ValueError for those
+            self._client_errors = (ValueError,)
         engine_args = AsyncEngineArgs(**build_engine_kwargs(self.spec))
         self._loop = LoopThread()
 
@@ -261,9 +290,7 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
         text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         if not images:
             return {"prompt": text}
-        from PIL import Image  # lazy: a dependency of vllm itself
-
-        return {"prompt": text, "multi_modal_data": {"image": [Image.open(io.BytesIO(b)) for b in images]}}
+        return {"prompt": text, "multi_modal_data": {"image": [open_image(b) for b in images]}}
 
     def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
         engine, loop = self._engine, self._loop
@@ -276,7 +303,9 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
         outputs: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._in_flight[id(request)] = outputs
         try:
-            yield from stream_outputs(loop, engine, prompt, params, prepared, started, outputs)
+            yield from stream_outputs(
+                loop, engine, prompt, params, prepared, started, outputs, self._client_errors
+            )
         finally:
             self._in_flight.pop(id(request), None)
 
@@ -294,6 +323,7 @@ def stream_outputs(
     prepared: float,
     started: float,
     outputs: queue.SimpleQueue[tuple[str, Any]] | None = None,
+    client_errors: tuple[type[BaseException], ...] = (),
 ) -> Iterator[Chunk]:
     """Text deltas of one engine request, then the final chunk; blocks this OS thread.
 
@@ -301,6 +331,8 @@ def stream_outputs(
     cumulative `RequestOutput`s and `abort(request_id)`. Closing the iterator before the
     end aborts the request and waits (briefly) for the engine to acknowledge it; so does
     a `(_STOP, None)` put into `outputs` from another thread (`VllmAdapter.interrupt`).
+    An error of a `client_errors` type (the engine refused the request) is InvalidRequest;
+    any other is BackendError.
     """
     request_id = uuid.uuid4().hex
     outputs = outputs if outputs is not None else queue.SimpleQueue()
@@ -324,6 +356,8 @@ def stream_outputs(
             kind, value = outputs.get()
             if kind == _STOP:
                 return  # not finished: the request is aborted in `finally`
+            if kind == "err" and isinstance(value, client_errors):
+                raise InvalidRequest(f"vLLM refused the request: {value}") from value
             if kind == "err":
                 raise BackendError(f"vLLM failed: {value}") from value
             if kind == "end":

@@ -2,11 +2,14 @@
 
 One vLLM child is shared by the whole module: its start-up alone takes ~25 s on two
 cores. `make test` builds its environment (tests/runtimes/make_vllm_env.sh) and passes
-the paths in LLM_POOL_TEST_VLLM_SERVE / LLM_POOL_TEST_VLLM_MODEL.
+the paths in LLM_POOL_TEST_VLLM_SERVE / LLM_POOL_TEST_VLLM_MODEL. The last test starts a
+second child, the tiny vision-language model (tests/runtimes/make_tiny_vlm.py, passed in
+LLM_POOL_TEST_VLM_MODEL), and sends it an image.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +31,13 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 MODEL = "smollm2-vllm"
+VLM = "tiny-vlm-serve"
+IMAGES = ["text", "image"]
+# A 1x1 grey PNG.
+PNG_URL = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+)
 
 
 def vllm_paths() -> tuple[str, str]:
@@ -38,25 +48,31 @@ def vllm_paths() -> tuple[str, str]:
     return binary, model
 
 
-def settings(binary: str, model: str) -> dict[str, Any]:
+def vlm_path() -> str:
+    """The tiny random vision-language model tests/runtimes/make_tiny_vlm.py builds."""
+    model = os.environ.get("LLM_POOL_TEST_VLM_MODEL") or str(ROOT / ".cache" / "tiny-vlm")
+    assert os.path.exists(Path(model) / "config.json"), f"no tiny VLM at {model}: run `make test`"
+    return model
+
+
+def settings(binary: str, model: str, vlm: str) -> dict[str, Any]:
+    common = {
+        "backend": "vllm_serve",
+        "vllm_serve_binary": binary,
+        # Eager start-up is ~25 s instead of ~100 s on two cores; a bounded
+        # shutdown keeps SIGTERM with a request in flight from hanging.
+        "vllm_serve_extra_args": ["--enforce-eager", "--shutdown-timeout", "3"],
+        "vllm_serve_env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
+        "vllm_serve_start_timeout_s": 300,
+        "vllm_serve_stop_timeout_s": 15,
+        "enabled": False,
+    }
     return {
         "service": {"log_level": "warning"},
         "engine": {
             "models": {
-                MODEL: {
-                    "backend": "vllm_serve",
-                    "vllm_model": model,
-                    "vllm_max_model_len": 2048,
-                    "vllm_serve_binary": binary,
-                    # Eager start-up is ~25 s instead of ~100 s on two cores; a bounded
-                    # shutdown keeps SIGTERM with a request in flight from hanging.
-                    "vllm_serve_extra_args": ["--enforce-eager", "--shutdown-timeout", "3"],
-                    "vllm_serve_env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
-                    "vllm_serve_start_timeout_s": 300,
-                    "vllm_serve_stop_timeout_s": 15,
-                    "target_inflight": 2,
-                    "enabled": False,
-                }
+                MODEL: {**common, "vllm_model": model, "vllm_max_model_len": 2048, "target_inflight": 2},
+                VLM: {**common, "vllm_model": vlm, "vllm_max_model_len": 1024, "modalities": IMAGES},
             }
         },
     }
@@ -65,7 +81,7 @@ def settings(binary: str, model: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     binary, model = vllm_paths()
-    srv = start_server(tmp_path_factory.mktemp("vllm"), settings(binary, model))
+    srv = start_server(tmp_path_factory.mktemp("vllm"), settings(binary, model, vlm_path()))
     r = requests.post(f"{srv.url}/v1/admin/models/{MODEL}/load", timeout=400)
     assert r.status_code == 200, r.text
     yield srv
@@ -120,4 +136,31 @@ def test_unload_stops_the_whole_vllm_process_group(server: Server) -> None:
     r = requests.post(f"{server.url}/v1/admin/models/{MODEL}/unload", timeout=60)
     assert r.status_code == 200 and r.json()["state"] == "unloaded"
     # vLLM runs an engine and a worker process beside its API server: none is left alive.
+    assert living_group_members(pid) == []
+
+
+def test_an_image_reaches_a_vision_model_through_vllm_serve(server: Server) -> None:
+    # After the SmolLM2 child is gone: one vLLM at a time on this machine.
+    r = requests.post(f"{server.url}/v1/admin/models/{VLM}/load", timeout=400)
+    assert r.status_code == 200 and r.json()["state"] == "loaded", r.text
+
+    def prompt_tokens(content: Any) -> int:
+        body = {"model": VLM, "input": content, "decoding": {"temperature": 0, "max_tokens": 4}}
+        r = requests.post(f"{server.url}/v1/responses", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        tokens: int = r.json()["usage"]["input_tokens"]
+        return tokens
+
+    question = "What is in this picture?"
+    without = prompt_tokens(question)
+    image = {"type": "image_url", "image_url": {"url": PNG_URL}}
+    with_image = prompt_tokens([image, {"type": "text", "text": question}])
+    # The Idefics3 processor's tokens for one tile (tests/runtimes/make_tiny_vlm.py).
+    config = json.loads((Path(vlm_path()) / "config.json").read_text())
+    vision = config["vision_config"]
+    per_image = (vision["image_size"] // vision["patch_size"]) ** 2 // config["scale_factor"] ** 2 + 3
+    assert with_image - without == per_image, (without, with_image)
+    pid = requests.get(f"{server.url}/v1/admin/models/{VLM}", timeout=5).json()["replica_states"][0]["pid"]
+    r = requests.post(f"{server.url}/v1/admin/models/{VLM}/unload", timeout=60)
+    assert r.status_code == 200 and r.json()["state"] == "unloaded"
     assert living_group_members(pid) == []

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +28,7 @@ from llmpool.backends.vllm import (
     LoopThread,
     VllmAdapter,
     build_engine_kwargs,
+    open_image,
     sampling_kwargs,
     stream_outputs,
     template_messages,
@@ -200,6 +204,60 @@ class FakeTokenizer:
         return "|".join(f"{m['role']}:{m['content']}" for m in messages) + "|assistant:"
 
 
+def real_image(fmt: str = "PNG", mode: str = "RGB", size: tuple[int, int] = (5, 3)) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, size, 128).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("fmt", "mode"), [("PNG", "RGB"), ("PNG", "RGBA"), ("JPEG", "L"), ("GIF", "P")])
+def test_open_image_decodes_the_whole_image(fmt: str, mode: str) -> None:
+    image = open_image(real_image(fmt, mode))
+    assert image.size == (5, 3) and image.mode == mode
+    assert image.im is not None  # loaded: the engine gets pixels, not a lazy file
+
+
+def truncated_png() -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.linear_gradient("L").save(buffer, format="PNG")  # 256x256, some kB
+    return buffer.getvalue()[: buffer.tell() // 2]
+
+
+@pytest.mark.parametrize("data", [PNG, b"", truncated_png()], ids=["junk", "empty", "truncated"])
+def test_bytes_that_are_not_an_image_are_an_invalid_request(data: bytes) -> None:
+    # Before the fix these reached the engine (or PIL on the replica thread) and came
+    # back as a 502 backend error.
+    with pytest.raises(InvalidRequest, match="not an image"):
+        open_image(data)
+
+
+def image_part(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def test_prompt_of_an_image_model_carries_the_images_in_order(write_settings: Callable[..., Path]) -> None:
+    adapter = VllmAdapter(spec_of(write_settings, modalities=["text", "image"]), 0)
+    adapter._tokenizer = FakeTokenizer()
+    first, second = real_image(size=(4, 4)), real_image("JPEG", size=(7, 2))
+    urls = ["data:image/png;base64," + base64.b64encode(b).decode() for b in (first, second)]
+    request = GenerationRequest(
+        messages=(
+            Message("user", [image_part(urls[0])]),
+            Message("assistant", "ok"),
+            Message("user", [{"type": "text", "text": "and"}, image_part(urls[1])]),
+        )
+    )
+    prompt = adapter.prompt(request)
+    assert [image.size for image in prompt["multi_modal_data"]["image"]] == [(4, 4), (7, 2)]
+    bad = "data:image/png;base64," + base64.b64encode(PNG).decode()
+    with pytest.raises(InvalidRequest, match="not an image"):
+        adapter.prompt(GenerationRequest(input=[image_part(bad)]))
+
+
 def test_prompt_renders_the_template_and_refuses_images_to_a_text_model(
     write_settings: Callable[..., Path],
 ) -> None:
@@ -248,6 +306,7 @@ class FakeEngine:
     pieces: list[str]
     delay: float = 0.0
     fail_after: int | None = None
+    error: type[Exception] = RuntimeError
     aborted: list[str] = field(default_factory=list)
     active: set[str] = field(default_factory=set)
     loop_threads: set[int] = field(default_factory=set)
@@ -259,7 +318,7 @@ class FakeEngine:
             text = ""
             for i, piece in enumerate(self.pieces):
                 if self.fail_after is not None and i == self.fail_after:
-                    raise RuntimeError("engine died")
+                    raise self.error("engine died")
                 await asyncio.sleep(self.delay)
                 text += piece
                 last = i == len(self.pieces) - 1
@@ -323,6 +382,55 @@ def test_an_engine_error_becomes_a_backend_error(loop: LoopThread) -> None:
     assert [next(stream).text, next(stream).text] == ["a", "b"]
     with pytest.raises(BackendError, match="engine died"):
         next(stream)
+
+
+class ClientError(Exception):
+    """Stands in for vLLM's VLLMClientError (a request the engine refuses)."""
+
+
+def test_a_request_the_engine_refuses_is_an_invalid_request(loop: LoopThread) -> None:
+    # vLLM validates in generate(), before any output: a prompt longer than the model's
+    # context, more images than limit_mm_per_prompt. The client's fault: 400, not 502.
+    engine = FakeEngine(["a"], fail_after=0, error=ClientError)
+    with pytest.raises(InvalidRequest, match="refused the request: engine died"):
+        next(stream_outputs(loop, engine, {}, None, 0.0, 0.0, None, (ClientError,)))
+    with pytest.raises(BackendError):  # not one of the client errors named
+        next(stream_outputs(loop, FakeEngine(["a"], fail_after=0), {}, None, 0.0, 0.0, None, (ClientError,)))
+
+
+LOOP_UNDER_THE_PATCH = r"""
+from conf.worker import patch_selectively
+
+patch_selectively()
+
+import asyncio
+import gevent
+from llmpool.backends.vllm import LoopThread
+from llmpool.greenbridge import call_blocking
+
+thread = call_blocking(LoopThread)  # on a hub threadpool worker, as a load with wait=true
+
+
+async def answer():
+    await asyncio.sleep(0.01)
+    return 42
+
+
+assert call_blocking(thread.call, answer(), 5) == 42
+gevent.get_hub().threadpool.kill()  # that worker exits and gevent destroys its hub
+gevent.sleep(0.2)
+call_blocking(thread.stop, 5)  # unload (or worker exit), on another thread
+print("closed" if thread.loop.is_closed() else "open")
+"""
+
+
+def test_the_loop_outlives_the_thread_that_made_it_under_the_worker_patch() -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run(
+        [sys.executable, "-c", LOOP_UNDER_THE_PATCH], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert proc.returncode == 0, proc.stderr  # was: ValueError: operation on destroyed loop
+    assert proc.stdout.split() == ["closed"], proc.stdout + proc.stderr
 
 
 def test_loop_call_returns_results_and_raises_errors(loop: LoopThread) -> None:

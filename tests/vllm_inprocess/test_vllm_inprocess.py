@@ -164,6 +164,14 @@ def test_answers_the_capital_of_france(server: Server) -> None:
     assert body["usage"]["input_tokens"] > 5 and body["usage"]["output_tokens"] > 0
 
 
+def test_an_image_to_this_text_only_model_is_refused(server: Server) -> None:
+    png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+    item = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}
+    body = {"model": MODEL, "input": [item, {"type": "text", "text": "hi"}]}
+    r = requests.post(f"{server.url}/v1/responses", json=body, timeout=30)
+    assert r.status_code == 400 and r.json()["detail"]["code"] == "modality_unsupported", r.text
+
+
 def test_stream_deltas_concatenate_and_the_hub_stays_responsive(server: Server) -> None:
     events = sse_events(server.url, {"model": MODEL, "input": QUESTION})
     deltas = [data["delta"] for name, data in events if name == "response.output_text.delta"]
