@@ -162,19 +162,26 @@ def test_a_streamed_answer_counts_the_image_too(server: Server) -> None:
     assert events[-1][1]["usage"]["input_tokens"] - plain == tokens_per_image()
 
 
-@pytest.mark.parametrize(
-    ("url", "why"),
-    [
-        ("https://example.com/cat.png", "data URLs only"),
-        ("data:image/png;base64," + base64.b64encode(b"not an image").decode(), "not an image"),
-    ],
-)
-def test_an_image_the_model_cannot_take_is_a_400(server: Server, url: str, why: str) -> None:
+def test_an_image_the_model_cannot_take_is_a_400(server: Server) -> None:
+    url = "data:image/png;base64," + base64.b64encode(b"not an image").decode()
     r = requests.post(
         f"{server.url}/v1/responses", json={"model": MODEL, "input": [image(url), text("hi")]}, timeout=60
     )
     assert r.status_code == 400, r.text
-    assert r.json()["detail"]["code"] == "invalid_request" and why in r.json()["detail"]["message"]
+    assert r.json()["detail"]["code"] == "invalid_request" and "not an image" in r.json()["detail"]["message"]
+
+
+def test_an_image_url_the_media_policy_refuses_never_reaches_the_engine(server: Server) -> None:
+    r = requests.post(
+        f"{server.url}/v1/responses",
+        json={"model": MODEL, "input": [image("https://example.com/cat.png"), text("hi")]},
+        timeout=60,
+    )
+    assert r.status_code == 403, r.text
+    assert (
+        r.json()["detail"]["code"] == "media_forbidden"
+        and "media.allow_http" in r.json()["detail"]["message"]
+    )
 
 
 def test_more_images_than_the_model_allows_is_a_400(server: Server) -> None:
