@@ -57,6 +57,25 @@ def build_engine_kwargs(spec: ModelSpec) -> dict[str, Any]:
     return {arg.name: arg.value for arg in args}
 
 
+def _kv_usage_logger(adapter: VllmAdapter) -> Any:
+    """A vLLM stat logger factory that keeps the scheduler's KV-cache use on `adapter`
+    (for the inference gateway's gauge). vLLM keeps its own loggers beside it."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class KvUsage(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            pass
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any, *_: Any, **__: Any) -> None:
+            if scheduler_stats is not None:
+                adapter._kv_usage = float(scheduler_stats.kv_cache_usage)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return KvUsage
+
+
 def decode_data_url(url: str) -> bytes:
     """The bytes of a `data:<mime>;base64,<data>` URL; InvalidRequest for anything else."""
     head, sep, data = url.partition(",")
@@ -206,6 +225,9 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
         self._tokenizer: Any = None
         self._sampling_params: Any = None
         self._client_errors: tuple[type[BaseException], ...] = ()
+        # The engine's last reported KV-cache use (0-1), set on the loop thread by
+        # `_kv_usage_logger`; a float assignment, read without a lock at metrics scrapes.
+        self._kv_usage: float | None = None
         # The output queue of each generation in flight, by id of its request: `interrupt`
         # wakes a generation still waiting for its first (or next) output.
         self._in_flight: dict[int, queue.SimpleQueue[tuple[str, Any]]] = {}
@@ -235,7 +257,7 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
 
         async def build() -> Any:
             # Created on the loop so that its background output task lives there.
-            return AsyncLLMEngine.from_engine_args(engine_args)
+            return AsyncLLMEngine.from_engine_args(engine_args, stat_loggers=[_kv_usage_logger(self)])
 
         try:
             self._engine = self._loop.call(build())
@@ -259,6 +281,9 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
                     self.on_failure(f"vLLM engine of {self.spec.name} died: {cause}")
                 return
             await asyncio.sleep(ENGINE_WATCH_S)
+
+    def kv_cache_usage(self) -> float | None:
+        return self._kv_usage
 
     def close(self) -> None:
         engine, self._engine = self._engine, None

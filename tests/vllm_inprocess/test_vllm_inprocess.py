@@ -227,6 +227,22 @@ def test_two_concurrent_requests_share_the_engine(server: Server) -> None:
     assert len(results) == 2 and all("Paris" in text for text in results)
 
 
+def test_metrics_report_the_engines_kv_cache_use(server: Server) -> None:
+    """The inference gateway's KV-cache gauge, from vLLM's own scheduler stats."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    ask(server)
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    usage = samples[("llmpool:kv_cache_usage_perc", (("model_name", MODEL),))]
+    assert 0.0 <= usage <= 1.0
+    assert samples[("llmpool_model_state", (("model", MODEL), ("state", "loaded")))] == 1
+
+
 def test_a_dropped_stream_is_aborted_and_its_slot_freed(server: Server) -> None:
     sock = open_stream(server, {**STORY, "decoding": {"max_tokens": 1500}})
     read_until(sock, b"response.output_text.delta", 3)
