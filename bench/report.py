@@ -264,7 +264,7 @@ def _soak(soak: dict[str, Any] | None) -> list[str]:
         return []
     series = ", ".join(_fmt(v) for v in soak["rss_mb_series"])
     kinds = f" {soak['errors_by_kind']}" if soak["errors"] else ""
-    return [
+    lines = [
         "",
         f"## 7. Soak: short requests over {soak['clients']} keep-alive connections",
         "",
@@ -282,6 +282,14 @@ def _soak(soak: dict[str, Any] | None) -> list[str]:
         "",
         f"RSS after the warm-up, then every {soak['rss_mb_every']} requests (MB): {series}.",
     ]
+    rerun = soak.get("rerun")  # the case run again on its own, after the page's run
+    if rerun:
+        lines += [
+            "",
+            f"This case was re-run on its own (`{rerun['command']}`, {rerun['date']}, at {rerun['commit']}); "
+            "every other figure on this page is from the run named at the top.",
+        ]
+    return lines
 
 
 def chart(r: dict[str, Any], path: Path) -> bool:

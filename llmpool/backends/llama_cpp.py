@@ -197,6 +197,7 @@ class LlamaCppAdapter(Adapter):
                 finish = choice.get("finish_reason") or finish
         finally:
             stream.close()  # a cancelled job stops llama.cpp here, at the next token
+            free_sampler(llm)
         if splitter is not None:
             yield from (Chunk(text=t, reasoning=r) for t, r in splitter.flush())
         done = time.perf_counter()
@@ -212,6 +213,29 @@ class LlamaCppAdapter(Adapter):
                 generate_total_ms=round((done - tokenized) * 1000, 3),
             )
         )
+
+
+def free_sampler(llm: Any) -> None:
+    """Free the native sampler of the completion that just ended now, not at some later
+    garbage collection.
+
+    llama-cpp-python (0.3.x) makes a `LlamaSampler` per completion and keeps the last one
+    in `Llama._sampler`. Each holds about 590 KB of llama.cpp memory for SmolLM2 (12 bytes
+    per vocabulary entry) and sits in a reference cycle (its ExitStack's callback refers
+    back to it), so a replaced one is freed only by Python's cyclic GC. It lives through
+    the whole completion, long enough to be promoted to an older generation, which the
+    worker's large heap collects rarely: the soak's worker carried dozens at a time, its
+    RSS wandering by tens of MB (bench/README.md). `close()` frees the chain at once and
+    is idempotent; with `_sampler` None the binding makes a fresh sampler for the next
+    completion, as it does for the first.
+    """
+    sampler = getattr(llm, "_sampler", None)
+    if sampler is None:
+        return
+    llm._sampler = None
+    close = getattr(sampler, "close", None)
+    if close is not None:
+        close()
 
 
 def _chunks(splitter: gemma4.ReasoningSplitter | None, text: str) -> Iterator[Chunk]:
