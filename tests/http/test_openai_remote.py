@@ -259,6 +259,16 @@ def test_the_key_never_shows_in_admin_rows_errors_or_logs(
     assert "retry 1/1" in caplog.text  # the retry was logged, scrubbed
 
 
+def test_header_values_never_show_in_admin_rows(remote: MakeClient, upstream: MisbehavingUpstream) -> None:
+    client = remote(remote_headers={"X-Org-Secret": "org-7f3a9c", "X-Tenant": "team-a"})
+    assert ask(client).status_code == 200
+    assert upstream.requests[0].headers["X-Org-Secret"] == "org-7f3a9c"  # sent, not shown
+    one = row(client)
+    assert one["definition"]["remote_headers"] == {"X-Org-Secret": "***", "X-Tenant": "***"}
+    assert one["options"]["remote_headers"] == {"X-Org-Secret": "***", "X-Tenant": "***"}
+    assert "org-7f3a9c" not in client.get("/v1/admin/models").get_data(as_text=True)
+
+
 def test_the_admin_row_describes_a_remote_model(remote: MakeClient) -> None:
     state = row(remote(target_inflight=3))
     assert state["backend"] == "openai_remote" and state["state"] == "loaded"
