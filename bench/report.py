@@ -256,7 +256,19 @@ def _hangups(hang: dict[str, Any] | None) -> list[str]:
         f"Idle worker {_fmt(hang['rss_mb']['idle'])} MB. After each round: {after} MB; after the last "
         f"round minus before the first: {_fmt(hang['after_minus_before_mb'])} MB.",
     ]
-    return lines
+    return lines + _rerun_note(hang)
+
+
+def _rerun_note(case: dict[str, Any]) -> list[str]:
+    """A case run again on its own, after the page's run, says so under its section."""
+    rerun = case.get("rerun")
+    if not rerun:
+        return []
+    return [
+        "",
+        f"This case was re-run on its own (`{rerun['command']}`, {rerun['date']}, at {rerun['commit']}); "
+        "every other figure on this page is from the run named at the top.",
+    ]
 
 
 def _soak(soak: dict[str, Any] | None) -> list[str]:
@@ -282,14 +294,7 @@ def _soak(soak: dict[str, Any] | None) -> list[str]:
         "",
         f"RSS after the warm-up, then every {soak['rss_mb_every']} requests (MB): {series}.",
     ]
-    rerun = soak.get("rerun")  # the case run again on its own, after the page's run
-    if rerun:
-        lines += [
-            "",
-            f"This case was re-run on its own (`{rerun['command']}`, {rerun['date']}, at {rerun['commit']}); "
-            "every other figure on this page is from the run named at the top.",
-        ]
-    return lines
+    return lines + _rerun_note(soak)
 
 
 def chart(r: dict[str, Any], path: Path) -> bool:
