@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -244,6 +245,9 @@ def logs(client: PoolClient, args: argparse.Namespace) -> int:
     if not isinstance(since, int):
         _say(f"{client.url} cannot follow logs (its answer has no `next`): upgrade the pool")
         return REFUSED
+    # Ctrl-C ends a follow even where SIGINT came in ignored (a job a shell started in
+    # the background inherits SIG_IGN, and Python then never raises KeyboardInterrupt).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while True:
             time.sleep(args.interval)
