@@ -122,14 +122,14 @@ def prompt_text(req: GenerationRequest) -> dict[str, Any]:
     """The request's text for `log_prompts`; an image is named, never inlined."""
 
     def text(content: Any) -> str:
-        if isinstance(content, str):
-            return content
+        if isinstance(content, str) or all(item.get("type") == "text" for item in content):
+            return content_text(content)
         parts = [str(item.get("text", "")) if item.get("type") == "text" else "[image]" for item in content]
-        return "".join(parts) if all(item.get("type") == "text" for item in content) else " ".join(parts)
+        return " ".join(parts)
 
     out: dict[str, Any] = {"instructions": req.instructions}
     if req.messages is not None:
         out["messages"] = [{"role": m.role, "content": text(m.content)} for m in req.messages]
     elif req.input is not None:
-        out["input"] = content_text(req.input) if isinstance(req.input, str) else text(req.input)
+        out["input"] = text(req.input)
     return out

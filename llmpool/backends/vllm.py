@@ -21,7 +21,6 @@ on it ends with `backend_error`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 import io
 import os
@@ -41,6 +40,7 @@ from llmpool.backends.openai_chat import chat_messages
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest
+from llmpool.media import decode_data_url
 
 # How long an abort (a cancelled job) or a shutdown may take before we move on.
 _ABORT_WAIT_S = 5.0
@@ -74,17 +74,6 @@ def _kv_usage_logger(adapter: VllmAdapter) -> Any:
             pass
 
     return KvUsage
-
-
-def decode_data_url(url: str) -> bytes:
-    """The bytes of a `data:<mime>;base64,<data>` URL; InvalidRequest for anything else."""
-    head, sep, data = url.partition(",")
-    if not url.startswith("data:") or not sep or not head.endswith(";base64"):
-        raise InvalidRequest("vllm takes images as base64 data URLs only")
-    try:
-        return base64.b64decode(data, validate=True)
-    except ValueError as exc:
-        raise InvalidRequest(f"image data URL is not valid base64: {exc}") from exc
 
 
 def open_image(data: bytes) -> Any:

@@ -125,23 +125,38 @@ def inline_url(url: str, policy: MediaPolicy, network: Network = SYSTEM_NETWORK)
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
+def _split_data_url(url: str) -> tuple[str, str]:
+    """(mime, base64 payload) of a `data:<mime>[;params];base64,<data>` URL."""
+    head, comma, payload = url[len("data:") :].partition(",")
+    params = [p.strip().lower() for p in head.split(";")]
+    if url[:5].lower() != "data:" or not comma or len(params) < 2 or params[-1] != "base64":
+        raise InvalidRequest("image data URL must be base64: data:image/<type>;base64,<data>")
+    return params[0], payload
+
+
+def _b64(payload: str) -> bytes:
+    try:
+        return base64.b64decode(payload, validate=True)
+    except ValueError:  # binascii.Error, or a non-ASCII character
+        raise InvalidRequest("image data URL is not valid base64") from None
+
+
+def decode_data_url(url: str) -> bytes:
+    """The bytes of a base64 data URL (for a backend that needs them; admission has
+    checked the URL against the policy already)."""
+    return _b64(_split_data_url(url)[1])
+
+
 def check_data_url(url: str, policy: MediaPolicy) -> str:
     """`url` if it is a base64 image data URL within the size cap, in canonical form
     (`data:<mime>;base64,<data>`, parameters dropped); else InvalidRequest."""
-    head, comma, payload = url[len("data:") :].partition(",")
-    params = [p.strip().lower() for p in head.split(";")]
-    if not comma or len(params) < 2 or params[-1] != "base64":
-        raise InvalidRequest("image data URL must be base64: data:image/<type>;base64,<data>")
-    mime = params[0]
+    mime, payload = _split_data_url(url)
     if not MIME_RE.fullmatch(mime):
         raise InvalidRequest(f"image data URL has type '{mime[:64]}'; an image/* type is required")
     # 4 characters per 3 bytes: refuse a payload that cannot fit before decoding it.
     if len(payload) > 4 * ((policy.max_image_bytes + 2) // 3):
         raise too_large(policy)
-    try:
-        data = base64.b64decode(payload, validate=True)
-    except ValueError:  # binascii.Error, or a non-ASCII character
-        raise InvalidRequest("image data URL is not valid base64") from None
+    data = _b64(payload)
     if not data:
         raise InvalidRequest("image data URL is empty")
     if len(data) > policy.max_image_bytes:
