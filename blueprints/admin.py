@@ -91,6 +91,13 @@ def model_logs(name: str) -> Response:
     return jsonify(pool().entry(name).logs(tail, since))
 
 
+@bp.get("/memory")
+def memory() -> Response:
+    """Per device: the budget, loaded models and their ledger estimates, reservations of
+    loads in progress, the free remainder; the loads waiting; the swap count."""
+    return jsonify(pool().memory())
+
+
 @bp.get("/gpu-memory")
 def gpu_memory() -> Response:
     return jsonify(pool().gpu_memory())

@@ -192,6 +192,22 @@ class GpuMemorySchema(_Open):
     error = fields.String(required=True, allow_none=True)
 
 
+class DeviceMemorySchema(_Open):
+    device = fields.String(required=True)
+    budget_mib = fields.Float(required=True, allow_none=True)
+    loaded = fields.List(fields.Dict(), required=True)
+    reserved = fields.List(fields.Dict(), required=True)
+    used_mib = fields.Float(required=True)
+    reserved_mib = fields.Float(required=True)
+    free_mib = fields.Float(required=True, allow_none=True)
+
+
+class MemorySchema(_Open):
+    devices = fields.List(fields.Nested(DeviceMemorySchema), required=True)
+    waiting = fields.List(fields.Dict(), required=True)
+    swaps = fields.Integer(required=True)
+
+
 class ReloadReportSchema(_Open):
     added = fields.List(fields.String(), required=True)
     removed = fields.List(fields.String(), required=True)
@@ -405,6 +421,15 @@ ROUTES: list[tuple[str, str, str, str | None, dict[str, Any], tuple[int, ...], s
         "Error",
     ),
     (
+        "/v1/admin/memory",
+        "get",
+        "Memory budgets per device: loaded models, reservations, free, waiting loads",
+        None,
+        {"200": {"description": "memory", "content": _json("Memory")}},
+        (401,),
+        "Error",
+    ),
+    (
         "/v1/admin/settings/reload",
         "post",
         "Re-read the settings files, atomically",
@@ -437,6 +462,7 @@ _SCHEMAS: dict[str, Any] = {
     "AdminRow": AdminRowSchema,
     "Logs": LogsSchema,
     "GpuMemory": GpuMemorySchema,
+    "Memory": MemorySchema,
     "ReloadReport": ReloadReportSchema,
     "Error": ErrorSchema,
     "ValidationError": ValidationErrorSchema,

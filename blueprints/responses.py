@@ -89,14 +89,14 @@ def create_response() -> Response:
 
 @bp.get("/v1/models")
 def list_models() -> Response:
-    ids = pool().loaded_ids()
-    return jsonify(
-        {
-            "object": "list",
-            "data": [{"id": i, "object": "model", "owned_by": "llm-pool"} for i in ids],
-            "models": ids,
-        }
-    )
+    p = pool()
+    ids = p.loaded_ids()
+    # OpenAI's list also names the models a request would load (load_on_demand), marked
+    # `loaded: false`; `models` stays the loaded ones only (SPEC §3).
+    loadable = sorted(n for n, e in p.models.items() if e.spec.load_on_demand and n not in ids)
+    data = [{"id": i, "object": "model", "owned_by": "llm-pool", "loaded": True} for i in ids]
+    data += [{"id": i, "object": "model", "owned_by": "llm-pool", "loaded": False} for i in loadable]
+    return jsonify({"object": "list", "data": data, "models": ids})
 
 
 @bp.get("/healthz")

@@ -50,20 +50,34 @@ def job_events(pool: Pool, job: Job) -> Iterator[Event | str]:
     proxies do not time out and the client sees where it stands. Blocks only the calling
     greenlet/thread.
     """
-    if job.status is JobStatus.QUEUED and (place := pool.position(job)):
-        yield f": queued {place}\n\n"
+    if job.status is JobStatus.QUEUED and (note := waiting_comment(pool, job)):
+        yield note
     while True:
         try:
             event = job.events.get(timeout=QUEUED_COMMENT_INTERVAL_S)
         except ChannelTimeout:
-            if job.status is JobStatus.QUEUED and (place := pool.position(job)):
-                yield f": queued {place}\n\n"
+            if job.status is JobStatus.QUEUED and (note := waiting_comment(pool, job)):
+                yield note
             else:
                 yield ": working\n\n"  # long prefill: keep proxies from timing out
             continue
         yield event
         if isinstance(event, Done | Failed):
             return
+
+
+def waiting_comment(pool: Pool, job: Job) -> str | None:
+    """The comment line for a queued job: its model's load in progress (with how long the
+    last load took, as an estimate), its place among loads waiting for memory, or its
+    place in the model's queue; None when it has none (it is about to start)."""
+    waiting = pool.waiting(job)
+    if waiting is None:
+        place = pool.position(job)
+        return f": queued {place}\n\n" if place else None
+    estimate = f" (last load took {waiting.estimate_s:.1f}s)" if waiting.estimate_s is not None else ""
+    if waiting.kind == "loading":
+        return f": loading {waiting.model} {waiting.elapsed_s:.1f}s{estimate}\n\n"
+    return f": waiting for memory {waiting.model} {waiting.elapsed_s:.1f}s, place {waiting.place}\n\n"
 
 
 def client_socket() -> int | None:

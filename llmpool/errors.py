@@ -163,6 +163,18 @@ class ModelLoadFailed(PoolError):
     code = "model_load_failed"
 
 
+class InsufficientMemory(PoolError):
+    """A load on demand waited past its bound for memory (or can never fit its budget);
+    the message names the models that hold the memory. `holders` is the same as data."""
+
+    status = 503
+    code = "insufficient_memory"
+
+    def __init__(self, message: str, *, model: str | None = None, holders: list[str] | None = None):
+        super().__init__(message, model=model, headers={"Retry-After": "30"})
+        self.holders = list(holders or [])
+
+
 class JobCancelled(PoolError):
     """The job was cancelled (client gone, forced unload); never rendered to that client."""
 

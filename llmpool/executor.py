@@ -135,6 +135,7 @@ class Executor:
         self._admitting = True
         self._stopped = False
         self._rr = 0
+        self.last_finished: float | None = None  # monotonic end of the last job (idle clocks)
         for replica in replicas:
             if replica.runtime.blocking:
                 for slot in range(replica.slots):
@@ -189,6 +190,16 @@ class Executor:
 
     def idle(self) -> bool:
         return self.queue_depth == 0 and not self._running
+
+    def close_if_idle(self) -> bool:
+        """Stop admitting if nothing is queued or running, atomically with the check, so
+        that the unload which follows drops nobody (a job arriving now gets
+        model_unloading, which a load-on-demand model turns into a wait for its reload)."""
+        with self._lock:
+            if self._admitting and self.idle():
+                self._admitting = False
+                return True
+            return False
 
     # -- dispatch (the dispatcher thread) -------------------------------------------------
     def _pick(self) -> Replica | None:
@@ -266,6 +277,7 @@ class Executor:
                 replica.inflight -= 1
                 replica.served += 1
                 self._running.discard(job)
+                self.last_finished = time.monotonic()
                 self._lock.notify_all()
 
     @staticmethod

@@ -65,6 +65,24 @@ def snapshot() -> tuple[list[GpuInfo], str | None]:
         return [], f"NVML unavailable: {exc}"
 
 
+_present: bool | None = None
+
+
+def present() -> bool:
+    """Whether NVML sees at least one GPU (asked once: placement reads it per model)."""
+    global _present
+    if _present is None:
+        gpus, _ = snapshot()
+        _present = bool(gpus)
+    return _present
+
+
+def device_used_mib(index: int) -> float | None:
+    """Memory used on one GPU, None without NVML or that GPU."""
+    gpus, _ = snapshot()
+    return next((g.used_mib for g in gpus if g.index == index), None)
+
+
 def used_mib() -> float | None:
     """Memory used over all GPUs, None without NVML (used for load deltas)."""
     gpus, error = snapshot()

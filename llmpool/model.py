@@ -23,6 +23,8 @@ from llmpool.config.spec import ModelSpec
 from llmpool.errors import InvalidLoadRequest, ModelLoadFailed, PoolError
 from llmpool.executor import Executor, Replica
 from llmpool.greenbridge import assert_may_block
+from llmpool.placement.ledger import Estimate, Ledger, load_key
+from llmpool.placement.measure import LoadProbe
 from llmpool.secrets import redact
 from llmpool.states import ModelState, check_transition
 from llmpool.supervisor import next_line_seq
@@ -33,9 +35,14 @@ log = logging.getLogger(__name__)
 
 class ModelEntry:
     def __init__(
-        self, spec: ModelSpec, adapter_cls: type[Adapter], telemetry: Telemetry | None = None
+        self,
+        spec: ModelSpec,
+        adapter_cls: type[Adapter],
+        telemetry: Telemetry | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.spec = spec
+        self.ledger = ledger
         self.adapter_cls = adapter_cls
         self.telemetry = telemetry
         self.state = ModelState.UNLOADED
@@ -52,6 +59,13 @@ class ModelEntry:
         self._changed = threading.Condition()
         # Last measured VRAM per override (json key), kept across unloads.
         self._measured_mib: dict[str, float] = {}
+        # Placement (llmpool.placement): when the current load finished (monotonic), whether
+        # the placer is draining it to make room (new jobs then wait for its next load),
+        # and a cancel of a load on demand that nobody waits for any more.
+        self.loaded_at: float | None = None
+        self.swap_out = False
+        self._load_cancelled = False
+        self._loading: list[Adapter] = []
 
     # -- facts -----------------------------------------------------------------------
     @property
@@ -160,8 +174,12 @@ class ModelEntry:
         runtimes: list[Adapter] = []
         started = time.monotonic()
         before = gpu.used_mib()
+        probe = LoadProbe(spec.memory_device)
+        self._loading = runtimes
         try:
             for replica_id in range(plan["replicas"]):
+                if self._load_cancelled:
+                    raise ModelLoadFailed("load cancelled: nobody waits for it", model=self.name)
                 runtime = self.adapter_cls(spec, replica_id)
                 runtime.on_failure = functools.partial(self._replica_failed, replica_id)
                 runtimes.append(runtime)
@@ -173,7 +191,9 @@ class ModelEntry:
             after = gpu.used_mib()
             if before is not None and after is not None:
                 self._measured_mib[self._override_key()] = round(max(0.0, after - before), 1)
+            self._record_memory(probe, runtimes)
             self.load_seconds = round(time.monotonic() - started, 3)
+            self.loaded_at = time.monotonic()
             self._set_state(ModelState.LOADED)
             if self.telemetry is not None:
                 self.telemetry.load_finished(self.name, True, self.load_seconds)
@@ -190,10 +210,58 @@ class ModelEntry:
             if not isinstance(exc, PoolError):
                 log.exception("loading %s failed", self.name)
             self.load_override = None
-            self._set_state(ModelState.FAILED, error=error.message)
+            if self._load_cancelled:
+                self._set_state(ModelState.UNLOADED)  # nobody asked for it any more: not a failure
+            else:
+                self._set_state(ModelState.FAILED, error=error.message)
             raise ModelLoadFailed(error.message, model=self.name) from exc
         finally:
+            self._loading = []
+            self._load_cancelled = False
             self._write_lock.release()
+
+    def cancel_load(self) -> bool:
+        """Nobody waits for this load any more (any thread; never blocks): stop it before
+        the runtime is up where the backend allows (True), else let it finish (False)."""
+        if self.state is not ModelState.LOADING:
+            return False
+        self._load_cancelled = True
+        return any([runtime.cancel_load() for runtime in list(self._loading)])
+
+    # -- memory ----------------------------------------------------------------------
+    def load_key(self, plan: dict[str, Any] | None = None) -> str:
+        if plan is None:
+            plan = self.load_override or {
+                "replicas": self.spec.replicas,
+                "target_inflight": self.spec.target_inflight,
+            }
+        return load_key(dict(self.spec.definition), plan)
+
+    def memory_estimate(self, plan: dict[str, Any] | None = None) -> Estimate:
+        """What a load (`plan`; default: the current one, else the configured one) needs
+        on the model's device, from the ledger."""
+        if self.ledger is None or self.spec.memory_device is None:
+            return Estimate(None, "unknown")
+        replicas = (plan or self.load_override or {}).get("replicas", self.spec.replicas)
+        spec = self.active_spec if plan is None else self.spec
+        size = self.adapter_cls.artifact_size_bytes(spec)
+        return self.ledger.estimate(self.name, self.load_key(plan), size, replicas)
+
+    def _record_memory(self, probe: LoadProbe, runtimes: list[Adapter]) -> None:
+        if self.ledger is None:
+            return
+        pids = [pid for r in runtimes if (pid := r.pid()) is not None]
+        measured = probe.measure(pids)
+        if measured is not None:
+            self.ledger.record(self.name, self.load_key(), *measured)
+
+    def last_used(self) -> float | None:
+        """Monotonic time of the end of the last job, else of the load (None: not loaded)."""
+        if self.loaded_at is None:
+            return None
+        executor = self.executor
+        finished = executor.last_finished if executor is not None else None
+        return max(self.loaded_at, finished or 0.0)
 
     def _replica_failed(self, replica_id: int, message: str) -> None:
         """A runtime died on its own (called from the supervisor's watcher)."""
@@ -225,6 +293,8 @@ class ModelEntry:
                     self._close_quietly(replica.runtime)
             self.executor = None
             self.load_override = None
+            self.loaded_at = None
+            self.swap_out = False
             self._set_state(ModelState.UNLOADED)
 
     def _close_quietly(self, runtime: Adapter) -> None:
@@ -259,6 +329,18 @@ class ModelEntry:
             return {"estimate_mib": round(size / (1024 * 1024), 1), "source": "artifact_size"}
         return {"estimate_mib": None, "source": "unavailable"}
 
+    def _idle_s(self) -> float | None:
+        """Seconds since the last job ended (or the load), while loaded with nothing
+        queued or running; None otherwise."""
+        used, executor = self.last_used(), self.executor
+        if used is None or executor is None or not executor.idle():
+            return None
+        return round(time.monotonic() - used, 3)
+
+    def _last_used_unix(self) -> float | None:
+        used = self.last_used()
+        return None if used is None else round(time.time() - (time.monotonic() - used), 3)
+
     def row(self) -> dict[str, Any]:
         ex = self.executor
         plan = self.load_override or {}
@@ -286,6 +368,12 @@ class ModelEntry:
             "load_override": self.load_override,
             "load_seconds": self.load_seconds,
             "vram": self.vram(),
+            "memory": {"device": self.spec.memory_device, **self.memory_estimate().row()},
+            "load_on_demand": self.spec.load_on_demand,
+            "idle_unload_s": self.spec.idle_unload_s,
+            "pinned": self.spec.pinned,
+            "last_used": self._last_used_unix(),
+            "idle_s": self._idle_s(),
             "max_tokens_limit": self.adapter_cls.max_tokens_limit(self.active_spec),
             "definition": redact(dict(self.spec.definition)),
             "options": redact(dict(options)),

@@ -38,6 +38,8 @@ from llmpool.job import Job
 from llmpool.media import MediaPolicy, inline_images
 from llmpool.metrics import JobTimes
 from llmpool.model import ModelEntry
+from llmpool.placement.ledger import Ledger
+from llmpool.placement.placer import Placer, Waiting
 from llmpool.reload import plan_reload
 from llmpool.states import ModelState
 from llmpool.telemetry import Telemetry
@@ -59,14 +61,16 @@ class Pool:
         # Replaced as a whole by `reload` (readers take a reference; never mutated in place).
         self.models: dict[str, ModelEntry] = {}
         self.telemetry = Telemetry(lambda: self.models)
+        self.ledger = Ledger(settings.service.state_dir)
         self.models = {name: self._new_entry(spec) for name, spec in settings.models.items()}
+        self.placer = Placer(lambda: self.models, settings.service, self.telemetry)
         self.ready = False
         self._closed = False
 
     def _new_entry(self, spec: ModelSpec) -> ModelEntry:
         adapter_cls = registry.get(spec.backend)
         assert adapter_cls is not None  # the loader rejected unknown backends
-        return ModelEntry(spec, adapter_cls, self.telemetry)
+        return ModelEntry(spec, adapter_cls, self.telemetry, self.ledger)
 
     # -- lookup ----------------------------------------------------------------------
     def entry(self, name: str) -> ModelEntry:
@@ -95,18 +99,33 @@ class Pool:
         request with its images inlined as data URLs.
         """
         entry = self.entry(model)
-        self._executor(entry)
+        on_demand = entry.spec.load_on_demand
+        if not on_demand:
+            self._executor(entry)
         self._admit(entry, request, allow_remote)
         request = inline_images(request, self.media)
-        executor = self._executor(entry)  # the model may have begun unloading meanwhile
         now = time.monotonic()
         job = Job(model=model, request=request, times=JobTimes(pool_started or now, now))
         try:
-            executor.submit(job)
+            if on_demand and (self.placer.wants(entry) or entry.state is not ModelState.LOADED):
+                self._wait_for_load(entry, job)
+                return job
+            executor = self._executor(entry)  # the model may have begun unloading meanwhile
+            try:
+                executor.submit(job)
+            except ModelUnloading:
+                if not on_demand:
+                    raise
+                self._wait_for_load(entry, job)  # unloading by the pool's own decision
         except QueueFull:
             self.telemetry.rejected_queue_full(model)
             raise
         return job
+
+    def _wait_for_load(self, entry: ModelEntry, job: Job) -> None:
+        """`job` waits with the placer until its model serves (load on demand)."""
+        self.placer.start()
+        self.placer.enqueue(entry, job)
 
     @staticmethod
     def _executor(entry: ModelEntry) -> Executor:
@@ -147,12 +166,20 @@ class Pool:
             )
 
     def position(self, job: Job) -> int:
-        executor = self.models[job.model].executor
+        entry = self.models.get(job.model)
+        executor = entry.executor if entry is not None else None
         return executor.position(job) if executor else 0
+
+    def waiting(self, job: Job) -> Waiting | None:
+        """Where a job that waits for its model's load stands (None: not waiting for one)."""
+        return self.placer.waiting(job)
 
     def cancel(self, job: Job) -> None:
         """The client is gone: drop the job if queued, stop it at the next token if running."""
-        executor = self.models[job.model].executor
+        if self.placer.remove(job):
+            return
+        entry = self.models.get(job.model)
+        executor = entry.executor if entry is not None else None
         if executor is not None and not job.finished:
             executor.cancel(job)
 
@@ -242,6 +269,10 @@ class Pool:
         )
         return plan.report()
 
+    def memory(self) -> dict[str, Any]:
+        """GET /v1/admin/memory: budgets, holders, reservations, free, waiting loads."""
+        return self.placer.view()
+
     def gpu_memory(self) -> dict[str, Any]:
         gpus, error = gpu.snapshot()
         models = [{"name": e.name, "state": e.state.value, **e.vram()} for e in self.models.values()]
@@ -250,6 +281,7 @@ class Pool:
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         """Load every enabled model, one after another; failures are logged, not fatal."""
+        self.placer.start()
         for entry in self.models.values():
             if self._closed:
                 break
@@ -270,6 +302,7 @@ class Pool:
         manager's own stop timeout covers the whole shutdown.
         """
         self._closed = True
+        self.placer.close()
         call_blocking(self._shutdown_all)
 
     def _shutdown_all(self) -> None:
@@ -283,6 +316,7 @@ class Pool:
     @staticmethod
     def _shutdown_one(entry: ModelEntry) -> None:
         if entry.state is ModelState.LOADING:
+            entry.cancel_load()  # a child still starting is stopped rather than awaited
             entry.wait_settled(timeout=60)
         try:
             entry.unload(force=True)

@@ -22,9 +22,10 @@ _S = ModelState
 TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
     # An admin load (or start-up) begins; nothing else can leave the resting state.
     _S.UNLOADED: frozenset({_S.LOADING}),
-    # Every replica came up (LOADED) or one did not and the rest were torn down (FAILED).
+    # Every replica came up (LOADED) or one did not and the rest were torn down (FAILED);
+    # UNLOADED when a load on demand was cancelled because every waiting client left.
     # No edge to UNLOADING: an unload while loading is refused (409 model_loading).
-    _S.LOADING: frozenset({_S.LOADED, _S.FAILED}),
+    _S.LOADING: frozenset({_S.LOADED, _S.FAILED, _S.UNLOADED}),
     # Graceful or forced unload; FAILED when the last replica dies under us.
     _S.LOADED: frozenset({_S.UNLOADING, _S.FAILED}),
     # Drain finished and runtimes closed (UNLOADED); closing itself blew up (FAILED).

@@ -294,6 +294,13 @@ class ChildProcess:
                 raise ChildFailed(f"{self.label} not ready after {timeout_s:g}s", self.tail())
             time.sleep(interval_s)
 
+    def terminate(self) -> None:
+        """SIGTERM the group and return at once (any thread, never waits): a `wait_ready`
+        in progress then fails at its next poll, and its caller's `stop` reaps."""
+        proc = self._proc
+        if proc is not None and self.state in (ProcessState.STARTING, ProcessState.READY):
+            self._signal_group(proc.pid, signal.SIGTERM)
+
     def stop(self) -> None:
         """SIGTERM the group, SIGKILL it after stop_timeout_s, reap. Idempotent."""
         assert_may_block("ChildProcess.stop")

@@ -79,6 +79,13 @@ class Telemetry:
         self.crashes = counter("runtime_crashes", "Runtimes that died on their own.", "model")
         self.queue_full = counter("queue_full_rejections", "Requests refused with 429 queue_full.", "model")
         self.cancellations = counter("cancellations", "Jobs cancelled unfinished.", "model", "reason")
+        self.swaps = counter("model_swaps", "Models unloaded to make room for a load on demand (all models).")
+        self.evictions = counter(
+            "model_evictions", "Models the pool unloaded by itself (reason: memory, idle).", "model", "reason"
+        )
+        self.demand_loads = counter(
+            "demand_loads", "Loads started by a request (load_on_demand).", "model", "result"
+        )
         r.register(_StateCollector(models))
 
     def model_label(self, name: str | None) -> str:
@@ -117,6 +124,14 @@ class Telemetry:
         self.loads.labels(model, "ok" if ok else "failed").inc()
         if ok:
             self.load_seconds.labels(model).observe(duration_s)
+
+    def evicted(self, model: str, reason: str) -> None:
+        self.evictions.labels(model, reason).inc()
+        if reason == "memory":
+            self.swaps.inc()
+
+    def demand_load(self, model: str, result: str) -> None:
+        self.demand_loads.labels(model, result).inc()
 
     def runtime_died(self, model: str) -> None:
         self.crashes.labels(model).inc()

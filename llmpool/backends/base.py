@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 from marshmallow import fields, validate
 
+from llmpool import gpu
 from llmpool.config.fields import MultipleOf, StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.generation import Chunk, GenerationRequest
@@ -159,6 +160,20 @@ class Adapter:
         return None
 
     @classmethod
+    def memory_device(cls, spec: ModelSpec) -> str | None:
+        """Where this model's memory lives, for the placement budget: "host" (RAM), a GPU
+        index ("0"), or None (counted nowhere: a remote API). The settings' `memory_device`
+        overrides it; only one device per model is accounted (a model split over several
+        GPUs is counted on the first). Default: RAM."""
+        return "host"
+
+    @staticmethod
+    def gpu_or_host(offloads: bool, index: int = 0) -> str:
+        """GPU `index` when the runtime offloads to a GPU and this machine has one, else
+        "host" (a CPU-only box runs GPU-capable runtimes from RAM)."""
+        return str(index) if offloads and gpu.present() else "host"
+
+    @classmethod
     def artifact_size_bytes(cls, spec: ModelSpec) -> int | None:
         """Size on disk of the weights, the fallback VRAM estimate."""
         if not spec.model_path or not os.path.exists(spec.model_path):
@@ -188,6 +203,13 @@ class Adapter:
 
     def close(self) -> None:
         """Release the runtime. Idempotent; must not raise for an unloaded runtime."""
+
+    def cancel_load(self) -> bool:
+        """Called from another thread while `load` runs, when nobody waits for the model
+        any more: make `load` fail soon, and return True, where the runtime allows it
+        before it is up; False (the default) means the load runs to its end and the
+        model is unloaded right after. Must not block."""
+        return False
 
     def health(self) -> bool:
         return True

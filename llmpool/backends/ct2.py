@@ -180,6 +180,11 @@ class Ct2Adapter(Adapter):
         return int(spec.options["ct2_max_length"])
 
     # -- lifecycle -------------------------------------------------------------------
+    @classmethod
+    def memory_device(cls, spec: ModelSpec) -> str | None:
+        offloads = spec.options["device"] in ("cuda", "auto")
+        return cls.gpu_or_host(offloads, spec.options["ct2_device_index"])
+
     def load(self) -> None:
         import ctranslate2  # lazy: only hosts that run CT2 models need it
         import tokenizers

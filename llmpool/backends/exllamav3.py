@@ -121,6 +121,10 @@ class ExLlamaV3Adapter(Adapter):
         return int(spec.options["exllama_cache_size"])
 
     # -- lifecycle -------------------------------------------------------------------
+    @classmethod
+    def memory_device(cls, spec: ModelSpec) -> str | None:
+        return "0"  # GPU-only runtime
+
     def load(self) -> None:
         """Build config, model, cache, tokenizer and generator. Blocks; GPU-only."""
         # Lazy, and through importlib so mypy needs no stubs or ignores for the GPU-only library.

@@ -81,6 +81,10 @@ class LlamaCppAdapter(Adapter):
         return int(spec.options["gguf_n_ctx"])
 
     # -- lifecycle -------------------------------------------------------------------
+    @classmethod
+    def memory_device(cls, spec: ModelSpec) -> str | None:
+        return cls.gpu_or_host(spec.options["gguf_n_gpu_layers"] != 0)
+
     def load(self) -> None:
         import llama_cpp  # lazy: only hosts that run GGUF models need the binding
 

@@ -44,6 +44,11 @@ class LlamaServerAdapter(ManagedServerAdapter):
     reserved_flags = ("-np", "--parallel", "--port", "--host", "-m", "--model", "-a", "--alias")
 
     @classmethod
+    def memory_device(cls, spec: ModelSpec) -> str | None:
+        # Unset: llama-server's own default, which offloads every layer on a GPU build.
+        return cls.gpu_or_host(spec.options.get(P + "n_gpu_layers") not in (0, "0"))
+
+    @classmethod
     def config_fields(cls) -> dict[str, fields.Field]:
         return {
             **supervision_fields(P, start_timeout_s=300.0),

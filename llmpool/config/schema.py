@@ -36,6 +36,19 @@ class ServiceSchema(_Strict):
     api_keys_env = fields.String(load_default=None, allow_none=True, validate=_ENV_NAME_RULE)
     max_body_mb = StrictFloat(load_default=32, validate=validate.Range(min=0, min_inclusive=False))
     log_prompts = StrictBool(load_default=False)
+    # llmpool.placement: budgets per device, the ledger's directory, the policy's clocks.
+    memory_budget_mib = fields.Dict(
+        keys=fields.String(
+            validate=validate.Regexp(r"^(host|[0-9]{1,2})$", error="Must be 'host' or a GPU index.")
+        ),
+        values=StrictFloat(validate=validate.Range(min=0, min_inclusive=False)),
+        load_default=dict,
+    )
+    state_dir = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1))
+    load_on_demand = StrictBool(load_default=False)
+    min_resident_s = StrictFloat(load_default=0.0, validate=validate.Range(min=0))
+    swap_max_wait_s = StrictFloat(load_default=30.0, validate=validate.Range(min=0))
+    memory_wait_timeout_s = StrictFloat(load_default=300.0, validate=validate.Range(min=0))
 
 
 def decoding_fields() -> dict[str, fields.Field]:
@@ -97,6 +110,16 @@ def common_model_fields(default_backend: str) -> dict[str, fields.Field]:
         ),
         "max_queue": StrictInt(load_default=64, validate=validate.Range(min=1)),
         "unload_timeout_s": StrictFloat(load_default=30.0, validate=validate.Range(min=0)),
+        # None: the service's load_on_demand (the loader fills it in).
+        "load_on_demand": StrictBool(load_default=None, allow_none=True),
+        "idle_unload_s": StrictFloat(load_default=None, allow_none=True, validate=validate.Range(min=0)),
+        "pinned": StrictBool(load_default=False),
+        # None: the backend's own answer (Adapter.memory_device).
+        "memory_device": fields.String(
+            load_default=None,
+            allow_none=True,
+            validate=validate.Regexp(r"^(host|[0-9]{1,2})$", error="Must be 'host' or a GPU index."),
+        ),
     }
 
 

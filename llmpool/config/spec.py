@@ -23,6 +23,10 @@ COMMON_KEYS = frozenset(
         "modalities",
         "max_queue",
         "unload_timeout_s",
+        "load_on_demand",
+        "idle_unload_s",
+        "pinned",
+        "memory_device",
     }
 )
 
@@ -47,6 +51,12 @@ class ModelSpec:
     modalities: tuple[str, ...]
     max_queue: int
     unload_timeout_s: float
+    # Models that come and go (llmpool.placement): None load_on_demand means the service
+    # default was not applied yet (the loader always applies it).
+    load_on_demand: bool = False
+    idle_unload_s: float | None = None
+    pinned: bool = False
+    memory_device: str | None = None  # "host", a GPU index, or None: counted nowhere
     options: Mapping[str, Any] = field(default_factory=dict)
     definition: Mapping[str, Any] = field(default_factory=dict)
 
@@ -67,6 +77,14 @@ class ServiceSettings:
     api_keys_env: str | None
     max_body_mb: float
     log_prompts: bool
+    # Placement (llmpool.placement): per-device budgets ("host" or a GPU index -> MiB), where
+    # the memory ledger lives, and the policy's clocks.
+    memory_budget_mib: Mapping[str, float] = field(default_factory=dict)
+    state_dir: str | None = None
+    load_on_demand: bool = False
+    min_resident_s: float = 0.0
+    swap_max_wait_s: float = 30.0
+    memory_wait_timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ ALLOWED = {
     (S.UNLOADED, S.LOADING),
     (S.LOADING, S.LOADED),
     (S.LOADING, S.FAILED),
+    (S.LOADING, S.UNLOADED),  # a load on demand cancelled: every waiting client left
     (S.LOADED, S.UNLOADING),
     (S.LOADED, S.FAILED),
     (S.UNLOADING, S.UNLOADED),
