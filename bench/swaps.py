@@ -21,9 +21,12 @@ request's latency.
 from __future__ import annotations
 
 import random
+import shutil
 import statistics
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -45,7 +48,7 @@ POLICIES: dict[str, dict[str, float]] = {
 
 def settings(policy: dict[str, float]) -> dict[str, Any]:
     return {
-        "service": {"log_level": "warning", "memory_budget_mib": {"host": 200}, **policy},
+        "service": {"log_level": "info", "memory_budget_mib": {"host": 200}, **policy},
         "engine": {
             "decoding": {"temperature": 0.0, "max_tokens": 8},
             "models": {
@@ -93,8 +96,10 @@ def one_policy(name: str, policy: dict[str, float], per_agent: int, seed: int, l
         total = time.perf_counter() - t0
         loads = counter(pool.url, "llmpool_model_loads_total{")
         swaps = counter(pool.url, "llmpool_model_swaps_total")
-    if failures:
-        raise RuntimeError(f"{name}: {len(failures)} failed requests, first: {failures[0]}")
+        if failures:
+            kept = Path(tempfile.gettempdir()) / f"llmpool-bench-swaps-{name}.log"
+            shutil.copy(pool.log_path, kept)
+            raise RuntimeError(f"{name}: {len(failures)} failed (pool log: {kept}), first: {failures[0]}")
     ordered = sorted(latencies)
     return {
         "requests": len(latencies),

@@ -8,6 +8,7 @@ server stop generating. `ChatUpstream` holds the keep-alive connections it uses.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
@@ -94,16 +95,26 @@ class ChatUpstream:
         if body is not None:
             data = json.dumps(body).encode()
             sent["Content-Type"] = "application/json"
-        response = self._manager.request(
-            method,
-            url,
-            body=data,
-            headers=sent,
-            preload_content=False,
-            retries=False,
-            redirect=False,
-            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
-        )
+        # A keep-alive connection the server has closed in the meantime (llama-server
+        # closes one idle for 5 s) fails the next request sent on it with "closed without
+        # response": the server never saw that request, so it goes again on a fresh
+        # connection, once per pooled connection that may be stale.
+        for attempt in range(self.maxsize + 1):
+            try:
+                response = self._manager.request(
+                    method,
+                    url,
+                    body=data,
+                    headers=sent,
+                    preload_content=False,
+                    retries=False,
+                    redirect=False,
+                    timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+                )
+                break
+            except urllib3.exceptions.ProtocolError as exc:
+                if attempt == self.maxsize or not _stale_connection(exc):
+                    raise
         self._open.add(response)
         return response
 
@@ -118,6 +129,13 @@ class ChatUpstream:
     def close(self) -> None:
         self.abort()
         self._manager.clear()
+
+
+def _stale_connection(exc: urllib3.exceptions.ProtocolError) -> bool:
+    """Whether a request failed because its pooled connection was already closed by the
+    server: closed without any response, or reset/broken while the request was sent."""
+    cause = exc.args[1] if len(exc.args) > 1 else exc.__context__
+    return isinstance(cause, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError)
 
 
 def read_capped(response: urllib3.BaseHTTPResponse, limit: int = 1 << 20) -> bytes:
