@@ -6,9 +6,10 @@ backends that speak chat messages (llama_server, vllm, remote) use the runtime's
 Contract of a format module: `render(request, thinking) -> Rendered`, where `thinking` is
 "enabled" or "disabled" (already resolved against the model's `enable_thinking`), plus
 `MULTI_TURN: bool` (whether `render` takes `messages`) and `THINKING_MODES: tuple[str, ...]`
-(what admission offers). A module may also define `check(request)`, raising
-`InvalidRequest` for a request the format cannot take; admission calls it through `check`
-below, before the job is queued.
+(what admission offers). A reasoning model's format also names its thought markers,
+`REASONING: llmpool.reasoning.Markers` (see `reasoning_markers`). A module may also
+define `check(request)`, raising `InvalidRequest` for a request the format cannot take;
+admission calls it through `check` below, before the job is queued.
 
 No format writes the BOS token into the text: every backend's tokenizer adds it.
 """
@@ -21,6 +22,7 @@ from types import ModuleType
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import InvalidRequest
 from llmpool.generation import GenerationRequest, content_text
+from llmpool.reasoning import Markers
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,12 @@ def names() -> tuple[str, ...]:
 def get(name: str) -> ModuleType:
     """The module of a prompt format; KeyError for an unknown name."""
     return _formats()[name]
+
+
+def reasoning_markers(name: str) -> Markers | None:
+    """The thought markers of a prompt format, None for formats without reasoning."""
+    markers: Markers | None = getattr(get(name), "REASONING", None)
+    return markers
 
 
 def resolve_thinking(spec: ModelSpec, request: GenerationRequest) -> str:
