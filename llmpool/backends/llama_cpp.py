@@ -38,8 +38,7 @@ from llmpool.config.fields import LIVE, StrictBool, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest
-from llmpool.prompts import qwen3
-from llmpool.reasoning import ReasoningSplitter, opens_in_prompt
+from llmpool.reasoning import ReasoningSplitter
 
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN = ("on", "off", "auto")
@@ -160,9 +159,7 @@ class LlamaCppAdapter(Adapter):
         messages += [{"role": role, "content": text} for role, text in prompts.turns(request)]
         thinking = prompts.resolve_thinking(self.spec, request) == "enabled"
         out = self._formatter(messages=messages, enable_thinking=thinking)
-        text = out.prompt
-        if not thinking and self.spec.prompt_format == "qwen3_template":
-            text = qwen3.close_thinking(text)
+        text = prompts.close_thinking(self.spec, request, out.prompt)
         template_stop = out.stop if isinstance(out.stop, list) else [out.stop] if out.stop else []
         rendered = prompts.Rendered(text, (*template_stop, *fmt.STOP))
         return rendered.text, prompts.stops(rendered, request)
@@ -205,10 +202,7 @@ class LlamaCppAdapter(Adapter):
             is_eog=self._is_eog,
             outcome=outcome,
         )
-        markers = prompts.reasoning_markers(self.spec.prompt_format)
-        splitter = None
-        if markers is not None:
-            splitter = ReasoningSplitter(markers, inside=opens_in_prompt(prompt, markers))
+        splitter = prompts.splitter(self.spec, prompt)
         first: float | None = None
         try:
             for text in stream:

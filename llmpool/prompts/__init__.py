@@ -22,7 +22,7 @@ from types import ModuleType
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import InvalidRequest
 from llmpool.generation import GenerationRequest, content_text
-from llmpool.reasoning import Markers
+from llmpool.reasoning import Markers, ReasoningSplitter, opens_in_prompt
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,48 @@ def reasoning_markers(name: str) -> Markers | None:
     """The thought markers of a prompt format, None for formats without reasoning."""
     markers: Markers | None = getattr(get(name), "REASONING", None)
     return markers
+
+
+# What a request may ask of a model that reasons in a format the pool knows the markers of,
+# on a runtime that takes chat messages (the switch goes through the template's
+# `enable_thinking`, the split through the runtime or `splitter`).
+CHAT_THINKING_MODES: tuple[str, ...] = ("default", "enabled", "disabled")
+
+
+def chat_thinking_modes(spec: ModelSpec) -> tuple[str, ...]:
+    """`thinking_modes` of a model served through a chat template (llama_server, vllm,
+    vllm_serve, openai_remote): all three for a reasoning format, else "default" only."""
+    return CHAT_THINKING_MODES if reasoning_markers(spec.prompt_format) else ("default",)
+
+
+def template_kwargs(spec: ModelSpec, request: GenerationRequest) -> dict[str, bool]:
+    """Chat-template variables for a reasoning format (`{"enable_thinking": bool}`, the
+    switch Qwen3's and Gemma 4's templates read, and the name vLLM, SGLang and
+    llama-server pass on); nothing for other formats."""
+    if reasoning_markers(spec.prompt_format) is None:
+        return {}
+    return {"enable_thinking": resolve_thinking(spec, request) == "enabled"}
+
+
+def close_thinking(spec: ModelSpec, request: GenerationRequest, prompt: str) -> str:
+    """A prompt some chat template rendered, with the format's own switch applied when
+    thinking is disabled (a template that ignores `enable_thinking` must not leave the
+    model free to think): the format module's `close_thinking`, where it has one."""
+    hook = getattr(get(spec.prompt_format), "close_thinking", None)
+    if hook is None or resolve_thinking(spec, request) != "disabled":
+        return prompt
+    closed: str = hook(prompt)
+    return closed
+
+
+def splitter(spec: ModelSpec, prompt: str | None = None) -> ReasoningSplitter | None:
+    """A reasoning splitter for the model's format, None for formats without reasoning.
+    Given the prompt, it starts inside a block the prompt left open; without it (a
+    runtime that renders the template itself) it starts in the answer."""
+    markers = reasoning_markers(spec.prompt_format)
+    if markers is None:
+        return None
+    return ReasoningSplitter(markers, inside=prompt is not None and opens_in_prompt(prompt, markers))
 
 
 def resolve_thinking(spec: ModelSpec, request: GenerationRequest) -> str:
