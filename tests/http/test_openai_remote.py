@@ -221,7 +221,9 @@ def test_gemma4_markers_split_over_three_chunks_in_chat_completions(
     assert (message["content"], message["reasoning_content"]) == ("4", "Add.")
 
 
-def test_an_upstream_that_splits_itself_passes_through(remote: MakeClient, upstream: MisbehavingUpstream) -> None:
+def test_an_upstream_that_splits_itself_passes_through(
+    remote: MakeClient, upstream: MisbehavingUpstream
+) -> None:
     client = remote(prompt_format="qwen3_template")
     upstream.script(Reply(reasoning=("Add", " them."), tokens=("It", " is 4.")))
     body = ask(client).get_json()
