@@ -81,7 +81,7 @@ def chat_stream(url: str, body: dict[str, Any]) -> tuple[str, str]:
     """(content, reasoning_content) joined from a streamed chat completion's deltas."""
     content, reasoning = [], []
     chat = {**body, "stream": True}
-    with requests.post(f"{url}/v1/chat/completions", json=chat, stream=True, timeout=60) as r:
+    with requests.post(f"{url}/v1/chat/completions", json=chat, stream=True, timeout=120) as r:
         assert r.status_code == 200, r.text
         for line in r.iter_lines(decode_unicode=True):
             if line.startswith("data: ") and line != "data: [DONE]":
@@ -91,41 +91,51 @@ def chat_stream(url: str, body: dict[str, Any]) -> tuple[str, str]:
     return "".join(content), "".join(reasoning)
 
 
-@pytest.mark.parametrize("name", MODELS)
-def test_thoughts_go_to_reasoning_never_to_the_answer(server: Server, name: str) -> None:
+def check_split(url: str, name: str) -> None:
+    """FEW_SHOT to `name`: thoughts in reasoning_text / response.reasoning_text.delta /
+    reasoning_content (JSON and stream), the answer free of them, all four agreeing."""
     body = {"model": name, "messages": FEW_SHOT}
-    r = requests.post(f"{server.url}/v1/responses", json=body, timeout=60)
+    r = requests.post(f"{url}/v1/responses", json=body, timeout=120)
     assert r.status_code == 200, r.text
     out = r.json()
     assert "greeting" in (out["reasoning_text"] or ""), out
     assert "Hi there" in out["output_text"] and no_markers(out["output_text"]), out
     assert no_markers(out["reasoning_text"]), out
 
-    events = sse_events(server.url, body)
+    events = sse_events(url, body)
     answer = "".join(d["delta"] for n, d in events if n == "response.output_text.delta")
     thoughts = "".join(d["delta"] for n, d in events if n == "response.reasoning_text.delta")
     assert (answer, thoughts) == (out["output_text"], out["reasoning_text"])
     completed = [d for n, d in events if n == "response.completed"][-1]
     assert completed["output_text"] == answer and completed["reasoning_text"] == thoughts
 
-    chat = {"model": name, "messages": FEW_SHOT}
-    r = requests.post(f"{server.url}/v1/chat/completions", json=chat, timeout=60)
+    r = requests.post(f"{url}/v1/chat/completions", json=body, timeout=120)
     message = r.json()["choices"][0]["message"]
     assert (message["content"], message["reasoning_content"]) == (answer, thoughts)
-    assert chat_stream(server.url, chat) == (answer, thoughts)
+    assert chat_stream(url, body) == (answer, thoughts)
+
+
+def check_disabled(url: str, name: str) -> None:
+    """thinking "disabled" is offered, and FEW_SHOT then brings no reasoning at all."""
+    caps = requests.get(f"{url}/v1/admin/models/{name}", timeout=5).json()["capabilities"]
+    assert caps["thinking_modes"] == ["default", "enabled", "disabled"]
+    body = {"model": name, "messages": FEW_SHOT, "thinking": "disabled"}
+    out = requests.post(f"{url}/v1/responses", json=body, timeout=120).json()
+    assert out["reasoning_text"] is None and no_markers(out["output_text"]), out
+    events = sse_events(url, body)
+    assert not [d for n, d in events if n == "response.reasoning_text.delta"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_thoughts_go_to_reasoning_never_to_the_answer(server: Server, name: str) -> None:
+    check_split(server.url, name)
 
 
 # Not "server-inline": the stock ChatML template has no switch, and llama-server renders
 # it as it is (llama_cpp renders the prompt itself, so the pool adds Qwen3's empty block).
 @pytest.mark.parametrize("name", ["cpp-inline", "cpp-forced", "server-forced"])
 def test_thinking_disabled_produces_no_reasoning(server: Server, name: str) -> None:
-    caps = requests.get(f"{server.url}/v1/admin/models/{name}", timeout=5).json()["capabilities"]
-    assert caps["thinking_modes"] == ["default", "enabled", "disabled"]
-    body = {"model": name, "messages": FEW_SHOT, "thinking": "disabled"}
-    out = requests.post(f"{server.url}/v1/responses", json=body, timeout=60).json()
-    assert out["reasoning_text"] is None and no_markers(out["output_text"]), out
-    events = sse_events(server.url, body)
-    assert not [d for n, d in events if n == "response.reasoning_text.delta"]
+    check_disabled(server.url, name)
 
 
 def test_think_gguf_opens_the_block_in_its_prompt(think_gguf: str) -> None:
