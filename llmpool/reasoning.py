@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from llmpool.generation import Chunk
+
 
 @dataclass(frozen=True)
 class Markers:
@@ -103,6 +105,30 @@ class ReasoningSplitter:
         self._newlines = text[len(body) :]
         if body:
             yield ("", body)
+
+
+def split_chunks(chunks: Iterator[Chunk], splitter: ReasoningSplitter | None) -> Iterator[Chunk]:
+    """A backend's chunk stream with its text put through `splitter` (None: unchanged);
+    what the splitter holds back comes out before the final chunk. Closing this closes
+    `chunks` at once (a cancelled job must stop the runtime now, not at garbage collection)."""
+    if splitter is None:
+        yield from chunks
+        return
+    try:
+        for chunk in chunks:
+            if chunk.final is not None:
+                yield from (Chunk(text=t, reasoning=r) for t, r in splitter.flush())
+                yield chunk
+            elif chunk.text:
+                yield from (Chunk(text=t, reasoning=r) for t, r in splitter.feed(chunk.text))
+                if chunk.reasoning:
+                    yield Chunk(reasoning=chunk.reasoning)
+            elif chunk.reasoning:
+                yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
 
 
 def opens_in_prompt(prompt: str, markers: Markers) -> bool:

@@ -4,6 +4,7 @@ a stream can be cut, forced-open blocks, unterminated blocks, and what flush rel
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 
@@ -154,3 +155,27 @@ def test_qwen3_close_thinking_on_a_foreign_template() -> None:
     assert qwen3.close_thinking(plain + "<think>\n") == plain + "<think>\n\n</think>\n\n"
     closed = plain + qwen3.EMPTY_THINK
     assert qwen3.close_thinking(closed) == closed
+
+
+def test_split_chunks_flushes_before_the_final_chunk_and_closes_the_source() -> None:
+    from llmpool.generation import Chunk, Final
+    from llmpool.reasoning import split_chunks
+
+    assert QWEN is not None
+    closed: list[bool] = []
+
+    def source() -> Iterator[Chunk]:
+        try:
+            yield Chunk(text="<think>x</th")
+            yield Chunk(text="ink>ans <")
+            yield Chunk(final=Final(finish_reason="stop"))
+            yield Chunk(text="never")
+        finally:
+            closed.append(True)
+
+    out = split_chunks(source(), ReasoningSplitter(QWEN))
+    got = [next(out) for _ in range(4)]
+    assert [(c.text, c.reasoning) for c in got[:3]] == [("", "x"), ("ans ", ""), ("<", "")]
+    assert got[3].final is not None
+    out.close()
+    assert closed == [True]
