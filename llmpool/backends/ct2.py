@@ -38,6 +38,7 @@ from llmpool.config.fields import LIVE, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest
+from llmpool.reasoning import split_chunks
 
 DEVICES = ("cpu", "cuda", "auto")
 COMPUTE_TYPES = (
@@ -241,9 +242,11 @@ class Ct2Adapter(Adapter):
             **sampling_kwargs(d.temperature, d.top_k, d.top_p, d.repetition_penalty),
         }
         if d.beam_size > 1:
-            yield from self._beam(generator, tokens, stop, kwargs, d.beam_size, started, tokenized)
+            chunks = self._beam(generator, tokens, stop, kwargs, d.beam_size, started, tokenized)
         else:
-            yield from self._stream(generator, tokens, stop, kwargs, started, tokenized)
+            chunks = self._stream(generator, tokens, stop, kwargs, started, tokenized)
+        # A reasoning format (qwen3_template): thoughts out of the answer.
+        yield from split_chunks(chunks, prompts.splitter(self.spec, rendered.text))
 
     def _decode(self, ids: list[int]) -> str:
         return str(self._tokenizer.decode(ids, skip_special_tokens=True))

@@ -45,6 +45,7 @@ from llmpool.config.fields import LIVE, MultipleOf, StrictBool, StrictFloat, Str
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest
+from llmpool.reasoning import split_chunks
 
 PAGE_SIZE = 256  # exllamav3.constants.PAGE_SIZE: the cache is allocated in pages
 DEFAULT_CACHE_SIZE = 8192
@@ -198,7 +199,9 @@ class ExLlamaV3Adapter(Adapter):
             )
         stop = prompts.stops(rendered, request)
         job = exl.Job(**self._job_kwargs(exl, request, input_ids, stop, cache_size - n_prompt))
-        yield from self._stream(generator, job, n_prompt, started, tokenized)
+        # A reasoning format (qwen3_template, gemma4_template): thoughts out of the answer.
+        splitter = prompts.splitter(self.spec, rendered.text)
+        yield from split_chunks(self._stream(generator, job, n_prompt, started, tokenized), splitter)
 
     def _job_kwargs(
         self, exl: Any, request: GenerationRequest, input_ids: Any, stop: list[str], room: int

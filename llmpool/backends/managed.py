@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import requests
 from marshmallow import fields, validate
 
+from llmpool import prompts
 from llmpool.backends.base import Adapter, Capabilities
 from llmpool.backends.openai_chat import ChatUpstream, UpstreamFailure, chat_messages, stream_chat
 from llmpool.config.fields import StrictFloat, StrictInt
@@ -66,7 +67,7 @@ class ManagedServerAdapter(Adapter):
 
     def payload(self, request: GenerationRequest) -> dict[str, Any]:
         d = request.decoding
-        return {
+        body: dict[str, Any] = {
             "model": self.spec.name,
             "messages": chat_messages(request),
             "max_tokens": d.max_tokens,
@@ -75,6 +76,10 @@ class ManagedServerAdapter(Adapter):
             "top_k": d.top_k,
             "stop": list(d.stop),
         }
+        kwargs = prompts.template_kwargs(self.spec, request)
+        if kwargs:  # a reasoning format: thinking on or off through the template
+            body["chat_template_kwargs"] = kwargs
+        return body
 
     def headers(self) -> dict[str, str]:
         return {}
@@ -89,7 +94,9 @@ class ManagedServerAdapter(Adapter):
     # -- facts -----------------------------------------------------------------------
     @classmethod
     def capabilities(cls, spec: ModelSpec) -> Capabilities:
-        return Capabilities(modalities=spec.modalities, multi_turn=True, thinking_modes=("default",))
+        return Capabilities(
+            modalities=spec.modalities, multi_turn=True, thinking_modes=prompts.chat_thinking_modes(spec)
+        )
 
     def option(self, key: str) -> Any:
         return self.spec.options[self.prefix + key]
@@ -209,6 +216,9 @@ class ManagedServerAdapter(Adapter):
                 self.payload(request),
                 timeout=(5.0, self.option("request_timeout_s")),
                 label=self.label,
+                # The runtime splits the thoughts out (see the subclass); this catches
+                # whatever it leaves inline in `content`.
+                splitter=prompts.splitter(self.spec),
             )
         except UpstreamFailure as exc:
             raise self._local_error(exc) from exc

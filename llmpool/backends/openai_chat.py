@@ -21,6 +21,7 @@ import requests
 import urllib3
 
 from llmpool.generation import Chunk, Final, GenerationRequest
+from llmpool.reasoning import ReasoningSplitter
 
 
 class UpstreamFailure(Exception):
@@ -234,9 +235,14 @@ def stream_chat(
     headers: dict[str, str] | None = None,
     timeout: tuple[float, float] = (5.0, 600.0),
     label: str = "runtime",
+    splitter: ReasoningSplitter | None = None,
 ) -> Iterator[Chunk]:
     """POST `payload` with stream=true and yield chunks as they arrive.
 
+    The server's `reasoning_content` (llama-server, vLLM) or `reasoning` (OpenRouter,
+    newer vLLM) deltas are reasoning. With a `splitter` (a reasoning model's format),
+    `content` goes through it too: a server that did not split the thoughts out (no
+    reasoning parser, a template it does not know) still never passes them on as answer.
     Raises UpstreamFailure; the read timeout bounds the wait for the first byte and every
     pause between two chunks.
     """
@@ -286,7 +292,7 @@ def stream_chat(
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
                 if text or reasoning:
                     first = first or time.perf_counter()
-                    yield Chunk(text=text, reasoning=reasoning)
+                    yield from _split(splitter, text, reasoning)
                 if choice.get("finish_reason"):
                     finish, ended = choice["finish_reason"], True
         if not ended:
@@ -294,6 +300,8 @@ def stream_chat(
                 "truncated", f"{label} closed the stream before it finished", output_started=first is not None
             )
         reusable = _finish_body(response)
+        if splitter is not None:
+            yield from (Chunk(text=t, reasoning=r) for t, r in splitter.flush())
         yield Chunk(final=_final(finish, usage, timings, started, first))
     except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
         raise UpstreamFailure("timeout", f"{label} stalled: {exc}", output_started=first is not None) from exc
@@ -312,3 +320,13 @@ def stream_chat(
         if not reusable:
             response.close()
         response.release_conn()
+
+
+def _split(splitter: ReasoningSplitter | None, text: str, reasoning: str) -> Iterator[Chunk]:
+    if splitter is None:
+        yield Chunk(text=text, reasoning=reasoning)
+        return
+    if reasoning:
+        yield Chunk(reasoning=reasoning)
+    for answer, thought in splitter.feed(text):
+        yield Chunk(text=answer, reasoning=thought)

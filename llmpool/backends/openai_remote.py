@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import urllib3
 from marshmallow import fields, validate
 
+from llmpool import prompts
 from llmpool.backends.base import Adapter, Capabilities
 from llmpool.backends.openai_chat import (
     ChatUpstream,
@@ -151,9 +152,10 @@ class OpenAIRemoteAdapter(Adapter):
 
     @classmethod
     def capabilities(cls, spec: ModelSpec) -> Capabilities:
-        # An operator who sets remote_thinking says the upstream understands
-        # chat_template_kwargs, so requests may then choose per request too.
+        # An operator who sets remote_thinking, or names a reasoning format, says the
+        # upstream understands chat_template_kwargs: requests may then choose too.
         thinking = spec.options.get(P + "thinking") in ("enabled", "disabled")
+        thinking = thinking or prompts.reasoning_markers(spec.prompt_format) is not None
         return Capabilities(
             modalities=spec.modalities,
             multi_turn=True,
@@ -295,6 +297,9 @@ class OpenAIRemoteAdapter(Adapter):
                     payload,
                     timeout=self._timeout(),
                     label=self.label,
+                    # Thoughts the upstream left inline in `content` (no reasoning
+                    # parser there) are split out here, for a reasoning format.
+                    splitter=prompts.splitter(self.spec),
                 )
                 return
             except UpstreamFailure as exc:

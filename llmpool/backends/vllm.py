@@ -33,7 +33,7 @@ from typing import Any
 
 from marshmallow import fields
 
-from llmpool import greenbridge
+from llmpool import greenbridge, prompts
 from llmpool.backends import vllm_keys
 from llmpool.backends.base import Adapter
 from llmpool.backends.openai_chat import chat_messages
@@ -41,6 +41,7 @@ from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest
 from llmpool.media import decode_data_url
+from llmpool.reasoning import ReasoningSplitter
 
 # How long an abort (a cancelled job) or a shutdown may take before we move on.
 _ABORT_WAIT_S = 5.0
@@ -301,7 +302,13 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
         messages, images = template_messages(request)
         if images and "image" not in self.spec.modalities:
             raise InvalidRequest("this model does not take images", model=self.spec.name)
-        text = self._tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        # A reasoning format: thinking on or off through the template's own switch
+        # (`prompts.template_kwargs`), and Qwen3's empty block if it has none.
+        kwargs = prompts.template_kwargs(self.spec, request)
+        text = self._tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **kwargs
+        )
+        text = prompts.close_thinking(self.spec, request, text)
         if not images:
             return {"prompt": text}
         return {"prompt": text, "multi_modal_data": {"image": [open_image(b) for b in images]}}
@@ -316,9 +323,11 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
         prepared = time.perf_counter()
         outputs: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._in_flight[id(request)] = outputs
+        # Thoughts out of the text (a prompt that opened the block starts inside it).
+        splitter = prompts.splitter(self.spec, prompt["prompt"])
         try:
             yield from stream_outputs(
-                loop, engine, prompt, params, prepared, started, outputs, self._client_errors
+                loop, engine, prompt, params, prepared, started, outputs, self._client_errors, splitter
             )
         finally:
             self._in_flight.pop(id(request), None)
@@ -338,6 +347,7 @@ def stream_outputs(
     started: float,
     outputs: queue.SimpleQueue[tuple[str, Any]] | None = None,
     client_errors: tuple[type[BaseException], ...] = (),
+    splitter: ReasoningSplitter | None = None,
 ) -> Iterator[Chunk]:
     """Text deltas of one engine request, then the final chunk; blocks this OS thread.
 
@@ -346,7 +356,8 @@ def stream_outputs(
     end aborts the request and waits (briefly) for the engine to acknowledge it; so does
     a `(_STOP, None)` put into `outputs` from another thread (`VllmAdapter.interrupt`).
     An error of a `client_errors` type (the engine refused the request) is InvalidRequest;
-    any other is BackendError.
+    any other is BackendError. With a `splitter`, the text is split into answer and
+    reasoning deltas.
     """
     request_id = uuid.uuid4().hex
     outputs = outputs if outputs is not None else queue.SimpleQueue()
@@ -381,7 +392,10 @@ def stream_outputs(
             if len(text) > len(sent):
                 first = first or time.perf_counter()
                 delta, sent = text[len(sent) :], text
-                yield Chunk(text=delta)
+                if splitter is None:
+                    yield Chunk(text=delta)
+                else:
+                    yield from (Chunk(text=t, reasoning=r) for t, r in splitter.feed(delta))
         finished = True
     finally:
         if not finished:
@@ -390,6 +404,8 @@ def stream_outputs(
             except (RuntimeError, TimeoutError, KeyError):
                 pass  # already finished or the engine is going away
             pumping.cancel()
+    if splitter is not None:
+        yield from (Chunk(text=t, reasoning=r) for t, r in splitter.flush())
     done = time.perf_counter()
     completion = last.outputs[0] if last is not None else None
     length = completion is not None and completion.finish_reason == "length"

@@ -18,6 +18,7 @@ from typing import Any
 
 from marshmallow import fields, validate
 
+from llmpool import prompts
 from llmpool.backends.base import Capabilities
 from llmpool.config.fields import LIVE, StrictBool, StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
@@ -197,7 +198,9 @@ class VllmModelFacts:
 
     @classmethod
     def capabilities(cls, spec: ModelSpec) -> Capabilities:
-        return Capabilities(modalities=spec.modalities, multi_turn=True, thinking_modes=("default",))
+        return Capabilities(
+            modalities=spec.modalities, multi_turn=True, thinking_modes=prompts.chat_thinking_modes(spec)
+        )
 
     @classmethod
     def max_tokens_limit(cls, spec: ModelSpec) -> int | None:

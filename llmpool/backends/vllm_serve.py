@@ -2,6 +2,13 @@
 
 Ready when `/v1/models` answers. `--max-num-seqs` is the replica's `target_inflight`; the
 `vllm_speculative_*` keys become one `--speculative-config` JSON argument.
+
+Reasoning formats: vLLM splits the thoughts out itself (`--reasoning-parser`, from
+`vllm_serve_reasoning_parser`, by default the format's own parser, `REASONING_PARSERS`);
+it sees the prompt's tokens, so it knows when the template opened the block there. Each
+request switches thinking with `chat_template_kwargs.enable_thinking`, which vLLM's
+parser reads too. "none" runs no parser: the pool's splitter then takes the markers out
+of `content` (a block the template opened in the prompt it cannot see, though).
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ from llmpool.backends.managed import ManagedServerAdapter, supervision_fields
 from llmpool.generation import GenerationRequest
 
 P = "vllm_serve_"
+# vLLM's reasoning parser for each reasoning format the pool knows.
+REASONING_PARSERS = {"qwen3_template": "qwen3", "gemma4_template": "gemma4"}
+REASONING_PARSER_FLAG = "--reasoning-parser"
 
 
 class VllmServeAdapter(vllm_keys.VllmModelFacts, ManagedServerAdapter):
@@ -36,6 +46,7 @@ class VllmServeAdapter(vllm_keys.VllmModelFacts, ManagedServerAdapter):
             **supervision_fields(P, start_timeout_s=900.0),
             **vllm_keys.engine_fields(),
             P + "api_key": fields.String(load_default=None, allow_none=True),
+            P + "reasoning_parser": fields.String(load_default=None, allow_none=True),
         }
 
     def headers(self) -> dict[str, str]:
@@ -49,7 +60,16 @@ class VllmServeAdapter(vllm_keys.VllmModelFacts, ManagedServerAdapter):
         for arg in [*vllm_keys.pool_args(self.spec), *args]:
             if arg.form is not vllm_keys.Form.POSITIONAL:
                 argv += arg.argv()
-        return argv + list(self.option("extra_args"))
+        return argv + self.reasoning_args() + list(self.option("extra_args"))
+
+    def reasoning_args(self) -> list[str]:
+        """`--reasoning-parser NAME` for a reasoning format, unless the key says "none" or
+        the operator's extra args carry the flag already."""
+        extra = [a.split("=", 1)[0] for a in self.option("extra_args")]
+        parser = self.option("reasoning_parser") or REASONING_PARSERS.get(self.spec.prompt_format)
+        if not parser or parser == "none" or REASONING_PARSER_FLAG in extra:
+            return []
+        return [REASONING_PARSER_FLAG, parser]
 
     def child_env(self) -> dict[str, str]:
         # The key goes through the environment (VLLM_API_KEY), never onto the command

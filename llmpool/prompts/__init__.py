@@ -6,9 +6,10 @@ backends that speak chat messages (llama_server, vllm, remote) use the runtime's
 Contract of a format module: `render(request, thinking) -> Rendered`, where `thinking` is
 "enabled" or "disabled" (already resolved against the model's `enable_thinking`), plus
 `MULTI_TURN: bool` (whether `render` takes `messages`) and `THINKING_MODES: tuple[str, ...]`
-(what admission offers). A module may also define `check(request)`, raising
-`InvalidRequest` for a request the format cannot take; admission calls it through `check`
-below, before the job is queued.
+(what admission offers). A reasoning model's format also names its thought markers,
+`REASONING: llmpool.reasoning.Markers` (see `reasoning_markers`). A module may also
+define `check(request)`, raising `InvalidRequest` for a request the format cannot take;
+admission calls it through `check` below, before the job is queued.
 
 No format writes the BOS token into the text: every backend's tokenizer adds it.
 """
@@ -21,6 +22,7 @@ from types import ModuleType
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import InvalidRequest
 from llmpool.generation import GenerationRequest, content_text
+from llmpool.reasoning import Markers, ReasoningSplitter, opens_in_prompt
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,54 @@ def names() -> tuple[str, ...]:
 def get(name: str) -> ModuleType:
     """The module of a prompt format; KeyError for an unknown name."""
     return _formats()[name]
+
+
+def reasoning_markers(name: str) -> Markers | None:
+    """The thought markers of a prompt format, None for formats without reasoning."""
+    markers: Markers | None = getattr(get(name), "REASONING", None)
+    return markers
+
+
+# What a request may ask of a model that reasons in a format the pool knows the markers of,
+# on a runtime that takes chat messages (the switch goes through the template's
+# `enable_thinking`, the split through the runtime or `splitter`).
+CHAT_THINKING_MODES: tuple[str, ...] = ("default", "enabled", "disabled")
+
+
+def chat_thinking_modes(spec: ModelSpec) -> tuple[str, ...]:
+    """`thinking_modes` of a model served through a chat template (llama_server, vllm,
+    vllm_serve, openai_remote): all three for a reasoning format, else "default" only."""
+    return CHAT_THINKING_MODES if reasoning_markers(spec.prompt_format) else ("default",)
+
+
+def template_kwargs(spec: ModelSpec, request: GenerationRequest) -> dict[str, bool]:
+    """Chat-template variables for a reasoning format (`{"enable_thinking": bool}`, the
+    switch Qwen3's and Gemma 4's templates read, and the name vLLM, SGLang and
+    llama-server pass on); nothing for other formats."""
+    if reasoning_markers(spec.prompt_format) is None:
+        return {}
+    return {"enable_thinking": resolve_thinking(spec, request) == "enabled"}
+
+
+def close_thinking(spec: ModelSpec, request: GenerationRequest, prompt: str) -> str:
+    """A prompt some chat template rendered, with the format's own switch applied when
+    thinking is disabled (a template that ignores `enable_thinking` must not leave the
+    model free to think): the format module's `close_thinking`, where it has one."""
+    hook = getattr(get(spec.prompt_format), "close_thinking", None)
+    if hook is None or resolve_thinking(spec, request) != "disabled":
+        return prompt
+    closed: str = hook(prompt)
+    return closed
+
+
+def splitter(spec: ModelSpec, prompt: str | None = None) -> ReasoningSplitter | None:
+    """A reasoning splitter for the model's format, None for formats without reasoning.
+    Given the prompt, it starts inside a block the prompt left open; without it (a
+    runtime that renders the template itself) it starts in the answer."""
+    markers = reasoning_markers(spec.prompt_format)
+    if markers is None:
+        return None
+    return ReasoningSplitter(markers, inside=prompt is not None and opens_in_prompt(prompt, markers))
 
 
 def resolve_thinking(spec: ModelSpec, request: GenerationRequest) -> str:

@@ -22,6 +22,9 @@ Thinking disabled, both switches Qwen3 documents, together:
 
 Earlier assistant turns are rendered with their text only (Qwen3's template drops past
 reasoning). The system block is left out without instructions. Stop: `<|im_end|>`.
+
+`REASONING` names the thought markers for `llmpool.reasoning.ReasoningSplitter`;
+`close_thinking` applies the hard switch to a prompt some other template rendered.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from __future__ import annotations
 from llmpool.generation import GenerationRequest
 from llmpool.prompts import Rendered, turns
 from llmpool.prompts.generic import chatml
+from llmpool.reasoning import Markers
 
 STOP: tuple[str, ...] = ("<|im_end|>",)
 MULTI_TURN = True
 THINKING_MODES: tuple[str, ...] = ("default", "enabled", "disabled")
 NO_THINK = "/no_think "
 EMPTY_THINK = "<think>\n\n</think>\n\n"
+REASONING = Markers("<think>", "</think>")
 
 
 def render(request: GenerationRequest, thinking: str = "disabled") -> Rendered:
@@ -45,3 +50,16 @@ def render(request: GenerationRequest, thinking: str = "disabled") -> Rendered:
     last = max(i for i, (role, _) in enumerate(conversation) if role == "user")
     conversation[last] = ("user", NO_THINK + conversation[last][1])
     return Rendered(chatml(request.instructions, conversation) + EMPTY_THINK, STOP)
+
+
+def close_thinking(prompt: str) -> str:
+    """`prompt` (from a GGUF's own chat template) with thinking switched off: unless the
+    template already ended it with a closed think block (Qwen3's own template does, for
+    enable_thinking=False), the empty block is added; a block the template forced open
+    is closed at once."""
+    tail = prompt.rstrip()
+    if tail.endswith(REASONING.close):
+        return prompt
+    if tail.endswith(REASONING.open):
+        return tail + "\n\n" + REASONING.close + "\n\n"
+    return prompt + EMPTY_THINK

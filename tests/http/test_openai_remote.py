@@ -186,6 +186,66 @@ def test_without_remote_thinking_nothing_is_sent_and_modes_are_refused(
     assert r.status_code == 400 and detail(r)["code"] == "thinking_unsupported"
 
 
+# -- reasoning formats: thoughts split out of `content`, wherever the SSE chunks cut -----
+THOUGHT_STREAM = "<think>\nAdd them.\n</think>\n\nIt is 4."
+
+
+def reasoning_of(events: list[tuple[str, Any]]) -> str:
+    return "".join(d["delta"] for name, d in events if name == "response.reasoning_text.delta")
+
+
+def test_inline_think_markers_are_split_at_every_sse_cut(
+    remote: MakeClient, upstream: MisbehavingUpstream
+) -> None:
+    client = remote(prompt_format="qwen3_template")
+    text = THOUGHT_STREAM
+    for cut in range(1, len(text)):
+        upstream.script(Reply(tokens=(text[:cut], text[cut:])), Reply(tokens=(text[:cut], text[cut:])))
+        body = ask(client).get_json()
+        assert (body["output_text"], body["reasoning_text"]) == ("It is 4.", "Add them."), cut
+        events = stream_events(client)
+        assert ("".join(deltas(events)), reasoning_of(events)) == ("It is 4.", "Add them."), cut
+        assert "think>" not in "".join(deltas(events))
+
+
+def test_gemma4_markers_split_over_three_chunks_in_chat_completions(
+    remote: MakeClient, upstream: MisbehavingUpstream
+) -> None:
+    client = remote(prompt_format="gemma4_template")
+    upstream.script(Reply(tokens=("<|chan", "nel>thought\nAdd.<chan", "nel|>4")))
+    r = client.post(
+        "/v1/chat/completions",
+        json={"model": "remote", "messages": [{"role": "user", "content": "2+2?"}], "allow_remote": True},
+    )
+    message = r.get_json()["choices"][0]["message"]
+    assert (message["content"], message["reasoning_content"]) == ("4", "Add.")
+
+
+def test_an_upstream_that_splits_itself_passes_through(
+    remote: MakeClient, upstream: MisbehavingUpstream
+) -> None:
+    client = remote(prompt_format="qwen3_template")
+    upstream.script(Reply(reasoning=("Add", " them."), tokens=("It", " is 4.")))
+    body = ask(client).get_json()
+    assert (body["output_text"], body["reasoning_text"]) == ("It is 4.", "Add them.")
+
+
+def test_reasoning_formats_offer_thinking_modes_without_remote_thinking(
+    remote: MakeClient, upstream: MisbehavingUpstream
+) -> None:
+    client = remote(prompt_format="qwen3_template")
+    assert row(client)["capabilities"]["thinking_modes"] == ["default", "enabled", "disabled"]
+    upstream.script(Reply(tokens=("4",)), Reply(tokens=("4",)), Reply(tokens=("4",)))
+    for thinking in ("default", "disabled", "enabled"):
+        assert ask(client, thinking=thinking).get_json()["reasoning_text"] is None
+    sent = [s.body or {} for s in upstream.requests]
+    assert [s.get("chat_template_kwargs") for s in sent] == [
+        None,  # default: the upstream's own
+        {"enable_thinking": False},
+        {"enable_thinking": True},
+    ]
+
+
 def test_multi_turn_and_images_pass_through(remote: MakeClient, upstream: MisbehavingUpstream) -> None:
     client = remote(modalities=["text", "image"])
     image = [

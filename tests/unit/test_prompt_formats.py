@@ -1,5 +1,5 @@
-"""Golden tests of the exact prompt text of every format, the registry and admission hook,
-and Gemma 4's streaming reasoning splitter."""
+"""Golden tests of the exact prompt text of every format, the registry and admission hook
+(the reasoning splitter is in test_reasoning.py)."""
 
 from __future__ import annotations
 
@@ -272,43 +272,3 @@ def test_admission_refuses_a_translation_without_target_before_queueing(
         assert job.model == "tg"
     finally:
         pool.shutdown()
-
-
-# -- gemma4 reasoning splitter ---------------------------------------------------------
-def split(deltas: list[str]) -> tuple[str, str]:
-    splitter = gemma4.ReasoningSplitter()
-    pieces = [p for d in deltas for p in splitter.feed(d)] + list(splitter.flush())
-    assert all(bool(t) != bool(r) for t, r in pieces)
-    return "".join(t for t, _ in pieces), "".join(r for _, r in pieces)
-
-
-STREAM = "<|channel>thought\nLet me add.<channel|>It is 4."
-
-
-def test_splitter_whole_stream_in_one_delta() -> None:
-    assert split([STREAM]) == ("It is 4.", "Let me add.")
-
-
-def test_splitter_markers_straddle_deltas_at_every_position() -> None:
-    for cut in range(1, len(STREAM)):
-        assert split([STREAM[:cut], STREAM[cut:]]) == ("It is 4.", "Let me add."), cut
-
-
-def test_splitter_one_character_at_a_time() -> None:
-    assert split(list(STREAM)) == ("It is 4.", "Let me add.")
-
-
-def test_splitter_passes_plain_text_and_near_misses_through() -> None:
-    assert split(["Hello <|chan", "nel> world <"]) == ("Hello <|channel> world <", "")
-
-
-def test_splitter_yields_reasoning_as_it_streams() -> None:
-    splitter = gemma4.ReasoningSplitter()
-    assert list(splitter.feed("<|channel>thought\nStep one")) == [("", "Step one")]
-    assert list(splitter.feed(" and two<chan")) == [("", " and two")]
-    assert list(splitter.feed("nel|>Answer")) == [("Answer", "")]
-    assert list(splitter.flush()) == []
-
-
-def test_splitter_unfinished_reasoning_is_reasoning() -> None:
-    assert split(["<|channel>thought\nhmm", "<chan"]) == ("", "hmm<chan")

@@ -448,3 +448,52 @@ def test_loop_call_returns_results_and_raises_errors(loop: LoopThread) -> None:
         loop.call(bad())
     with pytest.raises(TimeoutError):
         loop.call(slow(), timeout=0.05)
+
+
+# -- reasoning formats ---------------------------------------------------------------------
+class ThinkingTokenizer:
+    """A template that opens `<think>` in the prompt unless enable_thinking is false (like
+    Qwen3-Thinking), or ignores the switch altogether (`honours=False`)."""
+
+    def __init__(self, honours: bool = True) -> None:
+        self.honours = honours
+        self.kwargs: list[dict[str, Any]] = []
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+        self.kwargs.append(kwargs)
+        if self.honours and kwargs.get("enable_thinking") is False:
+            return "user:hi|assistant:<think>\n\n</think>\n\n"
+        return "user:hi|assistant:<think>\n"
+
+
+def test_reasoning_formats_offer_thinking_and_pass_the_switch_to_the_template(
+    write_settings: Callable[..., Path],
+) -> None:
+    spec = spec_of(write_settings, prompt_format="qwen3_template", enable_thinking=True)
+    assert VllmAdapter.capabilities(spec).thinking_modes == ("default", "enabled", "disabled")
+    assert VllmAdapter.capabilities(spec_of(write_settings)).thinking_modes == ("default",)
+    adapter = VllmAdapter(spec, 0)
+    adapter._tokenizer = tokenizer = ThinkingTokenizer()
+    assert adapter.prompt(GenerationRequest(input="hi"))["prompt"].endswith("<think>\n")
+    off = adapter.prompt(GenerationRequest(input="hi", thinking="disabled"))["prompt"]
+    assert off.endswith("<think>\n\n</think>\n\n")
+    assert [k.get("enable_thinking") for k in tokenizer.kwargs] == [True, False]
+    # A template without the switch: the pool closes the block Qwen3's way.
+    adapter._tokenizer = ThinkingTokenizer(honours=False)
+    assert adapter.prompt(GenerationRequest(input="hi", thinking="disabled"))["prompt"] == (
+        "user:hi|assistant:<think>\n\n</think>\n\n"
+    )
+
+
+def test_stream_splits_thoughts_from_a_forced_open_prompt(loop: LoopThread) -> None:
+    from llmpool.prompts import qwen3
+    from llmpool.reasoning import ReasoningSplitter
+
+    engine = FakeEngine(["Add", " them.\n</", "think>\n", "\nIt is", " 4."])
+    splitter = ReasoningSplitter(qwen3.REASONING, inside=True)
+    now = time.perf_counter()
+    chunks = list(stream_outputs(loop, engine, {"prompt": "p"}, None, now, now, None, (), splitter))
+    assert "".join(c.text for c in chunks) == "It is 4."
+    assert "".join(c.reasoning for c in chunks) == "Add them."
+    final = chunks[-1].final
+    assert final is not None and final.output_tokens == 5

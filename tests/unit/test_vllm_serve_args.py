@@ -176,3 +176,32 @@ def test_limits_capabilities_and_payload(write_settings: Callable[..., Path]) ->
     ]
     assert payload["model"] == "vs" and payload["max_tokens"] == 7
     assert payload["repetition_penalty"] == 1.2 and payload["stop"] == ["x"]
+
+
+# -- reasoning formats ---------------------------------------------------------------------
+@pytest.mark.parametrize(("fmt", "parser"), [("qwen3_template", "qwen3"), ("gemma4_template", "gemma4")])
+def test_reasoning_formats_run_vllms_parser_and_switch_thinking(
+    write_settings: Callable[..., Path], fmt: str, parser: str
+) -> None:
+    def parser_of(spec: ModelSpec) -> str:
+        return flag_value(VllmServeAdapter(spec, 0).build_argv("/bin/vllm", 1), "--reasoning-parser")
+
+    spec = spec_of(write_settings, prompt_format=fmt)
+    assert parser_of(spec) == parser
+    assert VllmServeAdapter.capabilities(spec).thinking_modes == ("default", "enabled", "disabled")
+    payload = VllmServeAdapter(spec, 0).payload(GenerationRequest(input="hi", thinking="disabled"))
+    assert payload["chat_template_kwargs"] == {"enable_thinking": False}
+    own = spec_of(write_settings, prompt_format=fmt, vllm_serve_reasoning_parser="deepseek_r1")
+    assert parser_of(own) == "deepseek_r1"
+    off = spec_of(write_settings, prompt_format=fmt, vllm_serve_reasoning_parser="none")
+    assert "--reasoning-parser" not in VllmServeAdapter(off, 0).build_argv("/bin/vllm", 1)
+    extra = spec_of(write_settings, prompt_format=fmt, vllm_serve_extra_args=["--reasoning-parser=x"])
+    assert VllmServeAdapter(extra, 0).build_argv("/bin/vllm", 1)[-1] == "--reasoning-parser=x"
+    assert "--reasoning-parser" not in VllmServeAdapter(extra, 0).build_argv("/bin/vllm", 1)
+
+
+def test_other_formats_run_no_reasoning_parser(write_settings: Callable[..., Path]) -> None:
+    spec = spec_of(write_settings)
+    assert "--reasoning-parser" not in VllmServeAdapter(spec, 0).build_argv("/bin/vllm", 1)
+    assert VllmServeAdapter.capabilities(spec).thinking_modes == ("default",)
+    assert "chat_template_kwargs" not in VllmServeAdapter(spec, 0).payload(GenerationRequest(input="hi"))

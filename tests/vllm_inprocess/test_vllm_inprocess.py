@@ -208,7 +208,8 @@ def test_multi_turn_goes_through_the_chat_template(server: Server) -> None:
 
     adapter = VllmAdapter.__new__(VllmAdapter)
     adapter._tokenizer = AutoTokenizer.from_pretrained(model_dir())
-    adapter.spec = type("Spec", (), {"modalities": ("text",), "name": MODEL})()  # type: ignore[assignment]
+    facts = {"modalities": ("text",), "name": MODEL, "prompt_format": "generic", "enable_thinking": False}
+    adapter.spec = type("Spec", (), facts)()  # type: ignore[assignment]
     request = GenerationRequest(messages=tuple(Message(m["role"], m["content"]) for m in messages))
     prompt = adapter.prompt(request)["prompt"]
     assert prompt.index("<|im_start|>user\nMy name is Alice.<|im_end|>") < prompt.index(
