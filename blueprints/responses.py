@@ -92,9 +92,9 @@ def list_models() -> Response:
     p = pool()
     ids = p.loaded_ids()
     # OpenAI's list also names the models a request would load (load_on_demand), marked
-    # `loaded: false`; `models` stays the loaded ones only (SPEC §3).
+    # `loaded: false` (loaded entries keep their old shape); `models` stays the loaded ones.
     loadable = sorted(n for n, e in p.models.items() if e.spec.load_on_demand and n not in ids)
-    data = [{"id": i, "object": "model", "owned_by": "llm-pool", "loaded": True} for i in ids]
+    data: list[dict[str, Any]] = [{"id": i, "object": "model", "owned_by": "llm-pool"} for i in ids]
     data += [{"id": i, "object": "model", "owned_by": "llm-pool", "loaded": False} for i in loadable]
     return jsonify({"object": "list", "data": data, "models": ids})
 

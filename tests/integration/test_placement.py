@@ -131,7 +131,7 @@ def pair(tmp_path: Path, smollm2_path: str) -> Iterator[Server]:
 def test_a_request_loads_its_model_and_evicts_the_idle_other(pair: Server) -> None:
     listed = requests.get(f"{pair.url}/v1/models", timeout=10).json()
     assert listed["models"] == []
-    assert {(m["id"], m["loaded"]) for m in listed["data"]} == {("a", False), ("b", False)}
+    assert {(m["id"], m.get("loaded")) for m in listed["data"]} == {("a", False), ("b", False)}
     assert row(pair, "a")["memory"] == {
         "device": "host",
         "estimate_mib": pytest.approx(94 * 1.5, abs=3),
@@ -144,6 +144,12 @@ def test_a_request_loads_its_model_and_evicts_the_idle_other(pair: Server) -> No
     comments = [line for line in lines if line.startswith(": loading a ")]
     assert comments, lines[:5]
     assert lines[-2:] and any(line.startswith("event: response.completed") for line in lines)
+    listed = requests.get(f"{pair.url}/v1/models", timeout=10).json()
+    assert listed["models"] == ["a"]
+    assert listed["data"] == [
+        {"id": "a", "object": "model", "owned_by": "llm-pool"},
+        {"id": "b", "object": "model", "owned_by": "llm-pool", "loaded": False},
+    ]
     a = row(pair, "a")
     assert a["state"] == "loaded"
     assert a["memory"]["source"] == "measured" and a["memory"]["how"] == "rss_delta"
