@@ -250,6 +250,10 @@ class ModelEntry:
     def _record_memory(self, probe: LoadProbe, runtimes: list[Adapter]) -> None:
         if self.ledger is None:
             return
+        own = [r.footprint_mib() for r in runtimes]
+        if own and all(mib is not None for mib in own):
+            self.ledger.record(self.name, self.load_key(), sum(mib or 0.0 for mib in own), "runtime")
+            return
         pids = [pid for r in runtimes if (pid := r.pid()) is not None]
         measured = probe.measure(pids)
         if measured is not None:

@@ -36,6 +36,7 @@ class ScriptedAdapter(Adapter):
         self.active = 0
         self.generations = 0
         self.tokens_emitted = 0
+        self._cancelled = threading.Event()
         ScriptedAdapter.instances.append(self)
 
     @classmethod
@@ -44,6 +45,10 @@ class ScriptedAdapter(Adapter):
             "scripted_tokens": StrictInt(load_default=5, validate=validate.Range(1, 10_000), metadata=LIVE),
             "scripted_delay_s": StrictFloat(load_default=0.01),
             "scripted_fail_load": StrictBool(load_default=False),
+            # Placement tests: how long load() takes (cancel_load cuts it short), and the
+            # memory the runtime says it holds (the ledger's measurement).
+            "scripted_load_s": StrictFloat(load_default=0.0),
+            "scripted_memory_mib": StrictFloat(load_default=None, allow_none=True),
             "scripted_batch": StrictBool(load_default=True),
             # Raise RuntimeError after this many tokens (a runtime crashing mid-stream).
             "scripted_fail_after": StrictInt(load_default=None, allow_none=True),
@@ -60,9 +65,19 @@ class ScriptedAdapter(Adapter):
         return 1000
 
     def load(self) -> None:
+        if self._cancelled.wait(self.spec.options["scripted_load_s"]):
+            raise ModelLoadFailed("load cancelled", model=self.spec.name)
         if self.spec.options["scripted_fail_load"] and self.replica_id > 0:
             raise ModelLoadFailed("replica refused to start", model=self.spec.name)
         self.loaded = True
+
+    def cancel_load(self) -> bool:
+        self._cancelled.set()
+        return True
+
+    def footprint_mib(self) -> float | None:
+        mib = self.spec.options["scripted_memory_mib"]
+        return float(mib) if mib is not None else None
 
     def close(self) -> None:
         self.closed = True

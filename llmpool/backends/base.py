@@ -204,6 +204,12 @@ class Adapter:
     def close(self) -> None:
         """Release the runtime. Idempotent; must not raise for an unloaded runtime."""
 
+    def footprint_mib(self) -> float | None:
+        """What this loaded runtime holds on its memory device, where the runtime itself
+        knows better than the pool's measurement from outside (llmpool.placement.measure);
+        None (the default): measure from outside."""
+        return None
+
     def cancel_load(self) -> bool:
         """Called from another thread while `load` runs, when nobody waits for the model
         any more: make `load` fail soon, and return True, where the runtime allows it
