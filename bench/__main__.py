@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import hangups, inprocess, load_times, many_clients, proxy, report, soak, streaming
+from bench import hangups, inprocess, load_times, many_clients, proxy, report, soak, streaming, swaps
 from bench.common import (
     LAYOUTS,
     ROOT,
@@ -34,7 +34,7 @@ from bench.common import (
 )
 from bench.proxy import litellm_binary
 
-CASES = ("proxy", "streaming", "inprocess", "many_clients", "load_times", "hangups", "soak")
+CASES = ("proxy", "streaming", "inprocess", "many_clients", "load_times", "hangups", "soak", "swaps")
 
 
 def litellm_version() -> str:
@@ -95,6 +95,7 @@ def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[st
             every=50 if smoke else 1000,
             log=log,
         ),
+        "swaps": lambda log: swaps.run(per_agent=4 if smoke else swaps.PER_AGENT, log=log),
     }
 
 

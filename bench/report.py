@@ -217,7 +217,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
                 lines.append(
                     f"| {backend} | {_fmt(loads[backend]['median_s'])} | {loads[backend]['all_s']} |"
                 )
-    lines += _hangups(r.get("hangups")) + _soak(r.get("soak"))
+    lines += _hangups(r.get("hangups")) + _soak(r.get("soak")) + _swaps(r.get("swaps"))
     if r.get("errors"):
         lines += ["", "## Cases that failed", ""]
         lines += [f"- **{case}**: {message}" for case, message in r["errors"].items()]
@@ -257,6 +257,31 @@ def _hangups(hang: dict[str, Any] | None) -> list[str]:
         f"round minus before the first: {_fmt(hang['after_minus_before_mb'])} MB.",
     ]
     return lines + _rerun_note(hang)
+
+
+def _swaps(swaps: dict[str, Any] | None) -> list[str]:
+    if not swaps:
+        return []
+    lines = [
+        "",
+        f"## 8. Agents alternating between two models under a budget for one ({swaps['agents']} agents "
+        f"x {swaps['per_agent']} requests)",
+        "",
+        "Each agent alternates A (llama_cpp in-process), B (llama-server child), 8 tokens each, with a "
+        "0.05-0.3 s pause; `host` budget 200 MiB holds one. `pool`: the default policy; `naive`: "
+        "swap as soon as the other model is asked for (min_resident_s 0, swap_max_wait_s 0).",
+        "",
+        "| policy | requests | loads | swaps | total s | latency p50 s | p95 s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("pool", "naive"):
+        if name in swaps:
+            x = swaps[name]
+            lines.append(
+                f"| {name} | {x['requests']} | {x['loads']} | {x['swaps']} | {_fmt(x['total_s'])} "
+                f"| {_fmt(x['latency_p50_s'])} | {_fmt(x['latency_p95_s'])} |"
+            )
+    return lines + _rerun_note(swaps)
 
 
 def _rerun_note(case: dict[str, Any]) -> list[str]:

@@ -60,7 +60,7 @@ class Pool:
         self.media: MediaPolicy = settings.media
         # Replaced as a whole by `reload` (readers take a reference; never mutated in place).
         self.models: dict[str, ModelEntry] = {}
-        self.telemetry = Telemetry(lambda: self.models)
+        self.telemetry = Telemetry(lambda: self.models, lambda name: self.placer.queued(name))
         self.ledger = Ledger(settings.service.state_dir)
         self.models = {name: self._new_entry(spec) for name, spec in settings.models.items()}
         self.placer = Placer(lambda: self.models, settings.service, self.telemetry)

@@ -43,7 +43,11 @@ _LOAD_S = (1, 5, 10, 30, 60, 120, 300, 600, 1200)
 
 
 class Telemetry:
-    def __init__(self, models: Callable[[], Mapping[str, ModelEntry]]) -> None:
+    def __init__(
+        self,
+        models: Callable[[], Mapping[str, ModelEntry]],
+        waiting_for_load: Callable[[str], int] = lambda name: 0,
+    ) -> None:
         self._models = models
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -86,7 +90,7 @@ class Telemetry:
         self.demand_loads = counter(
             "demand_loads", "Loads started by a request (load_on_demand).", "model", "result"
         )
-        r.register(_StateCollector(models))
+        r.register(_StateCollector(models, waiting_for_load))
 
     def model_label(self, name: str | None) -> str:
         return name if name is not None and name in self._models() else ""
@@ -149,14 +153,20 @@ class Telemetry:
 class _StateCollector(Collector):
     """Gauges read from the pool at each scrape (nothing to keep in sync)."""
 
-    def __init__(self, models: Callable[[], Mapping[str, ModelEntry]]) -> None:
+    def __init__(
+        self, models: Callable[[], Mapping[str, ModelEntry]], waiting_for_load: Callable[[str], int]
+    ) -> None:
         self._models = models
+        self._waiting_for_load = waiting_for_load
 
     def describe(self) -> Iterable[Metric]:
         return []  # unknown until collected; keeps auto_describe from collecting at register
 
     def collect(self) -> Iterator[Metric]:
         queue = GaugeMetricFamily(f"{NS}_queue_depth", "Jobs waiting for a slot.", labels=["model"])
+        for_load = GaugeMetricFamily(
+            f"{NS}_waiting_for_load", "Jobs waiting for their model's load on demand.", labels=["model"]
+        )
         inflight = GaugeMetricFamily(f"{NS}_inflight", "Jobs running on a replica.", labels=["model"])
         state = GaugeMetricFamily(
             f"{NS}_model_state", "1 for the model's current state.", labels=["model", "state"]
@@ -172,6 +182,9 @@ class _StateCollector(Collector):
         total_waiting = total_running = 0
         for name, entry in list(self._models().items()):
             ex = entry.executor
+            loading = self._waiting_for_load(name)
+            for_load.add_metric([name], loading)
+            total_waiting += loading
             depth = ex.queue_depth if ex else 0
             running = ex.inflight if ex else 0
             total_waiting += depth
@@ -187,7 +200,7 @@ class _StateCollector(Collector):
                     usages.append(usage)
             if usages:
                 kv.add_metric([name], max(usages))
-        yield from (queue, inflight, state, replicas, kv)
+        yield from (queue, for_load, inflight, state, replicas, kv)
         # The inference gateway's model-server protocol: TotalQueuedRequests and
         # TotalRunningRequests, under vLLM's names for them.
         yield GaugeMetricFamily(

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmpool.config.spec import ServiceSettings
-from llmpool.errors import InsufficientMemory, ModelLoadFailed, PoolError, QueueFull
+from llmpool.errors import InsufficientMemory, ModelLoadFailed, ModelUnloading, PoolError, QueueFull
 from llmpool.greenbridge import start_thread
 from llmpool.job import Job, JobStatus
 from llmpool.model import ModelEntry
@@ -106,7 +106,7 @@ class Placer:
             demands, self._demands = list(self._demands.values()), {}
             self._cv.notify_all()
         for demand in demands:
-            self._fail(demand, PoolError("the pool is shutting down", model=demand.entry.name))
+            self._fail(demand, ModelUnloading("the pool is shutting down", model=demand.entry.name))
 
     # -- the requests' side (greenlets; brief lock) ------------------------------------
     def wants(self, entry: ModelEntry) -> bool:
@@ -120,7 +120,7 @@ class Placer:
         """Let `job` wait for its model's load; QueueFull past the model's max_queue."""
         with self._cv:
             if self._closed:
-                raise PoolError("the pool is shutting down", model=entry.name)
+                raise ModelUnloading("the pool is shutting down", model=entry.name)
             demand = self._demands.get(entry.name)
             if demand is None:
                 demand = self._demands[entry.name] = Demand(entry, time.monotonic())
@@ -216,9 +216,15 @@ class Placer:
             if demand.loading:
                 continue
             if entry.retired:
-                self._drop_demand(
-                    demand, PoolError("a settings reload replaced this model; retry", model=entry.name)
-                )
+                # A settings reload replaced the definition: wait for the new one, if any.
+                successor = models.get(entry.name)
+                if successor is not None and not successor.retired and successor.spec.load_on_demand:
+                    demand.entry = successor
+                else:
+                    gone = ModelUnloading(
+                        "a settings reload removed this model's load on demand", model=entry.name
+                    )
+                    self._drop_demand(demand, gone)
                 continue
             if entry.state is ModelState.LOADED and entry.executor is not None:
                 if not entry.swap_out:

@@ -142,6 +142,9 @@ def test_a_load_in_progress_is_reserved_in_the_memory_view(
     wait_for(lambda: state(client, "x") == "loading")
     host = client.get("/v1/admin/memory").get_json()["devices"][0]
     assert host["reserved"] == [{"model": "x", "mib": 60.0}]
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'llmpool_waiting_for_load{model="x"} 1.0' in metrics
+    assert "llmpool:num_requests_waiting 1.0" in metrics
     assert host["free_mib"] == 70.0
     thread.join(10)
     assert out[0].status_code == 200

@@ -56,6 +56,11 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     assert soak["errors"] == 0 and soak["warmup_errors"] == 0 and soak["rps"] > 0, soak
     assert soak["connections_opened"] == soak["clients"], soak  # every connection was kept alive
     assert len(soak["rss_mb_series"]) == soak["requests"] // soak["rss_mb_every"] + 1
+    swaps = results["swaps"]
+    for policy in ("pool", "naive"):
+        assert swaps[policy]["requests"] == swaps["agents"] * swaps["per_agent"], swaps
+        assert swaps[policy]["loads"] >= 2 and swaps[policy]["swaps"] >= 1, swaps  # both models ran
     page = (tmp_path / "RESULTS.md").read_text()
+    assert "## 8. Agents alternating" in page
     assert "## Targets" in page and "smoke run" in page
     assert (tmp_path / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
