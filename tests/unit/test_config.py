@@ -449,3 +449,58 @@ def test_the_worker_starts_from_the_settings_the_master_read(
     monkeypatch.setattr(loader, "load_settings", no_second_read)
     app = create_app(start_models=False)
     assert app.extensions["llmpool"].settings is read
+
+
+# -- placement keys (SPEC §9) ----------------------------------------------------------
+def test_placement_defaults_and_the_model_device(
+    write_settings: WriteSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/llm-pool")
+    write_settings(
+        {
+            "service": {"load_on_demand": True, "memory_budget_mib": {"host": 1000, "0": 80000}},
+            **models(
+                a={"backend": "llama_cpp", "model_path": "/m.gguf"},
+                b={
+                    "backend": "llama_cpp",
+                    "model_path": "/m.gguf",
+                    "load_on_demand": False,
+                    "memory_device": "1",
+                },
+                r={"backend": "openai_remote", "remote_base_url": "http://x/v1", "remote_model": "m"},
+            ),
+        }
+    )
+    s = load_settings()
+    assert s.service.memory_budget_mib == {"host": 1000, "0": 80000}
+    assert s.service.state_dir == "/var/lib/llm-pool"  # systemd's StateDirectory
+    assert (s.service.min_resident_s, s.service.swap_max_wait_s, s.service.memory_wait_timeout_s) == (
+        0,
+        30,
+        300,
+    )
+    a, b, r = s.models["a"], s.models["b"], s.models["r"]
+    assert (a.load_on_demand, a.memory_device, a.pinned, a.idle_unload_s) == (True, "host", False, None)
+    assert (b.load_on_demand, b.memory_device) == (False, "1")
+    assert r.memory_device is None  # a remote API's memory is not ours to count
+
+
+@pytest.mark.parametrize(
+    ("service", "model", "key"),
+    [
+        ({"memory_budget_mib": {"gpu0": 10}}, {}, "memory_budget_mib"),
+        ({"memory_budget_mib": {"host": 0}}, {}, "memory_budget_mib"),
+        ({"memory_budget_mib": {"host": "10"}}, {}, "memory_budget_mib"),
+        ({"min_resident_s": -1}, {}, "min_resident_s"),
+        ({"load_on_demand": "yes"}, {}, "load_on_demand"),
+        ({}, {"memory_device": "cuda:0"}, "memory_device"),
+        ({}, {"idle_unload_s": -5}, "idle_unload_s"),
+        ({}, {"pinned": 1}, "pinned"),
+    ],
+)
+def test_placement_keys_are_strict(
+    write_settings: WriteSettings, service: dict[str, Any], model: dict[str, Any], key: str
+) -> None:
+    base = {"service": service, **models(m={"backend": "llama_cpp", "model_path": "/m.gguf", **model})}
+    message, path = config_error(write_settings, base)
+    assert_names(message, path, "m" if model else None, key)
