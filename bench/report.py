@@ -268,13 +268,14 @@ def _swaps(swaps: dict[str, Any] | None) -> list[str]:
         f"x {swaps['per_agent']} requests)",
         "",
         "Each agent alternates A (llama_cpp in-process), B (llama-server child), 8 tokens each, with a "
-        "0.05-0.3 s pause; `host` budget 200 MiB holds one. `pool`: the default policy; `naive`: "
-        "swap as soon as the other model is asked for (min_resident_s 0, swap_max_wait_s 0).",
+        "0.05-0.3 s pause; `host` budget 200 MiB holds one. `pool`: placement with its defaults; "
+        "`pool-eager`: min_resident_s 0 and swap_max_wait_s 0; `naive`: swap on every request for the "
+        "other model, in arrival order (admin unload and load before it, one request at a time).",
         "",
         "| policy | requests | loads | swaps | total s | latency p50 s | p95 s |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in ("pool", "naive"):
+    for name in ("pool", "pool-eager", "naive"):
         if name in swaps:
             x = swaps[name]
             lines.append(

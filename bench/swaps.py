@@ -3,17 +3,18 @@
 4 agent-like clients each send 50 requests alternating A, B, A, B (A: SmolLM2 in-process
 through llama_cpp, B: SmolLM2 in a llama-server child; 8 output tokens each), with a
 short random "tool call" pause between requests and a random start, from a fixed seed so
-both policies see the same schedule. `host` budget 200 MiB: one model at a time.
+every policy sees the same schedule. `host` budget 200 MiB: one model at a time.
 
-- `pool`: the pool's policy as configured by default (a model waiting for memory lets the
+- `pool`: the pool's placement with its defaults (a model waiting for memory lets the
   loaded one serve its queue, new requests included, for up to swap_max_wait_s; busy
   models are never evicted).
-- `naive`: swap on every request for the other model (what most model swappers do):
-  min_resident_s 0 and swap_max_wait_s 0, so a model that waits makes the loaded one
-  stop taking jobs at once.
+- `pool-eager`: the same with min_resident_s 0 and swap_max_wait_s 0 (a model that waits
+  makes the loaded one stop taking new jobs at once).
+- `naive`: swap on every request for the other model, in arrival order: what a simple
+  model swapper does. Driven from here: one request at a time, and before each one whose
+  model is not the loaded one, an admin unload of the other and an admin load of it.
 
-Counted: loads (the pool's llmpool_model_loads_total), swaps, total wall time, and each
-request's latency.
+Counted: loads (llmpool_model_loads_total), total wall time, each request's latency.
 
     .venv/bin/python -m bench --cases swaps
 """
@@ -40,23 +41,57 @@ MODELS = {
     "A": {"backend": "llama_cpp", "gguf_n_ctx": 512, "gguf_n_threads": 1},
     "B": {"backend": "llama_server", "llama_server_n_ctx": 512, "llama_server_n_threads": 1},
 }
-POLICIES: dict[str, dict[str, float]] = {
+POLICIES: dict[str, dict[str, float] | None] = {
     "pool": {},  # the defaults
-    "naive": {"min_resident_s": 0, "swap_max_wait_s": 0},
+    "pool-eager": {"min_resident_s": 0, "swap_max_wait_s": 0},
+    "naive": None,  # swapped from here, see NaiveSwapper
 }
 
 
-def settings(policy: dict[str, float]) -> dict[str, Any]:
+def settings(policy: dict[str, float] | None) -> dict[str, Any]:
+    placement = {"memory_budget_mib": {"host": 200}, **policy} if policy is not None else {}
     return {
-        "service": {"log_level": "info", "memory_budget_mib": {"host": 200}, **policy},
+        "service": {"log_level": "info", **placement},
         "engine": {
             "decoding": {"temperature": 0.0, "max_tokens": 8},
             "models": {
-                name: {**extra, "model_path": SMOLLM2, "load_on_demand": True, "max_queue": 256}
+                name: {**extra, "model_path": SMOLLM2, "load_on_demand": policy is not None, "max_queue": 256}
                 for name, extra in MODELS.items()
             },
         },
     }
+
+
+class NaiveSwapper:
+    """Serves requests strictly in arrival order (a ticket lock), swapping the one loaded
+    model through the admin API whenever the next request wants the other."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.loaded: str | None = None
+        self._turn = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    def post(self, http: requests.Session, model: str, body: dict[str, Any]) -> requests.Response:
+        with self._turn:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while ticket != self._serving:
+                self._turn.wait()
+        try:
+            if self.loaded != model:
+                if self.loaded is not None:
+                    http.post(
+                        f"{self.url}/v1/admin/models/{self.loaded}/unload", timeout=120
+                    ).raise_for_status()
+                http.post(f"{self.url}/v1/admin/models/{model}/load", timeout=300).raise_for_status()
+                self.loaded = model
+            return http.post(self.url + "/v1/responses", json=body, timeout=600)
+        finally:
+            with self._turn:
+                self._serving += 1
+                self._turn.notify_all()
 
 
 def counter(url: str, name: str) -> float:
@@ -64,10 +99,14 @@ def counter(url: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-def one_policy(name: str, policy: dict[str, float], per_agent: int, seed: int, log: Log) -> dict[str, Any]:
+def one_policy(
+    name: str, policy: dict[str, float] | None, per_agent: int, seed: int, log: Log
+) -> dict[str, Any]:
     latencies: list[float] = []
     failures: list[str] = []
     lock = threading.Lock()
+
+    naive: NaiveSwapper | None = None
 
     def agent(index: int, rng: random.Random, url: str) -> None:
         time.sleep(rng.uniform(0, 0.5))
@@ -76,7 +115,10 @@ def one_policy(name: str, policy: dict[str, float], per_agent: int, seed: int, l
                 model = "A" if (i + index) % 2 == 0 else "B"
                 body = {"model": model, "input": f"Agent {index}, step {i}: say hello."}
                 t0 = time.perf_counter()
-                r = http.post(url + "/v1/responses", json=body, timeout=600)
+                if naive is not None:
+                    r = naive.post(http, model, body)
+                else:
+                    r = http.post(url + "/v1/responses", json=body, timeout=600)
                 elapsed = time.perf_counter() - t0
                 with lock:
                     latencies.append(elapsed)
@@ -85,6 +127,7 @@ def one_policy(name: str, policy: dict[str, float], per_agent: int, seed: int, l
                 time.sleep(rng.uniform(0.05, 0.3))  # the agent's "tool call"
 
     with pool_server(settings(policy)) as pool:
+        naive = NaiveSwapper(pool.url) if policy is None else None
         rngs = [random.Random(seed + i) for i in range(AGENTS)]
         threads = [threading.Thread(target=agent, args=(i, rngs[i], pool.url)) for i in range(AGENTS)]
         log(f"swaps: {name} policy, {AGENTS} agents x {per_agent} requests")
@@ -108,7 +151,7 @@ def one_policy(name: str, policy: dict[str, float], per_agent: int, seed: int, l
         "total_s": round(total, 1),
         "latency_p50_s": round(statistics.median(ordered), 3),
         "latency_p95_s": round(ordered[int(0.95 * (len(ordered) - 1))], 3),
-        "settings": policy or "defaults",
+        "settings": "defaults" if policy == {} else policy or "admin-driven swaps in arrival order",
     }
 
 

@@ -227,7 +227,9 @@ class Placer:
                     self._drop_demand(demand, gone)
                 continue
             if entry.state is ModelState.LOADED and entry.executor is not None:
-                if not entry.swap_out:
+                if entry.swap_out:
+                    demand.blocked = True  # drained for another model: waits for its next load
+                else:
                     self._hand_over(demand)
                 continue
             if entry.state in (ModelState.LOADING, ModelState.UNLOADING):
