@@ -137,7 +137,9 @@ class LlamaCppAdapter(Adapter):
     def _prompt(self, request: GenerationRequest) -> tuple[str, list[str]]:
         """(prompt text with special-token markup, stop strings incl. the request's)."""
         fmt = prompts.get(self.spec.prompt_format)
-        chat = request.messages is not None or self.spec.prompt_format in GGUF_TEMPLATE_FIRST
+        chat = request.prompt is None and (
+            request.messages is not None or self.spec.prompt_format in GGUF_TEMPLATE_FIRST
+        )
         if not chat or self._formatter is None:
             rendered = prompts.render(self.spec, request)
             return rendered.text, prompts.stops(rendered, request)
@@ -181,7 +183,8 @@ class LlamaCppAdapter(Adapter):
             stop=stop,
             stream=True,
         )
-        splitter = gemma4.ReasoningSplitter() if self.spec.prompt_format == "gemma4_template" else None
+        gemma = self.spec.prompt_format == "gemma4_template" and request.prompt is None  # raw: unsplit
+        splitter = gemma4.ReasoningSplitter() if gemma else None
         first: float | None = None
         finish = "stop"
         pieces: list[str] = []

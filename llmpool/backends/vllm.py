@@ -297,7 +297,10 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
 
     # -- generation ------------------------------------------------------------------
     def prompt(self, request: GenerationRequest) -> Any:
-        """The engine's prompt: chat-template text, plus images when there are any."""
+        """The engine's prompt: chat-template text, plus images when there are any; a raw
+        `request.prompt` as it is (vLLM's tokenizer adds BOS to a text prompt)."""
+        if request.prompt is not None:
+            return {"prompt": request.prompt}
         messages, images = template_messages(request)
         if images and "image" not in self.spec.modalities:
             raise InvalidRequest("this model does not take images", model=self.spec.name)

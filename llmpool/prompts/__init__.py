@@ -62,8 +62,11 @@ def render(spec: ModelSpec, request: GenerationRequest) -> Rendered:
     """The raw prompt for `request` in the model's format, thinking resolved.
 
     `request.thinking` "default" follows the model's `enable_thinking`; admission has
-    already refused modes the format does not offer (400 thinking_unsupported).
+    already refused modes the format does not offer (400 thinking_unsupported). A raw
+    `request.prompt` is returned as it is, with no format stops.
     """
+    if request.prompt is not None:
+        return Rendered(request.prompt)
     rendered: Rendered = get(spec.prompt_format).render(request, resolve_thinking(spec, request))
     return rendered
 
@@ -72,7 +75,7 @@ def check(spec: ModelSpec, request: GenerationRequest) -> None:
     """Raise `InvalidRequest` (400) for a request the model's format cannot take."""
     module = get(spec.prompt_format)
     hook = getattr(module, "check", None)
-    if hook is None:
+    if hook is None or request.prompt is not None:  # a raw prompt is the client's own format
         return
     try:
         hook(request)
