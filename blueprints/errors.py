@@ -21,13 +21,16 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from blueprints.observe import note_error
+from blueprints.params import InvalidParam
 from blueprints.schemas import validation_details
-from llmpool.errors import InvalidRequest, PoolError, RequestFieldInvalid
+from llmpool.errors import PoolError, RequestFieldInvalid
 
 log = logging.getLogger("llmpool.http")
 
 # Routes whose clients expect OpenAI's error body (its SDK reads `error.message`).
 OPENAI_PREFIXES = ("/v1/chat/", "/v1/completions")
+
+__all__ = ["InvalidParam", "openai_error_body", "openai_pool_error", "register_error_handlers"]
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -37,16 +40,6 @@ _HTTP_CODES = {
     413: "request_too_large",
     415: "unsupported_media_type",
 }
-
-
-class InvalidParam(InvalidRequest):
-    """A well-formed request for something the pool does not do (OpenAI's `n` > 1, tools,
-    ...): 400, with `param` naming the offending field as OpenAI's error body does."""
-
-    def __init__(self, param: str, message: str, code: str = "unsupported_value") -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = code
 
 
 def _json(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
