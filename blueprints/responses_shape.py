@@ -13,8 +13,11 @@ Two kinds of clients read the same answer, and both keep working:
 The stream mirrors this: `ResponseEvents` turns a job's deltas into OpenAI's event
 sequence (every event with `type` and `sequence_number`; items and content parts opened
 before their first delta and closed before `response.completed`), while each event keeps
-the fields the pool's clients read (`id`, `delta`). Output indices count the legacy item:
-the first OpenAI item is at index 1, as in the final `response.output`.
+the fields the pool's clients read (`id`, `delta`, and the top-level fields of
+`response.completed`). The response objects inside the stream hold OpenAI's items only,
+from output index 0: no streaming client of the pool reads them, and the SDK's stream
+helper re-serialises the final response, where our legacy item (which it can only model
+as a `message` with the wrong type) would make pydantic warn on every stream.
 
 Nothing here knows SSE: events are (name, data) pairs, framed by `blueprints.sse`.
 """
@@ -197,7 +200,7 @@ class ResponseEvents:
         if item is not None:
             return item
         prefix = "rs" if kind == "reasoning" else "msg"
-        item = self.items[kind] = _Item(kind, item_id(self.job, prefix), 1 + len(self.items))
+        item = self.items[kind] = _Item(kind, item_id(self.job, prefix), len(self.items))
         build = reasoning_item if kind == "reasoning" else message_item
         part = reasoning_part("") if kind == "reasoning" else message_part("")
         out.append(
@@ -220,11 +223,11 @@ class ResponseEvents:
 
     def close(self, done: Done) -> tuple[list[Event], list[dict[str, Any]]]:
         """The events that close every item (a message item is opened first if the model
-        said nothing), and the final `output` list."""
+        said nothing), and the final `output` list (OpenAI's items only)."""
         out: list[Event] = []
         self._item("message", out)
         status = status_of(done.finish_reason)
-        output = [legacy_item(done.output_text)]
+        output: list[dict[str, Any]] = []
         for item in sorted(self.items.values(), key=lambda i: i.index):
             text = "".join(item.text)
             where = {"item_id": item.id, "output_index": item.index, "content_index": 0}

@@ -351,6 +351,46 @@ class ChatCompletionsRequestSchema(_Lenient):
     response_format = fields.Raw(load_default=None, allow_none=True)
 
 
+class Prompt(fields.Field):
+    """OpenAI Completions' `prompt`: one string (a list of exactly one string is taken as
+    that string). Token-id arrays and several prompts are a 400 naming `prompt`."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+            return value[0]
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and value:
+            raise InvalidParam(
+                "prompt", "Send one prompt as a string: token arrays and several prompts are not supported."
+            )
+        raise ValidationError("Must be a string.")
+
+
+class CompletionsRequestSchema(_Lenient):
+    """OpenAI's legacy Completions request (unknown keys dropped, as for chat)."""
+
+    model = fields.String(required=True, validate=validate.Length(min=1))
+    prompt = Prompt(required=True)
+    temperature = _optional_decoding("temperature")
+    top_p = _optional_decoding("top_p")
+    max_tokens = _optional_decoding("max_tokens")
+    stop = Stop(load_default=None, allow_none=True)
+    stream = StrictBool(load_default=False, allow_none=True)
+    stream_options = fields.Nested(StreamOptionsSchema, load_default=None, allow_none=True)
+    # Not OpenAI's, but vLLM's server takes them too.
+    top_k = _optional_decoding("top_k")
+    repetition_penalty = _optional_decoding("repetition_penalty")
+    allow_remote = StrictBool(load_default=False, allow_none=True)
+    # Loaded so the view can refuse values it cannot honour with a 400 (not silently drop).
+    n = StrictInt(load_default=None, allow_none=True)
+    best_of = StrictInt(load_default=None, allow_none=True)
+    echo = StrictBool(load_default=None, allow_none=True)
+    logprobs = StrictInt(load_default=None, allow_none=True)
+    suffix = fields.String(load_default=None, allow_none=True)
+    logit_bias = fields.Dict(load_default=None, allow_none=True)
+
+
 class LoadRequestSchema(_Strict):
     replicas = StrictInt(load_default=None, validate=validate.Range(min=1))
     target_inflight = StrictInt(load_default=None, validate=validate.Range(min=1))

@@ -49,6 +49,8 @@ class ScriptedAdapter(Adapter):
             "scripted_fail_after": StrictInt(load_default=None, allow_none=True),
             # Raise KeyError (not a runtime error: a bug in the pool's own code) likewise.
             "scripted_bug_after": StrictInt(load_default=None, allow_none=True),
+            # Emit this many reasoning deltas ("r0 ", "r1 ", ...) before the text.
+            "scripted_reasoning": StrictInt(load_default=0, validate=validate.Range(0, 100)),
         }
 
     @classmethod
@@ -75,6 +77,8 @@ class ScriptedAdapter(Adapter):
             n = min(self.spec.options["scripted_tokens"], request.decoding.max_tokens)
             fail_after = self.spec.options["scripted_fail_after"]
             bug_after = self.spec.options["scripted_bug_after"]
+            for i in range(self.spec.options["scripted_reasoning"]):
+                yield Chunk(reasoning=f"r{i} ")
             for i in range(n):
                 if fail_after is not None and i == fail_after:
                     raise RuntimeError("scripted runtime crashed")
