@@ -41,7 +41,7 @@ class ScriptedAdapter(Adapter):
     @classmethod
     def config_fields(cls) -> dict[str, fields.Field]:
         return {
-            "scripted_tokens": StrictInt(load_default=5, validate=validate.Range(1, 10_000), metadata=LIVE),
+            "scripted_tokens": StrictInt(load_default=5, validate=validate.Range(0, 10_000), metadata=LIVE),
             "scripted_delay_s": StrictFloat(load_default=0.01),
             "scripted_fail_load": StrictBool(load_default=False),
             "scripted_batch": StrictBool(load_default=True),
