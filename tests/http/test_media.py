@@ -1,6 +1,7 @@
-"""The media policy through both APIs (and the SDK's input_image parts on /v1/responses): refusals are 403 media_forbidden / 400
-invalid_request before anything is queued, and the backend (openai_remote, in front of a
-real upstream on 127.0.0.1 that records what it receives) only ever sees data URLs."""
+"""The media policy through both APIs (and the SDK's input_image parts on /v1/responses):
+refusals are 403 media_forbidden / 400 invalid_request before anything is queued, and the
+backend (openai_remote, in front of a real upstream on 127.0.0.1 that records what it
+receives) only ever sees data URLs."""
 
 from __future__ import annotations
 
