@@ -22,6 +22,7 @@ from llmpool.supervisor import living_group_members
 from tests.integration.conftest import (
     ROOT,
     Server,
+    check_raw_prompt_route,
     concurrent_responses,
     sse_events,
     start_server,
@@ -123,6 +124,10 @@ def test_stream_from_vllm_passes_deltas_through(server: Server) -> None:
     deltas = [d["delta"] for n, d in events if n == "response.output_text.delta"]
     assert len(deltas) >= 5 and "".join(deltas) == events[-1][1]["output_text"]
     assert events[-1][1]["usage"]["output_tokens"] == 24 or events[-1][1]["finish_reason"] == "stop"
+
+
+def test_a_raw_prompt_goes_through_vllms_completions(server: Server) -> None:
+    check_raw_prompt_route(server.url, MODEL)
 
 
 def test_two_requests_share_the_childs_two_slots(server: Server) -> None:
