@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import requests
 
@@ -165,6 +166,17 @@ def test_an_image_reaches_a_vision_model_through_vllm_serve(server: Server) -> N
     vision = config["vision_config"]
     per_image = (vision["image_size"] // vision["patch_size"]) ** 2 // config["scale_factor"] ** 2 + 3
     assert with_image - without == per_image, (without, with_image)
+    # The official SDK's input_image part is the same image on the same path (issue 14).
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60) as sdk:
+        parts = [
+            {"type": "input_image", "image_url": PNG_URL, "detail": "auto"},
+            {"type": "input_text", "text": question},
+        ]
+        response = sdk.responses.create(
+            model=VLM, input=[{"role": "user", "content": parts}], max_output_tokens=4, temperature=0
+        )
+    assert response.usage is not None and response.usage.input_tokens == with_image
+    assert response.output[-1].type == "message"
     pid = requests.get(f"{server.url}/v1/admin/models/{VLM}", timeout=5).json()["replica_states"][0]["pid"]
     r = requests.post(f"{server.url}/v1/admin/models/{VLM}/unload", timeout=60)
     assert r.status_code == 200 and r.json()["state"] == "unloaded"
