@@ -41,7 +41,7 @@ class ScriptedAdapter(Adapter):
     @classmethod
     def config_fields(cls) -> dict[str, fields.Field]:
         return {
-            "scripted_tokens": StrictInt(load_default=5, validate=validate.Range(0, 10_000), metadata=LIVE),
+            "scripted_tokens": StrictInt(load_default=5, validate=validate.Range(1, 10_000), metadata=LIVE),
             "scripted_delay_s": StrictFloat(load_default=0.01),
             "scripted_fail_load": StrictBool(load_default=False),
             "scripted_batch": StrictBool(load_default=True),
@@ -51,6 +51,8 @@ class ScriptedAdapter(Adapter):
             "scripted_bug_after": StrictInt(load_default=None, allow_none=True),
             # Emit this many reasoning deltas ("r0 ", "r1 ", ...) before the text.
             "scripted_reasoning": StrictInt(load_default=0, validate=validate.Range(0, 100)),
+            # False: the tokens are generated but none is answer text (a silent model).
+            "scripted_answer": StrictBool(load_default=True),
         }
 
     @classmethod
@@ -86,7 +88,8 @@ class ScriptedAdapter(Adapter):
                     raise KeyError("scripted bug")
                 time.sleep(self.spec.options["scripted_delay_s"])
                 self.tokens_emitted += 1
-                yield Chunk(text=f"t{i} ")
+                if self.spec.options["scripted_answer"]:
+                    yield Chunk(text=f"t{i} ")
             yield Chunk(final=Final(finish_reason="length", prompt_tokens=3, output_tokens=n))
         finally:
             with self.lock:

@@ -31,7 +31,7 @@ def settings() -> dict[str, Any]:
     out["engine"]["models"]["scripted-thinker"] = scripted_model(
         scripted_tokens=4, scripted_reasoning=3, modalities=["text", "image"]
     )
-    out["engine"]["models"]["scripted-silent"] = scripted_model(scripted_tokens=0)
+    out["engine"]["models"]["scripted-silent"] = scripted_model(scripted_tokens=2, scripted_answer=False)
     return out
 
 
@@ -167,7 +167,9 @@ def test_a_silent_answer_still_has_its_message_item(client: FlaskClient) -> None
     assert "response.output_text.delta" not in [name for name, _ in events]
     final = events[-1][1]["response"]
     assert [item["type"] for item in final["output"]] == ["message"]
-    assert final["output"][0]["content"] == [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}]
+    assert final["output"][0]["content"] == [
+        {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    ]
 
 
 def test_sdk_stream_events_are_typed_and_ordered(sdk: openai.OpenAI) -> None:
