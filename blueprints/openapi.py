@@ -304,8 +304,8 @@ def _custom_fields(self: Any, field: fields.Field, **_: Any) -> dict[str, Any]:
     if isinstance(field, Prompt):
         return {
             "oneOf": [
-                {"type": "string"},
-                {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string"}},
+                {"type": "string", "minLength": 1},
+                {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string", "minLength": 1}},
             ]
         }
     if isinstance(field, Stop):

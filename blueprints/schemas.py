@@ -352,13 +352,17 @@ class ChatCompletionsRequestSchema(_Lenient):
 
 
 class Prompt(fields.Field):
-    """OpenAI Completions' `prompt`: one string (a list of exactly one string is taken as
-    that string). Token-id arrays and several prompts are a 400 naming `prompt`."""
+    """OpenAI Completions' `prompt`: one non-empty string (a list of exactly one string is
+    taken as that string). Token-id arrays and several prompts are a 400 naming `prompt`.
+    An empty prompt is refused: with no BOS token (SmolLM2, for one) it is no tokens at
+    all, which no runtime can continue."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-            return value[0]
+            value = value[0]
         if isinstance(value, str):
+            if not value:
+                raise ValidationError("Must not be empty.")
             return value
         if isinstance(value, list) and value:
             raise InvalidParam(

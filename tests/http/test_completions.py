@@ -147,6 +147,8 @@ def test_accepted_values_of_refusable_fields(client: FlaskClient) -> None:
     [
         ({"model": SMOLLM2_ID}, 422, "missing_required_parameter"),
         ({"model": SMOLLM2_ID, "prompt": 5}, 422, "invalid_value"),
+        ({"model": SMOLLM2_ID, "prompt": ""}, 422, "invalid_value"),  # no tokens: nothing to continue
+        ({"model": SMOLLM2_ID, "prompt": [""]}, 422, "invalid_value"),
         ({"model": SMOLLM2_ID, "prompt": "x", "temperature": 3}, 422, "invalid_value"),
         ({"model": "nope", "prompt": "x"}, 404, "unknown_model"),
         ({"model": SMOLLM2_ID, "prompt": "x", "max_tokens": 5000}, 422, "validation_error"),
