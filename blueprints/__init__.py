@@ -8,7 +8,7 @@ import os
 
 from flask import Flask, request
 
-from blueprints import admin, observe, openai_compat, openapi, operations, responses
+from blueprints import admin, completions, observe, openai_compat, openapi, operations, responses
 from blueprints.errors import register_error_handlers
 from llmpool.auth import Access, Credentials, credentials_from
 from llmpool.config.loader import startup_settings
@@ -41,6 +41,7 @@ def create_app(
     app.extensions["llmpool"] = pool
     app.register_blueprint(responses.bp)
     app.register_blueprint(openai_compat.bp)
+    app.register_blueprint(completions.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(operations.bp)
     app.register_blueprint(openapi.bp)

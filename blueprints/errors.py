@@ -9,6 +9,11 @@ On the OpenAI routes (`OPENAI_PREFIXES`) the same errors, with the same statuses
 headers, are rendered in OpenAI's shape instead: {"error": {message, type, param, code}}.
 The shape follows the path, not the matched blueprint, so errors raised before or
 instead of routing (401, 404, 405, 413) take the route's shape too.
+
+POST /v1/responses serves both the pool's own clients and OpenAI's SDK, so its errors
+carry both: the pool's `detail` and, beside it, OpenAI's `error` object (the SDK puts it
+on the exception it raises, chosen by the status: 400 BadRequestError, 404 NotFoundError,
+422 UnprocessableEntityError, 429 RateLimitError, ...).
 """
 
 from __future__ import annotations
@@ -21,13 +26,18 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from blueprints.observe import note_error
+from blueprints.params import InvalidParam
 from blueprints.schemas import validation_details
-from llmpool.errors import InvalidRequest, PoolError, RequestFieldInvalid
+from llmpool.errors import PoolError, RequestFieldInvalid
 
 log = logging.getLogger("llmpool.http")
 
 # Routes whose clients expect OpenAI's error body (its SDK reads `error.message`).
 OPENAI_PREFIXES = ("/v1/chat/", "/v1/completions")
+# Routes whose errors carry both shapes (see the module docstring).
+BOTH_SHAPES = ("/v1/responses",)
+
+__all__ = ["InvalidParam", "openai_error_body", "openai_pool_error", "register_error_handlers"]
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -37,16 +47,6 @@ _HTTP_CODES = {
     413: "request_too_large",
     415: "unsupported_media_type",
 }
-
-
-class InvalidParam(InvalidRequest):
-    """A well-formed request for something the pool does not do (OpenAI's `n` > 1, tools,
-    ...): 400, with `param` naming the offending field as OpenAI's error body does."""
-
-    def __init__(self, param: str, message: str, code: str = "unsupported_value") -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = code
 
 
 def _json(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -61,13 +61,21 @@ def openai_route() -> bool:
     return request.path.startswith(OPENAI_PREFIXES)
 
 
+def _native(detail: Any, openai: dict[str, Any]) -> dict[str, Any]:
+    """The pool's body `{"detail": ...}`, plus OpenAI's `error` on the routes that take both."""
+    if request.path in BOTH_SHAPES:
+        return {"detail": detail, **openai}
+    return {"detail": detail}
+
+
 def pool_error_response(exc: PoolError) -> Response:
     note_error(exc.code)
     if openai_route():
         return _json(openai_pool_error(exc), exc.status, exc.headers)
     if isinstance(exc, RequestFieldInvalid):
-        return _json({"detail": [{"loc": exc.loc, "msg": exc.message, "type": exc.type}]}, 422)
-    return _json({"detail": exc.to_detail()}, exc.status, exc.headers)
+        detail = [{"loc": exc.loc, "msg": exc.message, "type": exc.type}]
+        return _json(_native(detail, openai_pool_error(exc)), 422)
+    return _json(_native(exc.to_detail(), openai_pool_error(exc)), exc.status, exc.headers)
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -82,7 +90,7 @@ def register_error_handlers(app: Flask) -> None:
         note_error("validation_error")
         if openai_route():
             return _json(_openai_validation(exc.messages), 422)
-        return _json({"detail": validation_details(exc.messages)}, 422)
+        return _json(_native(validation_details(exc.messages), _openai_validation(exc.messages)), 422)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
@@ -92,18 +100,20 @@ def register_error_handlers(app: Flask) -> None:
         # 405 must keep its Allow header; werkzeug puts it on the exception's own response.
         headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
         note_error(code)
+        openai = openai_error_body(status, code, message)
         if openai_route():
-            return _json(openai_error_body(status, code, message), status, headers)
-        return _json({"detail": {"code": code, "message": message, "model": None}}, status, headers)
+            return _json(openai, status, headers)
+        return _json(_native({"code": code, "message": message, "model": None}, openai), status, headers)
 
     @app.errorhandler(Exception)
     def _bug(exc: Exception) -> Response:
         log.exception("unhandled error")
         note_error("internal_error")
+        openai = openai_error_body(500, "internal_error", "internal server error")
         if openai_route():
-            return _json(openai_error_body(500, "internal_error", "internal server error"), 500)
+            return _json(openai, 500)
         body = {"code": "internal_error", "message": "internal server error", "model": None}
-        return _json({"detail": body}, 500)
+        return _json(_native(body, openai), 500)
 
 
 # -- OpenAI's error shape -------------------------------------------------------------

@@ -132,4 +132,6 @@ def prompt_text(req: GenerationRequest) -> dict[str, Any]:
         out["messages"] = [{"role": m.role, "content": text(m.content)} for m in req.messages]
     elif req.input is not None:
         out["input"] = text(req.input)
+    elif req.prompt is not None:
+        out["prompt"] = req.prompt
     return out

@@ -21,9 +21,13 @@ from marshmallow import INCLUDE, Schema, fields
 
 from blueprints.responses import pool
 from blueprints.schemas import (
+    INPUT_ROLES,
     ChatCompletionsRequestSchema,
+    CompletionsRequestSchema,
     Content,
     LoadRequestSchema,
+    Prompt,
+    ResponsesInput,
     ResponsesRequestSchema,
     Stop,
 )
@@ -76,28 +80,45 @@ class OpenAIErrorSchema(Schema):
     error = fields.Nested(OpenAIErrorBodySchema, required=True)
 
 
+class ResponsesErrorSchema(Schema):
+    """/v1/responses: the pool's detail and OpenAI's error, side by side."""
+
+    detail = fields.Nested(ErrorDetailSchema, required=True)
+    error = fields.Nested(OpenAIErrorBodySchema, required=True)
+
+
+class ResponsesValidationErrorSchema(Schema):
+    detail = fields.List(fields.Nested(FieldErrorSchema), required=True)
+    error = fields.Nested(OpenAIErrorBodySchema, required=True)
+
+
 # -- inference ----------------------------------------------------------------------
 MetricsSchema = Schema.from_dict(
     {k: fields.Float(required=True, allow_none=True) for k in METRIC_KEYS}, name="MetricsSchema"
 )
 
 
-class UsageSchema(Schema):
+class UsageSchema(_Open):
     input_tokens = fields.Integer(required=True, allow_none=True)
     output_tokens = fields.Integer(required=True, allow_none=True)
+    total_tokens = fields.Integer(required=True, allow_none=True)
 
 
-class OutputTextSchema(_Open):
+class OutputItemSchema(_Open):
+    """output[0] is the pool's `{"type": "output_text", "text"}`; OpenAI's `reasoning`
+    and `message` items follow it."""
+
     type = fields.String(required=True)
-    text = fields.String(required=True)
 
 
 class ResponseObjectSchema(_Open):
     id = fields.String(required=True)
     object = fields.String(required=True)
     created = fields.Integer(required=True)
+    created_at = fields.Integer(required=True)
+    status = fields.String(required=True)
     model = fields.String(required=True)
-    output = fields.List(fields.Nested(OutputTextSchema), required=True)
+    output = fields.List(fields.Nested(OutputItemSchema), required=True)
     output_text = fields.String(required=True)
     reasoning_text = fields.String(required=True, allow_none=True)
     finish_reason = fields.String(required=True)
@@ -128,6 +149,21 @@ class ChatCompletionSchema(_Open):
     created = fields.Integer(required=True)
     model = fields.String(required=True)
     choices = fields.List(fields.Nested(ChatChoiceSchema), required=True)
+    usage = fields.Nested(ChatUsageSchema, required=True)
+
+
+class TextChoiceSchema(_Open):
+    index = fields.Integer(required=True)
+    text = fields.String(required=True)
+    finish_reason = fields.String(required=True)
+
+
+class TextCompletionSchema(_Open):
+    id = fields.String(required=True)
+    object = fields.String(required=True)
+    created = fields.Integer(required=True)
+    model = fields.String(required=True)
+    choices = fields.List(fields.Nested(TextChoiceSchema), required=True)
     usage = fields.Nested(ChatUsageSchema, required=True)
 
 
@@ -243,12 +279,51 @@ _IMAGE_ITEM = {
 }
 
 
+_INPUT_TEXT = {
+    "type": "object",
+    "properties": {"type": {"enum": ["input_text", "output_text"]}, "text": {"type": "string"}},
+    "required": ["type", "text"],
+}
+_INPUT_IMAGE = {
+    "type": "object",
+    "properties": {
+        "type": {"const": "input_image"},
+        "image_url": {"type": "string", "minLength": 1},
+        "detail": {"enum": ["auto", "low", "high"]},
+    },
+    "required": ["type", "image_url"],
+}
+_PARTS = {
+    "type": "array",
+    "minItems": 1,
+    "items": {"oneOf": [_TEXT_ITEM, _IMAGE_ITEM, _INPUT_TEXT, _INPUT_IMAGE]},
+}
+_INPUT_ITEM = {
+    "type": "object",
+    "properties": {
+        "type": {"const": "message"},
+        "role": {"enum": list(INPUT_ROLES)},
+        "content": {"oneOf": [{"type": "string"}, _PARTS]},
+    },
+    "required": ["role", "content"],
+}
+
+
 def _custom_fields(self: Any, field: fields.Field, **_: Any) -> dict[str, Any]:
     """JSON Schema for the fields marshmallow's plugin cannot infer."""
     nullable = [{"type": "null"}] if field.allow_none else []
+    if isinstance(field, ResponsesInput):
+        items = {"type": "array", "minItems": 1, "items": _INPUT_ITEM}
+        return {"oneOf": [{"type": "string"}, _PARTS, items, *nullable]}
     if isinstance(field, Content):
-        items = {"type": "array", "minItems": 1, "items": {"oneOf": [_TEXT_ITEM, _IMAGE_ITEM]}}
-        return {"oneOf": [{"type": "string"}, items, *nullable]}
+        return {"oneOf": [{"type": "string"}, _PARTS, *nullable]}
+    if isinstance(field, Prompt):
+        return {
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string", "minLength": 1}},
+            ]
+        }
     if isinstance(field, Stop):
         many = {"type": "array", "maxItems": 16, "items": {"type": "string"}}
         return {"oneOf": [{"type": "string"}, many, *nullable]}
@@ -266,7 +341,8 @@ def _json(schema: str) -> dict[str, Any]:
 def _errors(statuses: tuple[int, ...], shape: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for status in statuses:
-        name = "ValidationError" if status == 422 and shape == "Error" else shape
+        name = {"Error": "ValidationError", "ResponsesError": "ResponsesValidationError"}.get(shape, shape)
+        name = name if status == 422 else shape
         out[str(status)] = {"description": f"{status} error", "content": _json(name)}
     return out
 
@@ -289,7 +365,21 @@ ROUTES: list[tuple[str, str, str, str | None, dict[str, Any], tuple[int, ...], s
             }
         },
         _INFERENCE_ERRORS,
-        "Error",
+        "ResponsesError",
+    ),
+    (
+        "/v1/completions",
+        "post",
+        "OpenAI (legacy) completions of a raw prompt (JSON, or SSE with stream: true)",
+        "CompletionsRequest",
+        {
+            "200": {
+                "description": "the completion, or its chunk stream",
+                "content": {**_json("TextCompletion"), "text/event-stream": {"schema": {"type": "string"}}},
+            }
+        },
+        _INFERENCE_ERRORS,
+        "OpenAIError",
     ),
     (
         "/v1/chat/completions",
@@ -452,9 +542,11 @@ _QUERY: dict[tuple[str, str], list[tuple[str, dict[str, Any]]]] = {
 _SCHEMAS: dict[str, Any] = {
     "ResponsesRequest": ResponsesRequestSchema,
     "ChatCompletionsRequest": ChatCompletionsRequestSchema,
+    "CompletionsRequest": CompletionsRequestSchema,
     "LoadRequest": LoadRequestSchema,
     "ResponseObject": ResponseObjectSchema,
     "ChatCompletion": ChatCompletionSchema,
+    "TextCompletion": TextCompletionSchema,
     "ModelList": ModelListSchema,
     "Health": HealthSchema,
     "Ready": ReadySchema,
@@ -467,6 +559,8 @@ _SCHEMAS: dict[str, Any] = {
     "Error": ErrorSchema,
     "ValidationError": ValidationErrorSchema,
     "OpenAIError": OpenAIErrorSchema,
+    "ResponsesError": ResponsesErrorSchema,
+    "ResponsesValidationError": ResponsesValidationErrorSchema,
 }
 
 
@@ -509,6 +603,23 @@ def _refine_requests(schemas: dict[str, Any]) -> None:
         {"required": ["input"], "properties": {"input": not_null}},
         {"required": ["messages"], "properties": {"messages": {**not_null, "minItems": 1}}},
     ]
+    responses = schemas["ResponsesRequest"]["properties"]
+    # Accepted only at the values the pool honours; anything else is a 400 naming it.
+    responses["tools"] = {"oneOf": [{"type": "null"}, {"type": "array", "maxItems": 0}]}
+    responses["tool_choice"] = {"enum": ["none", "auto", None]}
+    responses["include"] = responses["tools"]
+    for key in ("store", "background"):
+        responses[key] = {"enum": [False, None]}
+    for key in ("previous_response_id", "conversation", "prompt"):
+        responses[key] = {"type": "null"}
+    responses["truncation"] = {"enum": ["disabled", None]}
+    responses["top_logprobs"] = {"enum": [0, None]}
+    completions = schemas["CompletionsRequest"]["properties"]
+    completions["n"] = completions["best_of"] = {"enum": [1, None]}
+    completions["echo"] = {"enum": [False, None]}
+    completions["logprobs"] = {"type": "null"}
+    completions["suffix"] = {"enum": ["", None]}
+    completions["logit_bias"] = {"oneOf": [{"type": "null"}, {"type": "object", "maxProperties": 0}]}
     chat = schemas["ChatCompletionsRequest"]["properties"]
     # Accepted only at the values the pool honours; anything else is a 400 naming it.
     chat["n"] = {"enum": [1, None]}
@@ -531,7 +642,7 @@ def _add_model_examples(document: dict[str, Any], names: list[str]) -> None:
     if not names:
         return
     schemas = document["components"]["schemas"]
-    for request in ("ResponsesRequest", "ChatCompletionsRequest"):
+    for request in ("ResponsesRequest", "ChatCompletionsRequest", "CompletionsRequest"):
         schemas[request]["properties"]["model"]["examples"] = names
     for item in document["paths"].values():
         for operation in item.values():

@@ -9,9 +9,10 @@ from flask import Blueprint, Response, current_app, jsonify
 
 from blueprints.body import json_body
 from blueprints.observe import note_job, note_model
+from blueprints.responses_request import to_generation_request
+from blueprints.responses_shape import output_items, response_object, status_of
 from blueprints.schemas import ResponsesRequestSchema
 from blueprints.sse import client_socket, completed_payload, on_hangup, sse_response, stream_job
-from llmpool.generation import GenerationRequest, Message
 from llmpool.greenbridge import watch_hangup
 from llmpool.job import Done, Failed, Job
 from llmpool.pool import Pool
@@ -25,17 +26,15 @@ def pool() -> Pool:
     return current_app.extensions["llmpool"]
 
 
-def to_generation_request(body: dict[str, Any], p: Pool) -> GenerationRequest:
-    messages = body["messages"]
-    return GenerationRequest(
-        input=body["input"],
-        messages=None if messages is None else tuple(Message(m["role"], m["content"]) for m in messages),
-        instructions=body["instructions"],
-        source_lang_code=body["source_lang_code"],
-        target_lang_code=body["target_lang_code"],
-        thinking=body["thinking"],
-        decoding=p.settings.decoding.merged(body["decoding"]),
-    )
+def echo_fields(body: dict[str, Any], request: Any) -> dict[str, Any]:
+    """Request fields OpenAI's response object repeats that the job does not carry."""
+    reasoning = body["reasoning"] or {}
+    return {
+        "metadata": body["metadata"] or {},
+        "reasoning": {"effort": reasoning.get("effort"), "summary": None},
+        "user": body["user"],
+        "thinking": request.thinking,
+    }
 
 
 def wait_for_result(p: Pool, job: Job) -> Done:
@@ -66,24 +65,24 @@ def create_response() -> Response:
     body = RESPONSES_SCHEMA.load(json_body())
     note_model(body["model"])
     p = pool()
-    job = p.submit(
-        body["model"],
-        to_generation_request(body, p),
-        allow_remote=body["allow_remote"],
-        pool_started=started,
-    )
+    generation = to_generation_request(body, p)
+    job = p.submit(body["model"], generation, allow_remote=body["allow_remote"], pool_started=started)
     note_job(job)
+    echo = echo_fields(body, generation)
     if body["stream"]:
-        return sse_response(stream_job(p, job))
+        return sse_response(stream_job(p, job, echo))
     done = wait_for_result(p, job)
-    payload = completed_payload(job, done)
-    payload.update(
-        object="response",
-        created=job.created,
-        model=job.model,
-        output=[{"type": "output_text", "text": done.output_text}],
-        metrics=job.metrics(done.final),
+    # OpenAI's response object, with the pool's own fields on top (they agree where both
+    # have a key: id, model, usage); `output[0]` stays the legacy item (responses_shape).
+    payload = response_object(
+        job,
+        echo,
+        status_of(done.finish_reason),
+        output_items(job, done),
+        final=done.final,
+        finish_reason=done.finish_reason,
     )
+    payload.update(completed_payload(job, done), metrics=job.metrics(done.final))
     return jsonify(payload)
 
 

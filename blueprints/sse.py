@@ -6,9 +6,14 @@ a long prefill), and `cancel_on_close` turns a body generator into one that neve
 once started and cancels the job when the client goes away (GeneratorExit at the next
 write closes it).
 
-POST /v1/responses framing (SPEC §3), in order: response.created, comments while waiting,
-reasoning and output deltas as the backend produces them, response.metrics,
-response.completed; or response.failed when the job fails after the stream began.
+POST /v1/responses framing (SPEC §3, §10), in order: response.created and
+response.in_progress, comments while waiting, for each output item its
+response.output_item.added and response.content_part.added before its first delta, the
+reasoning and output deltas as the backend produces them, the items' closing events
+(response.*_text.done, response.content_part.done, response.output_item.done),
+response.metrics, response.completed; or response.failed when the job fails after the
+stream began. Every data object carries OpenAI's `type` and `sequence_number` besides the
+pool's own fields (`blueprints.responses_shape.ResponseEvents`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 from flask import Response, request
 
+from blueprints.responses_shape import ResponseEvents, usage
 from llmpool.errors import ClientGone
 from llmpool.greenbridge import ChannelTimeout, watch_hangup
 from llmpool.job import Delta, Done, Event, Failed, Job, JobStatus
@@ -119,42 +125,41 @@ def cancel_on_close(
 
 
 def completed_payload(job: Job, done: Done) -> dict[str, Any]:
-    final = done.final
+    """The pool's own top-level fields of a finished response (JSON and stream)."""
     return {
         "id": job.id,
         "output_text": done.output_text,
         "reasoning_text": done.reasoning_text,
         "finish_reason": done.finish_reason,
-        "usage": {
-            "input_tokens": final.prompt_tokens if final else None,
-            "output_tokens": final.output_tokens if final else None,
-        },
+        "usage": usage(done.final),
     }
 
 
-def stream_job(pool: Pool, job: Job) -> Iterator[str]:
-    """The /v1/responses SSE body for `job`; never raises once started."""
+def stream_job(pool: Pool, job: Job, echo: dict[str, Any] | None = None) -> Iterator[str]:
+    """The /v1/responses SSE body for `job`; never raises once started. `echo`: request
+    fields the response objects repeat (`blueprints.responses_shape.response_object`)."""
+    events = ResponseEvents(job, echo or {})
 
     def bug() -> str:
-        error = {"code": "internal_error", "message": "internal server error"}
-        return frame("response.failed", {"id": job.id, "error": error})
+        return frame(*events.failed("internal_error", "internal server error"))
 
-    return cancel_on_close(pool, job, _events(pool, job), bug, client_socket())
+    return cancel_on_close(pool, job, _events(pool, job, events), bug, client_socket())
 
 
-def _events(pool: Pool, job: Job) -> Iterator[str]:
-    yield frame("response.created", {"id": job.id, "model": job.model})
+def _events(pool: Pool, job: Job, events: ResponseEvents) -> Iterator[str]:
+    for opened in events.open():
+        yield frame(*opened)
     for event in job_events(pool, job):
         if isinstance(event, str):
             yield event
         elif isinstance(event, Delta):
-            if event.reasoning:
-                yield frame("response.reasoning_text.delta", {"id": job.id, "delta": event.reasoning})
-            if event.text:
-                yield frame("response.output_text.delta", {"id": job.id, "delta": event.text})
+            for delta in events.delta(event):
+                yield frame(*delta)
         elif isinstance(event, Done):
-            yield frame("response.metrics", {"id": job.id, "metrics": job.metrics(event.final)})
-            yield frame("response.completed", completed_payload(job, event))
+            closing, output = events.close(event)
+            for closed in closing:
+                yield frame(*closed)
+            yield frame(*events.event("response.metrics", id=job.id, metrics=job.metrics(event.final)))
+            yield frame(*events.completed(event, output, completed_payload(job, event)))
         elif isinstance(event, Failed):
-            error = {"code": event.error.code, "message": event.error.message}
-            yield frame("response.failed", {"id": job.id, "error": error})
+            yield frame(*events.failed(event.error.code, event.error.message))

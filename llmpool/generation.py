@@ -41,7 +41,12 @@ class Message:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One inference job as a backend sees it; exactly one of input/messages is set."""
+    """One inference job as a backend sees it; exactly one of input/messages/prompt is set.
+
+    `prompt` is a raw completion prompt (POST /v1/completions): every backend sends it to
+    its runtime as it is, through no chat template and no prompt format (the tokenizer
+    still adds BOS), and returns the runtime's text unsplit.
+    """
 
     input: Content | None = None
     messages: tuple[Message, ...] | None = None
@@ -50,6 +55,7 @@ class GenerationRequest:
     target_lang_code: str | None = None
     thinking: str = "default"
     decoding: Decoding = field(default_factory=Decoding)
+    prompt: str | None = None
 
     @property
     def has_images(self) -> bool:

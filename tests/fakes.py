@@ -54,6 +54,10 @@ class ScriptedAdapter(Adapter):
             "scripted_fail_after": StrictInt(load_default=None, allow_none=True),
             # Raise KeyError (not a runtime error: a bug in the pool's own code) likewise.
             "scripted_bug_after": StrictInt(load_default=None, allow_none=True),
+            # Emit this many reasoning deltas ("r0 ", "r1 ", ...) before the text.
+            "scripted_reasoning": StrictInt(load_default=0, validate=validate.Range(0, 100)),
+            # False: the tokens are generated but none is answer text (a silent model).
+            "scripted_answer": StrictBool(load_default=True),
         }
 
     @classmethod
@@ -90,6 +94,8 @@ class ScriptedAdapter(Adapter):
             n = min(self.spec.options["scripted_tokens"], request.decoding.max_tokens)
             fail_after = self.spec.options["scripted_fail_after"]
             bug_after = self.spec.options["scripted_bug_after"]
+            for i in range(self.spec.options["scripted_reasoning"]):
+                yield Chunk(reasoning=f"r{i} ")
             for i in range(n):
                 if fail_after is not None and i == fail_after:
                     raise RuntimeError("scripted runtime crashed")
@@ -97,7 +103,8 @@ class ScriptedAdapter(Adapter):
                     raise KeyError("scripted bug")
                 time.sleep(self.spec.options["scripted_delay_s"])
                 self.tokens_emitted += 1
-                yield Chunk(text=f"t{i} ")
+                if self.spec.options["scripted_answer"]:
+                    yield Chunk(text=f"t{i} ")
             yield Chunk(final=Final(finish_reason="length", prompt_tokens=3, output_tokens=n))
         finally:
             with self.lock:

@@ -246,7 +246,7 @@ class Ct2Adapter(Adapter):
         else:
             chunks = self._stream(generator, tokens, stop, kwargs, started, tokenized)
         # A reasoning format (qwen3_template): thoughts out of the answer.
-        yield from split_chunks(chunks, prompts.splitter(self.spec, rendered.text))
+        yield from split_chunks(chunks, prompts.request_splitter(self.spec, request, rendered.text))
 
     def _decode(self, ids: list[int]) -> str:
         return str(self._tokenizer.decode(ids, skip_special_tokens=True))

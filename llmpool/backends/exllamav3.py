@@ -200,7 +200,7 @@ class ExLlamaV3Adapter(Adapter):
         stop = prompts.stops(rendered, request)
         job = exl.Job(**self._job_kwargs(exl, request, input_ids, stop, cache_size - n_prompt))
         # A reasoning format (qwen3_template, gemma4_template): thoughts out of the answer.
-        splitter = prompts.splitter(self.spec, rendered.text)
+        splitter = prompts.request_splitter(self.spec, request, rendered.text)
         yield from split_chunks(self._stream(generator, job, n_prompt, started, tokenized), splitter)
 
     def _job_kwargs(

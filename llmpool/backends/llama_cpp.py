@@ -153,7 +153,9 @@ class LlamaCppAdapter(Adapter):
     def _prompt(self, request: GenerationRequest) -> tuple[str, list[str]]:
         """(prompt text with special-token markup, stop strings incl. the request's)."""
         fmt = prompts.get(self.spec.prompt_format)
-        chat = request.messages is not None or self.spec.prompt_format in GGUF_TEMPLATE_FIRST
+        chat = request.prompt is None and (
+            request.messages is not None or self.spec.prompt_format in GGUF_TEMPLATE_FIRST
+        )
         if not chat or self._formatter is None:
             rendered = prompts.render(self.spec, request)
             return rendered.text, prompts.stops(rendered, request)
@@ -206,7 +208,8 @@ class LlamaCppAdapter(Adapter):
             is_eog=self._is_eog,
             outcome=outcome,
         )
-        splitter = prompts.splitter(self.spec, prompt)
+        # A raw prompt (/v1/completions) gets the text as generated, markers included.
+        splitter = prompts.request_splitter(self.spec, request, prompt)
         first: float | None = None
         try:
             for text in stream:

@@ -18,7 +18,13 @@ from marshmallow import fields, validate
 
 from llmpool import prompts
 from llmpool.backends.base import Adapter, Capabilities
-from llmpool.backends.openai_chat import ChatUpstream, UpstreamFailure, chat_messages, stream_chat
+from llmpool.backends.openai_chat import (
+    ChatUpstream,
+    UpstreamFailure,
+    endpoint,
+    prompt_body,
+    stream_chat,
+)
 from llmpool.config.fields import StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, BackendTimeout, InvalidRequest, ModelLoadFailed, PoolError
@@ -69,7 +75,7 @@ class ManagedServerAdapter(Adapter):
         d = request.decoding
         body: dict[str, Any] = {
             "model": self.spec.name,
-            "messages": chat_messages(request),
+            **prompt_body(request),
             "max_tokens": d.max_tokens,
             "temperature": d.temperature,
             "top_p": d.top_p,
@@ -212,13 +218,13 @@ class ManagedServerAdapter(Adapter):
         try:
             yield from stream_chat(
                 self._upstream,
-                self._url(self.port, "/v1/chat/completions"),
+                self._url(self.port, "/v1" + endpoint(request)),
                 self.payload(request),
                 timeout=(5.0, self.option("request_timeout_s")),
                 label=self.label,
                 # The runtime splits the thoughts out (see the subclass); this catches
                 # whatever it leaves inline in `content`.
-                splitter=prompts.splitter(self.spec),
+                splitter=prompts.request_splitter(self.spec, request),
             )
         except UpstreamFailure as exc:
             raise self._local_error(exc) from exc

@@ -156,6 +156,18 @@ def chat_messages(request: GenerationRequest) -> list[dict[str, Any]]:
     return messages
 
 
+def endpoint(request: GenerationRequest) -> str:
+    """The path (after `/v1`) that serves `request`: Completions for a raw prompt."""
+    return "/completions" if request.prompt is not None else "/chat/completions"
+
+
+def prompt_body(request: GenerationRequest) -> dict[str, Any]:
+    """The prompt part of the body for `endpoint(request)`."""
+    if request.prompt is not None:
+        return {"prompt": request.prompt}
+    return {"messages": chat_messages(request)}
+
+
 def _final(
     finish: str,
     usage: dict[str, Any] | None,
@@ -288,7 +300,8 @@ def stream_chat(
             timings = obj.get("timings") or timings
             for choice in obj.get("choices") or ():
                 delta = choice.get("delta") or {}
-                text = delta.get("content") or ""
+                # Completions chunks carry `text` where chat chunks carry `delta.content`.
+                text = delta.get("content") or choice.get("text") or ""
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
                 if text or reasoning:
                     first = first or time.perf_counter()

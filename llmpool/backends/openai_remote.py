@@ -32,8 +32,9 @@ from llmpool.backends.base import Adapter, Capabilities
 from llmpool.backends.openai_chat import (
     ChatUpstream,
     UpstreamFailure,
-    chat_messages,
+    endpoint,
     error_text,
+    prompt_body,
     read_capped,
     stream_chat,
 )
@@ -258,13 +259,14 @@ class OpenAIRemoteAdapter(Adapter):
 
     # -- generation ------------------------------------------------------------------
     def payload(self, request: GenerationRequest) -> dict[str, Any]:
-        """Chat Completions body: temperature, top_p, max_tokens and stop are mapped;
+        """Chat Completions body (Completions for a raw prompt): temperature, top_p,
+        max_tokens and stop are mapped;
         beam_size, top_k and repetition_penalty have no Chat Completions field and are
         ignored."""
         d = request.decoding
         body: dict[str, Any] = {
             "model": self.option("model"),
-            "messages": chat_messages(request),
+            **prompt_body(request),
             "max_tokens": d.max_tokens,
             "temperature": d.temperature,
             "top_p": d.top_p,
@@ -272,7 +274,7 @@ class OpenAIRemoteAdapter(Adapter):
         if d.stop:
             body["stop"] = list(d.stop)
         thinking = request.thinking if request.thinking != "default" else self.option("thinking")
-        if thinking in ("enabled", "disabled"):
+        if thinking in ("enabled", "disabled") and request.prompt is None:
             # The convention of vLLM, SGLang and llama-server for Qwen3-style templates.
             body["chat_template_kwargs"] = {"enable_thinking": thinking == "enabled"}
         return body
@@ -293,13 +295,13 @@ class OpenAIRemoteAdapter(Adapter):
             try:
                 yield from stream_chat(
                     upstream,
-                    self._url("/chat/completions"),
+                    self._url(endpoint(request)),
                     payload,
                     timeout=self._timeout(),
                     label=self.label,
                     # Thoughts the upstream left inline in `content` (no reasoning
                     # parser there) are split out here, for a reasoning format.
-                    splitter=prompts.splitter(self.spec),
+                    splitter=prompts.request_splitter(self.spec, request),
                 )
                 return
             except UpstreamFailure as exc:

@@ -298,7 +298,10 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
 
     # -- generation ------------------------------------------------------------------
     def prompt(self, request: GenerationRequest) -> Any:
-        """The engine's prompt: chat-template text, plus images when there are any."""
+        """The engine's prompt: chat-template text, plus images when there are any; a raw
+        `request.prompt` as it is (vLLM's tokenizer adds BOS to a text prompt)."""
+        if request.prompt is not None:
+            return {"prompt": request.prompt}
         messages, images = template_messages(request)
         if images and "image" not in self.spec.modalities:
             raise InvalidRequest("this model does not take images", model=self.spec.name)
@@ -324,7 +327,7 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
         outputs: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._in_flight[id(request)] = outputs
         # Thoughts out of the text (a prompt that opened the block starts inside it).
-        splitter = prompts.splitter(self.spec, prompt["prompt"])
+        splitter = prompts.request_splitter(self.spec, request, prompt["prompt"])
         try:
             yield from stream_outputs(
                 loop, engine, prompt, params, prepared, started, outputs, self._client_errors, splitter

@@ -101,6 +101,14 @@ def splitter(spec: ModelSpec, prompt: str | None = None) -> ReasoningSplitter | 
     return ReasoningSplitter(markers, inside=prompt is not None and opens_in_prompt(prompt, markers))
 
 
+def request_splitter(
+    spec: ModelSpec, request: GenerationRequest, prompt: str | None = None
+) -> ReasoningSplitter | None:
+    """`splitter` for a request; None for a raw prompt (/v1/completions), whose caller gets
+    the text exactly as generated, markers included."""
+    return None if request.prompt is not None else splitter(spec, prompt)
+
+
 def resolve_thinking(spec: ModelSpec, request: GenerationRequest) -> str:
     """ "enabled" or "disabled": `request.thinking`, "default" following `enable_thinking`."""
     if request.thinking == "default":
@@ -112,8 +120,11 @@ def render(spec: ModelSpec, request: GenerationRequest) -> Rendered:
     """The raw prompt for `request` in the model's format, thinking resolved.
 
     `request.thinking` "default" follows the model's `enable_thinking`; admission has
-    already refused modes the format does not offer (400 thinking_unsupported).
+    already refused modes the format does not offer (400 thinking_unsupported). A raw
+    `request.prompt` is returned as it is, with no format stops.
     """
+    if request.prompt is not None:
+        return Rendered(request.prompt)
     rendered: Rendered = get(spec.prompt_format).render(request, resolve_thinking(spec, request))
     return rendered
 
@@ -122,7 +133,7 @@ def check(spec: ModelSpec, request: GenerationRequest) -> None:
     """Raise `InvalidRequest` (400) for a request the model's format cannot take."""
     module = get(spec.prompt_format)
     hook = getattr(module, "check", None)
-    if hook is None:
+    if hook is None or request.prompt is not None:  # a raw prompt is the client's own format
         return
     try:
         hook(request)

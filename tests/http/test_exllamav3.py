@@ -107,3 +107,16 @@ def test_load_overrides_are_checked_then_reach_the_cache(client: FlaskClient, ex
     assert (
         client.post("/v1/responses", json={"model": MODEL, "input": "x"}).get_json()["output_text"] == REPLY
     )
+
+
+def test_a_raw_prompt_is_tokenised_as_it_is(client: FlaskClient) -> None:
+    """/v1/completions: no prompt format around it (the fake makes one id per character,
+    plus BOS), and the runtime's text back."""
+    prompt = "Translate: hello ->"
+    r = client.post("/v1/completions", json={"model": MODEL, "prompt": prompt})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["choices"][0]["text"] == REPLY
+    assert body["usage"]["prompt_tokens"] == len(prompt) + 1
+    formatted = client.post("/v1/responses", json={"model": MODEL, "input": prompt}).get_json()
+    assert formatted["usage"]["input_tokens"] > len(prompt) + 1  # the format's markup around it

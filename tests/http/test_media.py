@@ -1,6 +1,7 @@
-"""The media policy through both APIs: refusals are 403 media_forbidden / 400
-invalid_request before anything is queued, and the backend (openai_remote, in front of a
-real upstream on 127.0.0.1 that records what it receives) only ever sees data URLs."""
+"""The media policy through both APIs (and the SDK's input_image parts on /v1/responses):
+refusals are 403 media_forbidden / 400 invalid_request before anything is queued, and the
+backend (openai_remote, in front of a real upstream on 127.0.0.1 that records what it
+receives) only ever sees data URLs."""
 
 from __future__ import annotations
 
@@ -70,6 +71,13 @@ def responses(client: FlaskClient, url: str, model: str = "vision") -> TestRespo
     return client.post("/v1/responses", json=body)
 
 
+def responses_items(client: FlaskClient, url: str, model: str = "vision") -> TestResponse:
+    """The openai SDK's form: an input item whose parts are input_text / input_image."""
+    parts = [{"type": "input_text", "text": "What is this?"}, {"type": "input_image", "image_url": url}]
+    body = {"model": model, "input": [{"role": "user", "content": parts}], "allow_remote": True}
+    return client.post("/v1/responses", json=body)
+
+
 def chat(client: FlaskClient, url: str, model: str = "vision") -> TestResponse:
     body = {"model": model, "messages": [{"role": "user", "content": picture(url)}], "allow_remote": True}
     return client.post("/v1/chat/completions", json=body)
@@ -104,7 +112,7 @@ REFUSED_BY_DEFAULT = [
 ]
 
 
-@pytest.mark.parametrize("api", [responses, chat])
+@pytest.mark.parametrize("api", [responses, responses_items, chat])
 @pytest.mark.parametrize(("url", "status", "code", "says"), REFUSED_BY_DEFAULT)
 def test_the_default_policy_refuses_on_both_apis(
     pool_with: MakeClient,
@@ -120,7 +128,7 @@ def test_the_default_policy_refuses_on_both_apis(
     assert upstream.requests == []  # nothing was queued, nothing reached the backend
 
 
-@pytest.mark.parametrize("api", [responses, chat])
+@pytest.mark.parametrize("api", [responses, responses_items, chat])
 @pytest.mark.parametrize(
     ("host", "says"),
     [
@@ -139,7 +147,7 @@ def test_private_addresses_are_forbidden_with_allow_http(
     assert images.paths == [] and upstream.requests == []
 
 
-@pytest.mark.parametrize("api", [responses, chat])
+@pytest.mark.parametrize("api", [responses, responses_items, chat])
 def test_file_escapes_are_forbidden(pool_with: MakeClient, tmp_path: Path, api: Any) -> None:
     (tmp_path / "images" / "escape.png").symlink_to(tmp_path / "secret" / "key.png")
     client = pool_with(allowed_dirs=["images"])  # relative to the settings file
@@ -154,16 +162,16 @@ def test_the_backend_only_ever_sees_data_urls(
     images.routes["/moved"] = redirect("/pic.png")
     client = pool_with(allowed_dirs=["images"], allow_http=True, allow_private_http=True)
     urls = [f"file://{tmp_path}/images/pic.png", images.url("/pic.png"), images.url("/moved"), PNG_DATA_URL]
-    for api in (responses, chat):
+    for api in (responses, responses_items, chat):
         for url in urls:
             r = api(client, url)
             assert r.status_code == 200, (url, r.get_json())
-    assert sent_urls(upstream) == [PNG_DATA_URL] * 2 * len(urls)
+    assert sent_urls(upstream) == [PNG_DATA_URL] * 3 * len(urls)
 
 
 def test_a_data_url_over_the_cap_is_refused(pool_with: MakeClient, upstream: MisbehavingUpstream) -> None:
     client = pool_with(max_image_bytes=len(PNG) - 1)
-    for api in (responses, chat):
+    for api in (responses, responses_items, chat):
         got = error(api(client, PNG_DATA_URL))
         assert got == (
             400,
@@ -177,7 +185,7 @@ def test_a_model_without_images_refuses_before_any_fetch(
     pool_with: MakeClient, upstream: MisbehavingUpstream, images: ImageServer
 ) -> None:
     client = pool_with(allow_http=True, allow_private_http=True)
-    for api in (responses, chat):
+    for api in (responses, responses_items, chat):
         got = error(api(client, images.url("/pic.png"), model="text"))
         assert got[:2] == (400, "modality_unsupported")
     assert images.paths == [] and upstream.requests == []

@@ -96,6 +96,25 @@ def test_json_and_stream_pass_the_upstream_through(remote: MakeClient, upstream:
     assert events[-1][1]["output_text"] == "".join(TOKENS)
 
 
+def test_a_raw_prompt_goes_to_the_upstreams_completions_endpoint(
+    remote: MakeClient, upstream: MisbehavingUpstream
+) -> None:
+    client = remote(remote_thinking="disabled")
+    upstream.script(Reply(tokens=TOKENS, finish_reason="length"), Reply(tokens=TOKENS))
+    body = {"model": "remote", "prompt": "Once upon", "max_tokens": 9, "allow_remote": True}
+    got = client.post("/v1/completions", json=body).get_json()
+    assert got["choices"][0]["text"] == "".join(TOKENS) and got["choices"][0]["finish_reason"] == "length"
+    streamed = client.post("/v1/completions", json={**body, "stream": True}).get_data(as_text=True)
+    chunks = [json.loads(b[6:]) for b in streamed.split("\n\n") if b.startswith("data: {")]
+    assert [c["choices"][0]["text"] for c in chunks[:-1]] == list(TOKENS)  # not re-chunked
+    sent = upstream.requests
+    assert [s.path for s in sent] == ["/v1/completions"] * 2
+    # The prompt as it is; no chat messages, no chat-template switches.
+    assert sent[0].body is not None and sent[0].body["prompt"] == "Once upon"
+    assert "messages" not in sent[0].body and "chat_template_kwargs" not in sent[0].body
+    assert sent[0].body["max_tokens"] == 9 and sent[0].body["model"] == "remote-model"
+
+
 def test_deltas_reach_the_client_while_the_upstream_is_still_sending(
     remote: MakeClient, upstream: MisbehavingUpstream
 ) -> None:

@@ -160,6 +160,40 @@ def sse_events(url: str, body: dict[str, Any]) -> list[tuple[str, Any]]:
     return events
 
 
+def completion_chunks(url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """POST a streaming /v1/completions body; its `data:` objects, up to `[DONE]` (required)."""
+    chunks: list[dict[str, Any]] = []
+    with requests.post(f"{url}/v1/completions", json={**body, "stream": True}, stream=True, timeout=120) as r:
+        assert r.status_code == 200, r.text
+        for line in r.iter_lines(chunk_size=None, decode_unicode=True):
+            if line == "data: [DONE]":
+                return chunks
+            if line.startswith("data: "):
+                chunks.append(json.loads(line[6:]))
+    raise AssertionError(f"no [DONE] after {chunks}")
+
+
+def check_raw_prompt_route(url: str, model: str) -> None:
+    """POST /v1/completions on `model` (issue 14): the bare prompt reaches the runtime with
+    no template around it (a handful of tokens, where the same text through /v1/responses
+    gets the model's chat markup), and the stream's text deltas join to the JSON text."""
+    prompt = "The capital of France is"
+    body = {"model": model, "prompt": prompt, "max_tokens": 8, "temperature": 0}
+    r = requests.post(f"{url}/v1/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["object"] == "text_completion" and got["id"].startswith("cmpl-")
+    text = got["choices"][0]["text"]
+    assert text.strip() and got["choices"][0]["finish_reason"] in ("stop", "length")
+    chat = {"model": model, "input": prompt, "decoding": {"max_tokens": 1}}
+    templated = requests.post(f"{url}/v1/responses", json=chat, timeout=120)
+    assert templated.status_code == 200, templated.text
+    assert got["usage"]["prompt_tokens"] <= 8 < templated.json()["usage"]["input_tokens"]
+    chunks = completion_chunks(url, body)
+    assert len(chunks) >= 2 and "".join(c["choices"][0]["text"] for c in chunks) == text
+    assert chunks[-1]["choices"][0]["finish_reason"] == got["choices"][0]["finish_reason"]
+
+
 def stop_server(server: Server) -> int:
     server.process.send_signal(signal.SIGTERM)
     try:

@@ -8,6 +8,7 @@ a real OS thread and streams token by token.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -158,6 +159,23 @@ def test_closing_the_stream_frees_the_slot(client: FlaskClient) -> None:
 
 
 @pytest.mark.integration
+def test_a_raw_prompt_is_generated_from_as_it_is(client: FlaskClient) -> None:
+    """/v1/completions: the prompt reaches CTranslate2 with no prompt format around it."""
+    prompt = "The capital of France is"
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 8, "temperature": 0}
+    got = client.post("/v1/completions", json=body).get_json()
+    text = got["choices"][0]["text"]
+    assert text.strip() and got["object"] == "text_completion"
+    templated = client.post(
+        "/v1/responses", json={"model": MODEL, "input": prompt, "decoding": {"max_tokens": 1}}
+    )
+    assert got["usage"]["prompt_tokens"] <= 8 < templated.get_json()["usage"]["input_tokens"]
+    streamed = client.post("/v1/completions", json={**body, "stream": True}).get_data(as_text=True)
+    chunks = [json.loads(b[6:]) for b in streamed.split("\n\n") if b.startswith("data: {")]
+    assert streamed.rstrip().endswith("data: [DONE]")
+    assert "".join(c["choices"][0]["text"] for c in chunks) == text
+
+
 def test_gunicorn_streams_on_a_real_thread(tmp_path: Path, ct2_model: str) -> None:
     """The hub stays free during a CT2 generation, and tokens arrive as they are made.
 

@@ -15,7 +15,14 @@ import pytest
 import requests
 
 from tests.conftest import SMOLLM2_REF
-from tests.integration.conftest import Server, concurrent_responses, sse_events, start_server, stop_server
+from tests.integration.conftest import (
+    Server,
+    check_raw_prompt_route,
+    concurrent_responses,
+    sse_events,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -119,6 +126,10 @@ def test_load_json_and_stream_through_real_llama_server(server: Server) -> None:
     assert any("listening on http://127.0.0.1:" in line for line in lines)
     assert any("n_ctx_slot = 4096" in line for line in lines)  # each request gets n_ctx
     assert any("print_timing" in line for line in lines)  # the requests were served there
+
+
+def test_a_raw_prompt_goes_through_llama_servers_completions(server: Server) -> None:
+    check_raw_prompt_route(server.url, MODEL)
 
 
 def test_two_replicas_answer_concurrently(server: Server) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+import requests
 
 from tests.conftest import SMOLLM2_ID
 from tests.integration.conftest import Server, integration_settings, start_server, stop_server
@@ -97,3 +98,91 @@ def test_unsupported_n_raises_bad_request(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(**GREEDY, n=2)
     assert caught.value.param == "n" and caught.value.code == "unsupported_value"
+
+
+# -- Responses API (issue 14) ------------------------------------------------------------
+QUESTION = "Name three colors of the rainbow."
+RESPONSES_GREEDY = {"model": SMOLLM2_ID, "input": QUESTION, "max_output_tokens": 16, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def pools_answer(server: Server) -> str:
+    """The pool's own top-level output_text for the same greedy request, asked raw."""
+    body = {"model": SMOLLM2_ID, "input": QUESTION, "decoding": {"max_tokens": 16, "temperature": 0}}
+    r = requests.post(f"{server.url}/v1/responses", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    text: str = r.json()["output_text"]
+    assert text.strip()
+    return text
+
+
+def test_responses_create_output_text_is_the_pools(client: openai.OpenAI, pools_answer: str) -> None:
+    response = client.responses.create(**RESPONSES_GREEDY)
+    assert response.output_text == pools_answer  # the SDK's own property, from `message` items
+    assert response.id.startswith("resp_") and response.model == SMOLLM2_ID
+    assert response.status in ("completed", "incomplete")
+    assert response.usage is not None and 0 < response.usage.output_tokens <= 16
+    message = response.output[-1]
+    assert isinstance(message, openai.types.responses.ResponseOutputMessage) and message.role == "assistant"
+
+
+def test_responses_stream_true_yields_typed_events(client: openai.OpenAI, pools_answer: str) -> None:
+    events = list(client.responses.create(**RESPONSES_GREEDY, stream=True))
+    assert isinstance(events[0], openai.types.responses.ResponseCreatedEvent)
+    deltas = [e.delta for e in events if isinstance(e, openai.types.responses.ResponseTextDeltaEvent)]
+    assert len(deltas) >= 3 and "".join(deltas) == pools_answer
+    [done] = [e for e in events if isinstance(e, openai.types.responses.ResponseTextDoneEvent)]
+    assert done.text == pools_answer
+    completed = events[-1]
+    assert isinstance(completed, openai.types.responses.ResponseCompletedEvent)
+    assert completed.response.output_text == pools_answer
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+
+
+def test_responses_stream_helper_final_response(client: openai.OpenAI, pools_answer: str) -> None:
+    with client.responses.stream(**RESPONSES_GREEDY) as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert final.output_text == "".join(deltas) == pools_answer
+
+
+def test_responses_errors_are_the_sdks_exceptions(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.responses.create(model="no-such-model", input="x")
+    assert missing.value.code == "unknown_model"
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(
+            model=SMOLLM2_ID, input="x", tools=[{"type": "function", "name": "f", "parameters": {}}]
+        )
+    assert refused.value.param == "tools"
+
+
+def test_completions_create_json_and_stream(client: openai.OpenAI) -> None:
+    body = {"model": SMOLLM2_ID, "prompt": "The three primary colors are", "max_tokens": 12, "temperature": 0}
+    completion = client.completions.create(**body)
+    assert completion.object == "text_completion" and completion.id.startswith("cmpl-")
+    text = completion.choices[0].text
+    assert text.strip() and completion.usage is not None and 0 < completion.usage.completion_tokens <= 12
+    chunks = list(client.completions.create(**body, stream=True))
+    assert len(chunks) >= 3 and "".join(c.choices[0].text for c in chunks) == text
+    assert chunks[-1].choices[0].finish_reason == completion.choices[0].finish_reason
+
+
+def test_a_failure_inside_a_responses_stream_raises(client: openai.OpenAI, server: Server) -> None:
+    """Last in the module: a forced unload stops the running generation; the stream ends
+    with response.failed, which the SDK raises. The model is loaded again after."""
+    admin = f"{server.url}/v1/admin/models/{SMOLLM2_ID}"
+    seen: list[str] = []
+    try:
+        with pytest.raises(openai.APIError, match="unloading"):
+            stream = client.responses.create(
+                model=SMOLLM2_ID, input="Tell me a long story.", max_output_tokens=1500, stream=True
+            )
+            for event in stream:
+                seen.append(event.type)
+                if event.type == "response.output_text.delta" and seen.count(event.type) == 2:
+                    r = requests.post(f"{admin}/unload?force=true", timeout=60)
+                    assert r.status_code == 200, r.text
+    finally:
+        requests.post(f"{admin}/load", timeout=120)
+    assert "response.completed" not in seen

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,12 +33,12 @@ def readme_server(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str) -
 
 def test_readme_has_the_examples() -> None:
     blocks = readme_shell_blocks()
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     assert "Translate to Dutch" in blocks[0] and '"stream": true' in blocks[1]
-    assert "/v1/chat/completions" in blocks[2]
+    assert "/v1/chat/completions" in blocks[2] and "/v1/completions" in blocks[3]
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(6))
 def test_readme_example_runs_as_written(readme_server: Server, index: int) -> None:
     assert shutil.which("curl"), "curl is needed to run the README examples"
     script = readme_shell_blocks()[index]
@@ -51,9 +52,29 @@ def test_readme_example_runs_as_written(readme_server: Server, index: int) -> No
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert '"detail"' not in out, out  # no error body from any of the calls
-    markers = ['"output_text"', "event: response.completed", '"chat.completion"', '"models"', '"gpus"']
+    markers = [
+        '"output_text"',
+        "event: response.completed",
+        '"chat.completion"',
+        '"text_completion"',
+        '"models"',
+        '"gpus"',
+    ]
     expected = markers[index]
     assert expected in out, out
+
+
+def test_readme_python_example_runs_as_written(readme_server: Server) -> None:
+    [block] = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert README_URL in block and "responses.stream" in block
+    result = subprocess.run(
+        [sys.executable, "-c", block.replace(README_URL, readme_server.url)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) >= 2, result.stdout
 
 
 def test_readme_quick_start_names_the_two_make_targets() -> None:

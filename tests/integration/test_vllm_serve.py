@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 import requests
 
@@ -22,6 +23,7 @@ from llmpool.supervisor import living_group_members
 from tests.integration.conftest import (
     ROOT,
     Server,
+    check_raw_prompt_route,
     concurrent_responses,
     sse_events,
     start_server,
@@ -125,6 +127,10 @@ def test_stream_from_vllm_passes_deltas_through(server: Server) -> None:
     assert events[-1][1]["usage"]["output_tokens"] == 24 or events[-1][1]["finish_reason"] == "stop"
 
 
+def test_a_raw_prompt_goes_through_vllms_completions(server: Server) -> None:
+    check_raw_prompt_route(server.url, MODEL)
+
+
 def test_two_requests_share_the_childs_two_slots(server: Server) -> None:
     replies = concurrent_responses(server, {"model": MODEL, "input": "Hi", "decoding": {"max_tokens": 16}}, 2)
     assert all(r["metrics"]["engine_queue_wait_ms"] < 50 for r in replies)  # both ran at once
@@ -160,6 +166,17 @@ def test_an_image_reaches_a_vision_model_through_vllm_serve(server: Server) -> N
     vision = config["vision_config"]
     per_image = (vision["image_size"] // vision["patch_size"]) ** 2 // config["scale_factor"] ** 2 + 3
     assert with_image - without == per_image, (without, with_image)
+    # The official SDK's input_image part is the same image on the same path (issue 14).
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60) as sdk:
+        parts = [
+            {"type": "input_image", "image_url": PNG_URL, "detail": "auto"},
+            {"type": "input_text", "text": question},
+        ]
+        response = sdk.responses.create(
+            model=VLM, input=[{"role": "user", "content": parts}], max_output_tokens=4, temperature=0
+        )
+    assert response.usage is not None and response.usage.input_tokens == with_image
+    assert response.output[-1].type == "message"
     pid = requests.get(f"{server.url}/v1/admin/models/{VLM}", timeout=5).json()["replica_states"][0]["pid"]
     r = requests.post(f"{server.url}/v1/admin/models/{VLM}/unload", timeout=60)
     assert r.status_code == 200 and r.json()["state"] == "unloaded"

@@ -1,7 +1,8 @@
 """A real OpenAI-compatible upstream on 127.0.0.1 that misbehaves on cue (stdlib only).
 
 Stands in for a remote Chat Completions provider in `openai_remote` tests. Each
-`POST /v1/chat/completions` is answered by the next scripted `Reply` (a normal stream once
+`POST /v1/chat/completions` (or `/v1/completions`, streamed as `text_completion` chunks
+with `choices[].text`) is answered by the next scripted `Reply` (a normal stream once
 the script runs out): an HTTP error with the provider's JSON error body and headers, a
 slow first byte, a stall, garbage, or a TCP reset after some tokens. Streams use chunked
 encoding and connections are kept alive, as real providers do, so tests can count the
@@ -127,6 +128,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._chunk(f"data: {json.dumps(obj)}\n\n".encode())
 
     def _delta(self, key: str, text: str) -> None:
+        if self.path == "/v1/completions":  # legacy Completions: text, no reasoning field
+            self._event({"object": "text_completion", "choices": [{"index": 0, "text": text}]})
+            return
         self._event({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {key: text}}]})
 
     # -- endpoints -----------------------------------------------------------------
@@ -150,7 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not self._authorised():
             return
-        if self.path != "/v1/chat/completions":
+        if self.path not in ("/v1/chat/completions", "/v1/completions"):
             self._json(404, {"error": {"message": f"no route {self.path}"}})
             return
         if reply.status >= 400:
@@ -191,7 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
             if reply.token_delay_s:
                 self.server.upstream.stopping.wait(reply.token_delay_s)
         usage = {
-            "prompt_tokens": len(json.dumps(body.get("messages"))),
+            "prompt_tokens": len(json.dumps(body.get("messages", body.get("prompt")))),
             "completion_tokens": len(reply.tokens),
         }
         self._event(

@@ -136,6 +136,15 @@ def test_an_image_adds_its_tokens_to_the_prompt(server: Server) -> None:
     assert prompt_tokens(server, {"input": [image(GRADIENT), text(question + " Be brief.")]}) > with_image
 
 
+def test_the_sdks_input_image_part_is_the_same_image(server: Server) -> None:
+    """OpenAI's Responses input item with input_text/input_image parts (what the official
+    SDK sends) reaches the engine as the pool's own image_url content does (issue 14)."""
+    question = "What is in this picture?"
+    native = prompt_tokens(server, {"input": [image(RED), text(question)]})
+    parts = [{"type": "input_image", "image_url": RED}, {"type": "input_text", "text": question}]
+    assert prompt_tokens(server, {"input": [{"role": "user", "content": parts}]}) == native
+
+
 def test_two_images_over_two_turns(server: Server) -> None:
     def conversation(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> dict[str, Any]:
         return {

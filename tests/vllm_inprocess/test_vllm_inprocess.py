@@ -24,7 +24,7 @@ import requests
 
 from llmpool.backends.vllm import VllmAdapter
 from llmpool.generation import GenerationRequest, Message
-from tests.integration.conftest import Server, sse_events, start_server, stop_server
+from tests.integration.conftest import Server, check_raw_prompt_route, sse_events, start_server, stop_server
 from tests.integration.test_server import hard_close, open_stream, read_until
 
 MODEL = "smollm2-vllm"
@@ -162,6 +162,10 @@ def test_answers_the_capital_of_france(server: Server) -> None:
     body = ask(server, decoding={"temperature": 0})
     assert "Paris" in body["output_text"]
     assert body["usage"]["input_tokens"] > 5 and body["usage"]["output_tokens"] > 0
+
+
+def test_a_raw_prompt_reaches_the_engine_as_it_is(server: Server) -> None:
+    check_raw_prompt_route(server.url, MODEL)
 
 
 def test_an_image_to_this_text_only_model_is_refused(server: Server) -> None:

@@ -1,0 +1,145 @@
+"""The request of POST /v1/responses as the core's `GenerationRequest` (SPEC §3, §10).
+
+The pool's own fields (`input`, `messages`, `decoding`, `thinking`, ...) and the fields
+the official `openai` SDK sends map onto one engine path:
+
+- `max_output_tokens`, `temperature`, `top_p` go into `decoding`. Given both ways
+  (`max_output_tokens` and `decoding.max_tokens`), they must agree, else a 400 naming the
+  top-level field: neither silently wins.
+- `reasoning.effort` maps onto `thinking`: `none`/`minimal` -> `disabled`, `low` and up
+  -> `enabled`; the model must offer that mode (else 400 thinking_unsupported, as for
+  `thinking`). Given with a `thinking` other than `default`, they must agree.
+- `input` as OpenAI input items: system/developer messages become `instructions` (after
+  the top-level `instructions`, joined with a blank line); user/assistant messages the
+  conversation, which must end with a user message. A single user message is `input`,
+  exactly as a plain string would be; more turns are `messages`.
+- What the pool cannot honour is a 400 naming the field (`InvalidParam`), never dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from blueprints.params import InvalidParam
+from blueprints.schemas import InputItems
+from llmpool.generation import Content, GenerationRequest, Message, content_text
+from llmpool.pool import Pool
+
+SYSTEM_ROLES = ("system", "developer")
+# reasoning.effort -> thinking mode.
+EFFORT_THINKING = {
+    "none": "disabled",
+    "minimal": "disabled",
+    "low": "enabled",
+    "medium": "enabled",
+    "high": "enabled",
+    "xhigh": "enabled",
+}
+# Top-level SDK field -> our decoding key.
+TOP_LEVEL_DECODING = {"max_output_tokens": "max_tokens", "temperature": "temperature", "top_p": "top_p"}
+
+
+def to_generation_request(body: dict[str, Any], p: Pool) -> GenerationRequest:
+    refuse_unsupported(body)
+    instructions, input_, messages = _prompt(body)
+    return GenerationRequest(
+        input=input_,
+        messages=messages,
+        instructions=instructions,
+        source_lang_code=body["source_lang_code"],
+        target_lang_code=body["target_lang_code"],
+        thinking=_thinking(body),
+        decoding=p.settings.decoding.merged(_decoding(body)),
+    )
+
+
+def refuse_unsupported(body: dict[str, Any]) -> None:
+    """400 for each OpenAI feature the pool cannot honour (the first one found)."""
+    if body["tools"]:
+        raise InvalidParam("tools", "Tools are not supported: the pool runs no tools.")
+    if body["tool_choice"] not in (None, "none", "auto"):
+        raise InvalidParam("tool_choice", "Only tool_choice 'none' or 'auto' (no tools) is supported.")
+    if body["store"]:
+        raise InvalidParam("store", "The pool stores no responses; send store: false or omit it.")
+    if body["background"]:
+        raise InvalidParam("background", "Background responses are not supported.")
+    for key in ("previous_response_id", "conversation", "prompt"):
+        if body[key] is not None:
+            raise InvalidParam(
+                key, f"'{key}' is not supported: the pool keeps no stored state; send the input."
+            )
+    text = body["text"] or {}
+    if (text.get("format") or {}).get("type", "text") != "text":
+        raise InvalidParam(
+            "text.format", "Structured output (json_object, json_schema) is not supported here."
+        )
+    if text.get("verbosity") not in (None, "medium"):
+        raise InvalidParam("text.verbosity", "Only verbosity 'medium' (the model's own) is supported.")
+    if body["include"]:
+        raise InvalidParam("include", f"Cannot include {body['include']}: the pool produces none of them.")
+    if body["truncation"] == "auto":
+        raise InvalidParam("truncation", "truncation 'auto' is not supported; a prompt too long is a 400.")
+    if body["top_logprobs"]:
+        raise InvalidParam("top_logprobs", "logprobs are not supported.")
+    reasoning = body["reasoning"] or {}
+    for key in ("summary", "generate_summary"):
+        if reasoning.get(key) not in (None, "auto"):
+            raise InvalidParam(
+                f"reasoning.{key}",
+                "Reasoning summaries are not produced; the reasoning text itself is returned.",
+            )
+
+
+def _decoding(body: dict[str, Any]) -> dict[str, Any]:
+    decoding = dict(body["decoding"])
+    for top, ours in TOP_LEVEL_DECODING.items():
+        value = body[top]
+        if value is None:
+            continue
+        if decoding.get(ours) is not None and decoding[ours] != value:
+            raise InvalidParam(
+                top, f"'{top}' and 'decoding.{ours}' disagree; send one of them.", "invalid_value"
+            )
+        decoding[ours] = value
+    return decoding
+
+
+def _thinking(body: dict[str, Any]) -> str:
+    effort = (body["reasoning"] or {}).get("effort")
+    thinking: str = body["thinking"]
+    if effort is None:
+        return thinking
+    mapped = EFFORT_THINKING[effort]
+    if thinking not in ("default", mapped):
+        raise InvalidParam(
+            "reasoning.effort",
+            f"reasoning.effort '{effort}' and thinking '{thinking}' disagree.",
+            "invalid_value",
+        )
+    return mapped
+
+
+def _prompt(body: dict[str, Any]) -> tuple[str | None, Content | None, tuple[Message, ...] | None]:
+    """(instructions, input, messages) of the request."""
+    instructions = body["instructions"]
+    items = body["input"]
+    if not isinstance(items, InputItems):
+        messages = body["messages"]
+        turns = None if messages is None else tuple(Message(m["role"], m["content"]) for m in messages)
+        return instructions, items, turns
+    system = [instructions] if instructions else []
+    turns_: list[Message] = []
+    for index, item in enumerate(items):
+        content = item["content"]
+        if item["role"] in SYSTEM_ROLES:
+            if not isinstance(content, str) and any(part["type"] != "text" for part in content):
+                raise InvalidParam(f"input[{index}].content", "System and developer messages take text only.")
+            system.append(content_text(content))
+        else:
+            turns_.append(Message(item["role"], content))
+    if not turns_ or turns_[-1].role != "user":
+        raise InvalidParam("input", "The last input message must have role 'user'.", "invalid_value")
+    joined = "\n\n".join(system) if system else None
+    if len(turns_) == 1:
+        return joined, turns_[0].content, None
+    return joined, None, tuple(turns_)
