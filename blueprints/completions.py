@@ -20,19 +20,15 @@ adds BOS as usual), and the runtime's text comes back unsplit.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response
 
-from blueprints.body import json_body
 from blueprints.errors import InvalidParam, openai_error_body, openai_pool_error
-from blueprints.observe import note_job, note_model
-from blueprints.openai_compat import ALLOW_REMOTE_HEADER, finish_reason, usage
-from blueprints.responses import pool, wait_for_result
+from blueprints.openai_compat import finish_reason, serve, usage
 from blueprints.schemas import CompletionsRequestSchema
-from blueprints.sse import cancel_on_close, client_socket, data_line, job_events, sse_response
+from blueprints.sse import cancel_on_close, client_socket, data_line, job_events
 from llmpool.generation import GenerationRequest
 from llmpool.job import Delta, Done, Failed, Job
 from llmpool.pool import Pool
@@ -43,23 +39,7 @@ COMPLETIONS_SCHEMA = CompletionsRequestSchema()
 
 @bp.post("/v1/completions")
 def completions() -> Response:
-    started = time.monotonic()
-    body = COMPLETIONS_SCHEMA.load(json_body())
-    note_model(body["model"])
-    refuse_unsupported(body)
-    p = pool()
-    allow_remote = (
-        bool(body["allow_remote"]) or request.headers.get(ALLOW_REMOTE_HEADER, "").lower() == "true"
-    )
-    job = p.submit(
-        body["model"], to_generation_request(body, p), allow_remote=allow_remote, pool_started=started
-    )
-    note_job(job)
-    if body["stream"]:
-        include_usage = bool((body["stream_options"] or {}).get("include_usage"))
-        return sse_response(stream_completion(p, job, include_usage))
-    done = wait_for_result(p, job)
-    return jsonify(completion(job, done))
+    return serve(COMPLETIONS_SCHEMA, refuse_unsupported, to_generation_request, stream_completion, completion)
 
 
 def refuse_unsupported(body: dict[str, Any]) -> None:

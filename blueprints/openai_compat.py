@@ -21,10 +21,11 @@ cancellation); only the request mapping and the response shapes differ:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from marshmallow import Schema
 
 from blueprints.body import json_body
 from blueprints.errors import (
@@ -50,23 +51,32 @@ SYSTEM_ROLES = ("system", "developer")
 
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
+    return serve(CHAT_SCHEMA, refuse_unsupported, to_generation_request, stream_chat, completion)
+
+
+def serve(
+    schema: Schema,
+    refuse: Callable[[dict[str, Any]], None],
+    to_request: Callable[[dict[str, Any], Pool], GenerationRequest],
+    stream: Callable[[Pool, Job, bool], Iterator[str]],
+    answer: Callable[[Job, Done], dict[str, Any]],
+) -> Response:
+    """One OpenAI-style route (chat and legacy completions): parse, refuse what cannot be
+    honoured, submit, then a JSON answer or a stream."""
     started = time.monotonic()
-    body = CHAT_SCHEMA.load(json_body())
+    body = schema.load(json_body())
     note_model(body["model"])
-    refuse_unsupported(body)
+    refuse(body)
     p = pool()
     allow_remote = (
         bool(body["allow_remote"]) or request.headers.get(ALLOW_REMOTE_HEADER, "").lower() == "true"
     )
-    job = p.submit(
-        body["model"], to_generation_request(body, p), allow_remote=allow_remote, pool_started=started
-    )
+    job = p.submit(body["model"], to_request(body, p), allow_remote=allow_remote, pool_started=started)
     note_job(job)
     if body["stream"]:
         include_usage = bool((body["stream_options"] or {}).get("include_usage"))
-        return sse_response(stream_chat(p, job, include_usage))
-    done = wait_for_result(p, job)
-    return jsonify(completion(job, done))
+        return sse_response(stream(p, job, include_usage))
+    return jsonify(answer(job, wait_for_result(p, job)))
 
 
 # -- request ---------------------------------------------------------------------------

@@ -329,13 +329,13 @@ class Stop(fields.Field):
         return items
 
 
-class ChatCompletionsRequestSchema(_Lenient):
+class _OpenAISampling(_Lenient):
+    """What OpenAI's chat and legacy Completions requests share."""
+
     model = fields.String(required=True, validate=validate.Length(min=1))
-    messages = fields.List(fields.Nested(ChatMessageSchema), required=True, validate=validate.Length(min=1))
     temperature = _optional_decoding("temperature")
     top_p = _optional_decoding("top_p")
     max_tokens = _optional_decoding("max_tokens")
-    max_completion_tokens = _optional_decoding("max_tokens")
     stop = Stop(load_default=None, allow_none=True)
     stream = StrictBool(load_default=False, allow_none=True)
     stream_options = fields.Nested(StreamOptionsSchema, load_default=None, allow_none=True)
@@ -345,6 +345,11 @@ class ChatCompletionsRequestSchema(_Lenient):
     allow_remote = StrictBool(load_default=False, allow_none=True)
     # Loaded so the view can refuse values it cannot honour with a 400 (not silently drop).
     n = StrictInt(load_default=None, allow_none=True)
+
+
+class ChatCompletionsRequestSchema(_OpenAISampling):
+    messages = fields.List(fields.Nested(ChatMessageSchema), required=True, validate=validate.Length(min=1))
+    max_completion_tokens = _optional_decoding("max_tokens")
     logprobs = StrictBool(load_default=None, allow_none=True)
     tools = fields.Raw(load_default=None, allow_none=True)
     functions = fields.Raw(load_default=None, allow_none=True)
@@ -371,23 +376,10 @@ class Prompt(fields.Field):
         raise ValidationError("Must be a string.")
 
 
-class CompletionsRequestSchema(_Lenient):
+class CompletionsRequestSchema(_OpenAISampling):
     """OpenAI's legacy Completions request (unknown keys dropped, as for chat)."""
 
-    model = fields.String(required=True, validate=validate.Length(min=1))
     prompt = Prompt(required=True)
-    temperature = _optional_decoding("temperature")
-    top_p = _optional_decoding("top_p")
-    max_tokens = _optional_decoding("max_tokens")
-    stop = Stop(load_default=None, allow_none=True)
-    stream = StrictBool(load_default=False, allow_none=True)
-    stream_options = fields.Nested(StreamOptionsSchema, load_default=None, allow_none=True)
-    # Not OpenAI's, but vLLM's server takes them too.
-    top_k = _optional_decoding("top_k")
-    repetition_penalty = _optional_decoding("repetition_penalty")
-    allow_remote = StrictBool(load_default=False, allow_none=True)
-    # Loaded so the view can refuse values it cannot honour with a 400 (not silently drop).
-    n = StrictInt(load_default=None, allow_none=True)
     best_of = StrictInt(load_default=None, allow_none=True)
     echo = StrictBool(load_default=None, allow_none=True)
     logprobs = StrictInt(load_default=None, allow_none=True)
