@@ -69,6 +69,7 @@ class NaiveSwapper:
     def __init__(self, url: str) -> None:
         self.url = url
         self.loaded: str | None = None
+        self.swaps = 0  # unloads of one model to load the other
         self._turn = threading.Condition()
         self._next_ticket = 0
         self._serving = 0
@@ -82,6 +83,7 @@ class NaiveSwapper:
         try:
             if self.loaded != model:
                 if self.loaded is not None:
+                    self.swaps += 1
                     http.post(
                         f"{self.url}/v1/admin/models/{self.loaded}/unload", timeout=120
                     ).raise_for_status()
@@ -138,7 +140,7 @@ def one_policy(
             t.join()
         total = time.perf_counter() - t0
         loads = counter(pool.url, "llmpool_model_loads_total{")
-        swaps = counter(pool.url, "llmpool_model_swaps_total")
+        swaps = naive.swaps if naive is not None else counter(pool.url, "llmpool_model_swaps_total")
         if failures:
             kept = Path(tempfile.gettempdir()) / f"llmpool-bench-swaps-{name}.log"
             shutil.copy(pool.log_path, kept)

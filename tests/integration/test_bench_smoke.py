@@ -59,8 +59,7 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     swaps = results["swaps"]
     for policy in ("pool", "pool-eager", "naive"):
         assert swaps[policy]["requests"] == swaps["agents"] * swaps["per_agent"], swaps
-        assert swaps[policy]["loads"] >= 2, swaps  # both models ran, one at a time
-    assert swaps["pool"]["swaps"] >= 1 and swaps["pool-eager"]["swaps"] >= 1, swaps
+        assert swaps[policy]["loads"] >= 2 and swaps[policy]["swaps"] >= 1, swaps  # both ran, in turn
     page = (tmp_path / "RESULTS.md").read_text()
     assert "## 8. Agents alternating" in page
     assert "## Targets" in page and "smoke run" in page
