@@ -8,6 +8,7 @@ the GGUF's 94 MiB times 1.5 = 141 MiB each, so 200 MiB fits one and never two.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -247,6 +248,20 @@ def test_min_residency_delays_the_eviction_and_the_wait_is_shown(tmp_path: Path,
         stop_server(srv)
 
 
+@contextlib.contextmanager
+def raw_stream_request(server: Server, model: str) -> Iterator[None]:
+    """A streaming request on a bare socket, closed (the client gone) when the block ends."""
+    host, port = server.url.removeprefix("http://").split(":")
+    body = json.dumps({"model": model, "input": "Hi.", "stream": True}).encode()
+    head = (
+        "POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(head.encode() + body)
+        yield
+
+
 def slow_starting(tmp_path: Path, seconds: float) -> str:
     """The real llama-server, started `seconds` late: a model that takes a while to load."""
     script = tmp_path / "slow-llama-server"
@@ -259,16 +274,17 @@ def test_a_demand_load_is_cancelled_when_its_only_client_leaves(tmp_path: Path, 
     models = {"b": model_b(llama_server_binary=slow_starting(tmp_path, 5))}
     srv = start_server(tmp_path, settings(tmp_path / "state", models))
     try:
-        for line in stream_lines(srv, "b", 4):
-            if line.startswith(": loading b "):
-                break  # the client leaves while the runtime is still coming up
+        with raw_stream_request(srv, "b"):
+            wait_for(lambda: row(srv, "b")["state"] == "loading", 10, "the load under way")
+        # The client has left while the runtime is still coming up.
         wait_for(lambda: row(srv, "b")["state"] == "unloaded", 10, "the load cancelled")
         b = row(srv, "b")
         assert b["last_error"] is None  # cancelled, not failed
         assert b["replica_states"] == []
         assert b["memory"]["source"] == "artifact_size"  # never came up: nothing measured
         assert "load of b cancelled: every waiting client left" in srv.log()
-        assert metric(srv, 'llmpool_demand_loads_total{model="b",result="cancelled"}') == 1
+        cancelled = 'llmpool_demand_loads_total{model="b",result="cancelled"}'
+        wait_for(lambda: metric(srv, cancelled) == 1, 5, "the cancelled load counted")  # after the state
         assert not _children_named(srv, "llama-server"), "a llama-server outlived its cancelled load"
         assert not _children_named(srv, "sleep"), "the slow start outlived its cancelled load"
         assert ask(srv, "b").status_code == 200  # and a later request loads it after all
@@ -282,14 +298,7 @@ def test_a_client_leaving_an_in_process_load_unloads_the_model_after_it(
     """llama.cpp's load cannot be interrupted: the model comes up and goes straight down."""
     srv = start_server(tmp_path, settings(tmp_path / "state", {"a": model_a()}))
     try:
-        host_port = srv.url.removeprefix("http://").split(":")
-        body = json.dumps({"model": "a", "input": "Hi.", "stream": True}).encode()
-        head = (
-            "POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        )
-        with socket.create_connection((host_port[0], int(host_port[1])), timeout=10) as client:
-            client.sendall(head.encode() + body)
+        with raw_stream_request(srv, "a"):
             wait_for(lambda: row(srv, "a")["state"] == "loading", 10, "the load under way")
         # The client is gone while llama.cpp still reads the GGUF (about 0.7 s here).
         wait_for(
