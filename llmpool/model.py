@@ -226,7 +226,9 @@ class ModelEntry:
         if self.state is not ModelState.LOADING:
             return False
         self._load_cancelled = True
-        return any([runtime.cancel_load() for runtime in list(self._loading)])
+        loading = list(self._loading)
+        # No runtime made yet: the flag stops the load before the first one starts.
+        return not loading or any([runtime.cancel_load() for runtime in loading])
 
     # -- memory ----------------------------------------------------------------------
     def load_key(self, plan: dict[str, Any] | None = None) -> str:

@@ -248,6 +248,11 @@ def test_min_residency_delays_the_eviction_and_the_wait_is_shown(tmp_path: Path,
         stop_server(srv)
 
 
+def child_pids(server: Server, model: str) -> list[int]:
+    logs = requests.get(f"{server.url}/v1/admin/models/{model}/logs", timeout=10).json()
+    return [r["pid"] for r in logs["replicas"] if r["pid"]]
+
+
 @contextlib.contextmanager
 def raw_stream_request(server: Server, model: str) -> Iterator[None]:
     """A streaming request on a bare socket, closed (the client gone) when the block ends."""
@@ -275,7 +280,8 @@ def test_a_demand_load_is_cancelled_when_its_only_client_leaves(tmp_path: Path, 
     srv = start_server(tmp_path, settings(tmp_path / "state", models))
     try:
         with raw_stream_request(srv, "b"):
-            wait_for(lambda: row(srv, "b")["state"] == "loading", 10, "the load under way")
+            wait_for(lambda: child_pids(srv, "b"), 10, "the child started")
+            assert row(srv, "b")["state"] == "loading"
         # The client has left while the runtime is still coming up.
         wait_for(lambda: row(srv, "b")["state"] == "unloaded", 10, "the load cancelled")
         b = row(srv, "b")
