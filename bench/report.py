@@ -33,7 +33,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
             proxy["pool_rps_vs_litellm"]["64"],
             lambda v: v >= 5,
         )
-    for layout, streaming in (r.get("streaming") or {}).items():
+    for layout, streaming in _layouts(r.get("streaming") or {}):
         for n in ("1", "4"):
             if n in streaming:
                 add(
@@ -42,7 +42,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
                     streaming[n]["tokens_per_s_ratio"],
                     lambda v: v >= 0.98,
                 )
-    for layout, inproc in (r.get("inprocess") or {}).items():
+    for layout, inproc in _layouts(r.get("inprocess") or {}):
         add(
             f"in-process ({layout}): pool / bare tokens/s",
             ">= 0.97",
@@ -140,7 +140,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
         for name, added in proxy["added_ms"].items():
             lines.append(f"| {name} | {_fmt(added['p50_ms'])} | {_fmt(added['p99_ms'])} |")
         rps = ", ".join(f"{c}: {v}x" for c, v in proxy["pool_rps_vs_litellm"].items())
-        lines += ["", f"Pool req/s over LiteLLM's by connections: {rps}."]
+        lines += ["", f"Pool req/s over LiteLLM's by connections: {rps}."] + _rerun_note(proxy)
     if r.get("streaming"):
         lines += [
             "",
@@ -154,7 +154,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
             "| layout | streams | side | TTFT ms (median) | decode tok/s (median) |",
             "|---|---|---|---|---|",
         ]
-        for layout, streaming in r["streaming"].items():
+        for layout, streaming in _layouts(r["streaming"]):
             for n in ("1", "4"):
                 if n not in streaming:
                     continue
@@ -168,6 +168,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
                     f"| {layout} | {n} | pool/direct | {_fmt(streaming[n]['ttft_added_ms'])} ms added "
                     f"| {_fmt(streaming[n]['tokens_per_s_ratio'])} |"
                 )
+        lines += _rerun_note(r["streaming"])
     if r.get("inprocess"):
         lines += [
             "",
@@ -178,7 +179,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
             "| layout | side | decode tok/s (median) | runs | TTFT ms (median) |",
             "|---|---|---|---|---|",
         ]
-        for layout, inproc in r["inprocess"].items():
+        for layout, inproc in _layouts(r["inprocess"]):
             for side in ("bare", "pool"):
                 s = inproc[side]
                 lines.append(
@@ -186,6 +187,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
                     f"| {_fmt(s['ttft_ms_median'])} |"
                 )
             lines.append(f"| {layout} | pool/bare | {_fmt(inproc['tokens_per_s_ratio'])} | | |")
+        lines += _rerun_note(r["inprocess"])
     many = r.get("many_clients")
     if many:
         lines += [
@@ -283,6 +285,11 @@ def _swaps(swaps: dict[str, Any] | None) -> list[str]:
                 f"| {_fmt(x['latency_p50_s'])} | {_fmt(x['latency_p95_s'])} |"
             )
     return lines + _rerun_note(swaps)
+
+
+def _layouts(case: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A per-layout case's layouts (its `rerun` note, if any, is not one)."""
+    return [(k, v) for k, v in case.items() if k != "rerun"]
 
 
 def _rerun_note(case: dict[str, Any]) -> list[str]:
