@@ -248,9 +248,14 @@ def test_min_residency_delays_the_eviction_and_the_wait_is_shown(tmp_path: Path,
         stop_server(srv)
 
 
-def child_pids(server: Server, model: str) -> list[int]:
+def runtimes(server: Server, model: str) -> list[dict[str, Any]]:
+    """The replicas of the model's current or last load, from the moment each is made."""
     logs = requests.get(f"{server.url}/v1/admin/models/{model}/logs", timeout=10).json()
-    return [r["pid"] for r in logs["replicas"] if r["pid"]]
+    return list(logs["replicas"])
+
+
+def child_pids(server: Server, model: str) -> list[int]:
+    return [r["pid"] for r in runtimes(server, model) if r["pid"]]
 
 
 @contextlib.contextmanager
@@ -305,7 +310,9 @@ def test_a_client_leaving_an_in_process_load_unloads_the_model_after_it(
     srv = start_server(tmp_path, settings(tmp_path / "state", {"a": model_a()}))
     try:
         with raw_stream_request(srv, "a"):
-            wait_for(lambda: row(srv, "a")["state"] == "loading", 10, "the load under way")
+            # Under way: the runtime exists and reads the GGUF (its replica shows in /logs).
+            wait_for(lambda: runtimes(srv, "a"), 10, "the runtime made")
+            assert row(srv, "a")["state"] == "loading"
         # The client is gone while llama.cpp still reads the GGUF (about 0.7 s here).
         wait_for(
             lambda: "a loaded after every waiting client left: unloading it" in srv.log(), 30, "unload after"
