@@ -33,11 +33,12 @@ from blueprints.errors import (
     openai_error_body,
     openai_pool_error,
 )
+from blueprints.messages import split_system
 from blueprints.observe import note_job, note_model
 from blueprints.responses import pool, wait_for_result
 from blueprints.schemas import ChatCompletionsRequestSchema
 from blueprints.sse import cancel_on_close, client_socket, data_line, job_events, sse_response
-from llmpool.generation import Final, GenerationRequest, Message, content_text
+from llmpool.generation import Final, GenerationRequest
 from llmpool.job import Delta, Done, Failed, Job
 from llmpool.pool import Pool
 
@@ -46,7 +47,6 @@ bp = Blueprint("openai_compat", __name__)
 CHAT_SCHEMA = ChatCompletionsRequestSchema()
 
 ALLOW_REMOTE_HEADER = "X-LLM-Pool-Allow-Remote"
-SYSTEM_ROLES = ("system", "developer")
 
 
 @bp.post("/v1/chat/completions")
@@ -101,18 +101,7 @@ def to_generation_request(body: dict[str, Any], p: Pool) -> GenerationRequest:
     single-turn runtimes serve plain chat requests too; multi-turn models always get
     `messages`, so they render the conversation with their chat template.
     """
-    system: list[str] = []
-    turns: list[Message] = []
-    for index, message in enumerate(body["messages"]):
-        content = message["content"]
-        if message["role"] in SYSTEM_ROLES:
-            if not isinstance(content, str) and any(i["type"] != "text" for i in content):
-                raise InvalidParam(f"messages.{index}.content", "System messages take text only.")
-            system.append(content_text(content))
-        else:
-            turns.append(Message(message["role"], content))
-    if not turns or turns[-1].role != "user":
-        raise InvalidParam("messages", "The last message must have role 'user'.", "invalid_value")
+    system, turns = split_system(body["messages"], "messages", lambda index: f"messages.{index}.content")
     single_turn = len(turns) == 1 and not p.entry(body["model"]).capabilities.multi_turn
     max_tokens = body["max_completion_tokens"] or body["max_tokens"]
     decoding = {k: body[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "stop")}

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from blueprints.messages import split_system
 from blueprints.params import InvalidParam
 from blueprints.schemas import InputItems
-from llmpool.generation import Content, GenerationRequest, Message, content_text
+from llmpool.generation import Content, GenerationRequest, Message
 from llmpool.pool import Pool
 
-SYSTEM_ROLES = ("system", "developer")
 # reasoning.effort -> thinking mode.
 EFFORT_THINKING = {
     "none": "disabled",
@@ -127,18 +127,8 @@ def _prompt(body: dict[str, Any]) -> tuple[str | None, Content | None, tuple[Mes
         messages = body["messages"]
         turns = None if messages is None else tuple(Message(m["role"], m["content"]) for m in messages)
         return instructions, items, turns
-    system = [instructions] if instructions else []
-    turns_: list[Message] = []
-    for index, item in enumerate(items):
-        content = item["content"]
-        if item["role"] in SYSTEM_ROLES:
-            if not isinstance(content, str) and any(part["type"] != "text" for part in content):
-                raise InvalidParam(f"input[{index}].content", "System and developer messages take text only.")
-            system.append(content_text(content))
-        else:
-            turns_.append(Message(item["role"], content))
-    if not turns_ or turns_[-1].role != "user":
-        raise InvalidParam("input", "The last input message must have role 'user'.", "invalid_value")
+    system, turns_ = split_system(items, "input", lambda index: f"input[{index}].content")
+    system = ([instructions] if instructions else []) + system
     joined = "\n\n".join(system) if system else None
     if len(turns_) == 1:
         return joined, turns_[0].content, None
