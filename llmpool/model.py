@@ -66,6 +66,7 @@ class ModelEntry:
         self.swap_out = False
         self._load_cancelled = False
         self._loading: list[Adapter] = []
+        self._artifact_bytes: dict[str, int | None] = {}  # weights on disk, per ledger key
 
     # -- facts -----------------------------------------------------------------------
     @property
@@ -245,9 +246,11 @@ class ModelEntry:
         if self.ledger is None or self.spec.memory_device is None:
             return Estimate(None, "unknown")
         replicas = (plan or self.load_override or {}).get("replicas", self.spec.replicas)
-        spec = self.active_spec if plan is None else self.spec
-        size = self.adapter_cls.artifact_size_bytes(spec)
-        return self.ledger.estimate(self.name, self.load_key(plan), size, replicas)
+        key = self.load_key(plan)
+        if key not in self._artifact_bytes:  # asked on every placement pass and admin row
+            spec = self.active_spec if plan is None else self.spec
+            self._artifact_bytes[key] = self.adapter_cls.artifact_size_bytes(spec)
+        return self.ledger.estimate(self.name, key, self._artifact_bytes[key], replicas)
 
     def _record_memory(self, probe: LoadProbe, runtimes: list[Adapter]) -> None:
         if self.ledger is None:
