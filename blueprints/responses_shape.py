@@ -166,33 +166,26 @@ class ResponseEvents:
     def delta(self, delta: Delta) -> list[Event]:
         out: list[Event] = []
         if delta.reasoning:
-            item = self._item("reasoning", out)
-            item.text.append(delta.reasoning)
-            out.append(
-                self.event(
-                    "response.reasoning_text.delta",
-                    id=self.job.id,
-                    delta=delta.reasoning,
-                    item_id=item.id,
-                    output_index=item.index,
-                    content_index=0,
-                )
-            )
+            self._append("reasoning", "response.reasoning_text.delta", delta.reasoning, out)
         if delta.text:
-            item = self._item("message", out)
-            item.text.append(delta.text)
-            out.append(
-                self.event(
-                    "response.output_text.delta",
-                    id=self.job.id,
-                    delta=delta.text,
-                    item_id=item.id,
-                    output_index=item.index,
-                    content_index=0,
-                    logprobs=[],
-                )
-            )
+            self._append("message", "response.output_text.delta", delta.text, out, logprobs=[])
         return out
+
+    def _append(self, kind: str, name: str, text: str, out: list[Event], **extra: Any) -> None:
+        """One delta event for the open item of `kind` (opened first if need be)."""
+        item = self._item(kind, out)
+        item.text.append(text)
+        out.append(
+            self.event(
+                name,
+                id=self.job.id,
+                delta=text,
+                item_id=item.id,
+                output_index=item.index,
+                content_index=0,
+                **extra,
+            )
+        )
 
     def _item(self, kind: str, out: list[Event]) -> _Item:
         """The open item of `kind`; opened (added, with its content part) on first use."""
