@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmpool.faults import describe_exit
 from llmpool.greenbridge import Latch, assert_may_block, start_thread
 from llmpool.secrets import redact_argv, scrub
 
@@ -164,6 +165,22 @@ class _Spawner:
 
 _spawner = _Spawner()
 
+# Told of every child group this process starts and stops (llmpool.crashes.Recorder keeps
+# them in the worker's record, so a worker that dies cannot leave them behind).
+_child_watchers: list[tuple[Callable[[int], None], Callable[[int], None]]] = []
+
+
+def watch_children(started: Callable[[int], None], stopped: Callable[[int], None]) -> None:
+    _child_watchers.append((started, stopped))
+
+
+def _tell_watchers(pgid: int, started: bool) -> None:
+    for on_start, on_stop in list(_child_watchers):
+        try:
+            (on_start if started else on_stop)(pgid)
+        except OSError:
+            log.exception("recording child group %d failed", pgid)
+
 
 def living_group_members(pgid: int) -> list[int]:
     """Pids in process group `pgid` that are not zombies (Linux /proc; [] elsewhere)."""
@@ -242,6 +259,7 @@ class ChildProcess:
         except OSError as exc:
             self.state = ProcessState.EXITED
             raise ChildFailed(f"cannot start {self.spec.argv[0]}: {exc}", []) from exc
+        _tell_watchers(self._proc.pid, started=True)  # its own session: pid == group id
         self._reader = start_thread(self._read_output, name=f"log-{self.label}")
         start_thread(self._watch, name=f"watch-{self.label}")
 
@@ -261,7 +279,7 @@ class ChildProcess:
         self._exited.set()
         if self.state in (ProcessState.STARTING, ProcessState.READY):
             self.state = ProcessState.EXITED
-            log.warning("%s exited unexpectedly with %s", self.label, returncode)
+            log.warning("%s exited unexpectedly with %s", self.label, describe_exit(returncode))
             if self.on_exit is not None:
                 self.on_exit(returncode, self.tail())
 
@@ -285,7 +303,8 @@ class ChildProcess:
             if not self.alive():
                 self._exited.wait(2)  # the watcher fills in returncode and the last lines
                 raise ChildFailed(
-                    f"{self.label} exited with {self.returncode} before it was ready", self.tail()
+                    f"{self.label} exited with {describe_exit(self.returncode)} before it was ready",
+                    self.tail(),
                 )
             if probe():
                 self.state = ProcessState.READY
@@ -323,6 +342,7 @@ class ChildProcess:
         while living_group_members(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.state = ProcessState.STOPPED
+        _tell_watchers(proc.pid, started=False)
 
     @staticmethod
     def _signal_group(pgid: int, sig: signal.Signals) -> None:

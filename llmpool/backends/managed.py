@@ -28,6 +28,7 @@ from llmpool.backends.openai_chat import (
 from llmpool.config.fields import StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, BackendTimeout, InvalidRequest, ModelLoadFailed, PoolError
+from llmpool.faults import describe_exit
 from llmpool.generation import Chunk, GenerationRequest
 from llmpool.secrets import secret_values
 from llmpool.supervisor import ChildFailed, ChildProcess, ChildSpec, pick_port
@@ -202,7 +203,9 @@ class ManagedServerAdapter(Adapter):
 
     def _death_message(self, returncode: int | None, tail: list[str]) -> str:
         last = "\n".join(tail[-20:])
-        return f"{self.label} exited with {returncode}" + (f"\n--- last output ---\n{last}" if last else "")
+        return f"{self.label} exited with {describe_exit(returncode)}" + (
+            f"\n--- last output ---\n{last}" if last else ""
+        )
 
     def close(self) -> None:
         if self.child is not None:
