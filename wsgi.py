@@ -2,4 +2,5 @@
 
 from blueprints import create_app
 
-app = create_app()
+# The one worker: a death inside a runtime is recorded, and explained by the next worker.
+app = create_app(record_crashes=True)

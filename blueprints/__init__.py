@@ -18,13 +18,19 @@ from llmpool.pool import Pool
 
 
 def create_app(
-    settings: Settings | None = None, *, pool: Pool | None = None, start_models: bool = True
+    settings: Settings | None = None,
+    *,
+    pool: Pool | None = None,
+    start_models: bool = True,
+    record_crashes: bool = False,
 ) -> Flask:
     """Build the app around a pool.
 
     `settings` defaults to the start-up settings (read once, by the gunicorn master when
     there is one; see llmpool.config.loader); `start_models` loads the
     enabled models in the background, and /readyz turns 200 once that is done.
+    `record_crashes` (the gunicorn worker, wsgi.py): explain a previous worker's death
+    inside a runtime and record this one's work (llmpool.crashes), before any model loads.
     """
     check_not_fully_patched()  # a stock gevent worker would turn the scheduler into greenlets
     settings = settings or startup_settings()
@@ -51,6 +57,8 @@ def create_app(
     require_credentials(app, credentials)
     # gunicorn's worker_exit hook shuts the pool down; this covers `flask run` and tests.
     atexit.register(pool.shutdown)
+    if record_crashes:
+        pool.record_crashes()
     if start_models:
         pool.start_in_background()
     return app

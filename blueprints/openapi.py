@@ -189,6 +189,16 @@ class ReadySchema(Schema):
 
 
 # -- admin --------------------------------------------------------------------------
+class WorkerCrashesSchema(Schema):
+    count = fields.Integer(required=True, metadata={"description": "Workers that died in this runtime."})
+    last = fields.Dict(
+        required=True, allow_none=True, metadata={"description": "model, signal, meaning, activity, at, pid"}
+    )
+    quarantined = fields.String(
+        required=True, allow_none=True, metadata={"description": "Why not loaded (admin load lifts it)."}
+    )
+
+
 class AdminRowSchema(_Open):
     name = fields.String(required=True)
     backend = fields.String(required=True)
@@ -204,6 +214,7 @@ class AdminRowSchema(_Open):
     load_constraints = fields.List(fields.Dict(), required=True)
     load_override = fields.Dict(required=True, allow_none=True)
     vram = fields.Dict(required=True)
+    worker_crashes = fields.Nested(WorkerCrashesSchema, required=True)
     definition = fields.Dict(required=True)
 
 

@@ -50,6 +50,16 @@ errorlog = "-"
 loglevel = _service.log_level
 
 
+def child_exit(server, worker):
+    """In the master, as soon as a worker is gone: kill the child process groups a worker that
+    died left behind (its record names them; llmpool.crashes). A clean exit left no record."""
+    from llmpool.crashes import reap_orphans
+
+    killed = reap_orphans(_service.state_dir, worker.pid)
+    if killed:
+        server.log.warning("killed process groups %s left by worker %s", killed, worker.pid)
+
+
 def worker_exit(server, worker):
     """Close every runtime (and, for subprocess backends, every child) before exit."""
     app = getattr(worker, "wsgi", None)

@@ -77,6 +77,14 @@ class SelectiveGeventWorker(GeventWorker):
         fixed_mmap_threshold()  # before the app and its models allocate anything
         super().init_process()
 
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: from now on a death (the master's SIGKILL after the graceful timeout)
+        is a shutdown, not a crash for the next worker to count (llmpool.crashes)."""
+        pool = getattr(getattr(self, "wsgi", None), "extensions", {}).get("llmpool")
+        if pool is not None:
+            pool.crashes.recorder.stopping()
+        super().handle_exit(sig, frame)
+
     def patch(self) -> None:
         patch_selectively()
         # What the parent class does after patching: listening sockets as gevent sockets.

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmpool.backends.base import Adapter
+from llmpool.crashes import Recorder
 from llmpool.errors import BackendError, InternalError, ModelFailed, ModelUnloading, PoolError, QueueFull
 from llmpool.generation import Final
 from llmpool.greenbridge import assert_may_block, start_thread
@@ -124,8 +125,13 @@ class WaitingLine(queue.Queue[Any]):
 class Executor:
     """Queue, replica choice and cancellation for one loaded model."""
 
-    def __init__(self, model: str, replicas: list[Replica], max_queue: int) -> None:
+    def __init__(
+        self, model: str, replicas: list[Replica], max_queue: int, recorder: Recorder | None = None
+    ) -> None:
         self.model = model
+        # Told when a generation enters native code (in-process runtimes only): a worker that
+        # dies in there is explained by the next one (llmpool.crashes).
+        self.recorder = recorder or Recorder(None)
         self.replicas = replicas
         self.max_queue = max_queue
         self._line = WaitingLine()  # unbounded: the bound is checked in submit, with _next
@@ -280,10 +286,16 @@ class Executor:
                 self.last_finished = time.monotonic()
                 self._lock.notify_all()
 
-    @staticmethod
-    def _generate(job: Job, runtime: Adapter) -> Final | None:
+    def _generate(self, job: Job, runtime: Adapter) -> Final | None:
         """Drive one generation, passing deltas on; ends early at a stop request (checked
         between chunks), and always closes the runtime's iterator so it frees the job."""
+        if not runtime.blocking:  # sockets only: nothing native to die in
+            return self._drive(job, runtime)
+        with self.recorder.working(self.model, "generating"):
+            return self._drive(job, runtime)
+
+    @staticmethod
+    def _drive(job: Job, runtime: Adapter) -> Final | None:
         final: Final | None = None
         stream = runtime.generate(job.request)
         try:

@@ -20,6 +20,7 @@ from typing import Any
 from llmpool import gpu
 from llmpool.backends.base import Adapter, Capabilities
 from llmpool.config.spec import ModelSpec
+from llmpool.crashes import CrashWatch
 from llmpool.errors import InvalidLoadRequest, ModelLoadFailed, PoolError
 from llmpool.executor import Executor, Replica
 from llmpool.greenbridge import assert_may_block
@@ -40,9 +41,11 @@ class ModelEntry:
         adapter_cls: type[Adapter],
         telemetry: Telemetry | None = None,
         ledger: Ledger | None = None,
+        crashes: CrashWatch | None = None,
     ) -> None:
         self.spec = spec
         self.ledger = ledger
+        self.crashes = crashes or CrashWatch(None)
         self.adapter_cls = adapter_cls
         self.telemetry = telemetry
         self.state = ModelState.UNLOADED
@@ -124,6 +127,13 @@ class ModelEntry:
                 self._changed.wait(remaining)
             return self.state
 
+    def mark_crashed(self, message: str) -> None:
+        """The previous worker died inside this model's runtime (llmpool.crashes): FAILED
+        with `message`, before anything loads it again."""
+        with self._write_lock:
+            if self.state in (ModelState.UNLOADED, ModelState.FAILED):
+                self._set_state(ModelState.FAILED, error=message)
+
     # -- load ------------------------------------------------------------------------
     def check_load_request(
         self, replicas: int | None, target_inflight: int | None, overrides: dict[str, Any]
@@ -185,10 +195,14 @@ class ModelEntry:
                 runtime.on_failure = functools.partial(self._replica_failed, replica_id)
                 runtimes.append(runtime)
                 self.last_runtimes = runtimes  # logs of a failed start stay readable
-                runtime.load()
+                if runtime.blocking:  # in-process: a fault in here kills the worker
+                    with self.crashes.recorder.working(self.name, "loading"):
+                        runtime.load()
+                else:
+                    runtime.load()
             slots = self.effective_inflight(plan["target_inflight"])
             replicas = [Replica(id=r.replica_id, runtime=r, slots=slots) for r in runtimes]
-            self.executor = Executor(self.name, replicas, spec.max_queue)
+            self.executor = Executor(self.name, replicas, spec.max_queue, self.crashes.recorder)
             after = gpu.used_mib()
             if before is not None and after is not None:
                 self._measured_mib[self._override_key()] = round(max(0.0, after - before), 1)
@@ -381,6 +395,7 @@ class ModelEntry:
             "load_on_demand": self.spec.load_on_demand,
             "idle_unload_s": self.spec.idle_unload_s,
             "pinned": self.spec.pinned,
+            "worker_crashes": self.crashes.row(self.name),
             "last_used": self._last_used_unix(),
             "idle_s": self._idle_s(),
             "max_tokens_limit": self.adapter_cls.max_tokens_limit(self.active_spec),

@@ -16,6 +16,7 @@ from typing import Any
 from llmpool import gpu, prompts
 from llmpool.backends import registry
 from llmpool.config.spec import ModelSpec, Settings
+from llmpool.crashes import CrashWatch
 from llmpool.errors import (
     InvalidLoadRequest,
     ModalityUnsupported,
@@ -60,7 +61,10 @@ class Pool:
         self.media: MediaPolicy = settings.media
         # Replaced as a whole by `reload` (readers take a reference; never mutated in place).
         self.models: dict[str, ModelEntry] = {}
-        self.telemetry = Telemetry(lambda: self.models, lambda name: self.placer.queued(name))
+        self.crashes = CrashWatch(settings.service.state_dir)
+        self.telemetry = Telemetry(
+            lambda: self.models, lambda name: self.placer.queued(name), self.crashes.counts
+        )
         self.ledger = Ledger(settings.service.state_dir)
         self.models = {name: self._new_entry(spec) for name, spec in settings.models.items()}
         self.placer = Placer(lambda: self.models, settings.service, self.telemetry)
@@ -70,7 +74,7 @@ class Pool:
     def _new_entry(self, spec: ModelSpec) -> ModelEntry:
         adapter_cls = registry.get(spec.backend)
         assert adapter_cls is not None  # the loader rejected unknown backends
-        return ModelEntry(spec, adapter_cls, self.telemetry, self.ledger)
+        return ModelEntry(spec, adapter_cls, self.telemetry, self.ledger, self.crashes)
 
     # -- lookup ----------------------------------------------------------------------
     def entry(self, name: str) -> ModelEntry:
@@ -99,6 +103,12 @@ class Pool:
         request with its images inlined as data URLs.
         """
         entry = self.entry(model)
+        if (reason := self.crashes.quarantine(model)) is not None:
+            raise ModelFailed(
+                f"model '{model}' is quarantined: {reason}. An admin load "
+                f"(POST /v1/admin/models/{model}/load) lifts the quarantine",
+                model=model,
+            )
         on_demand = entry.spec.load_on_demand
         if not on_demand:
             self._executor(entry)
@@ -196,6 +206,7 @@ class Pool:
     ) -> ModelEntry:
         entry = self.entry(name)
         plan = entry.check_load_request(replicas, target_inflight, overrides or {})
+        self.crashes.lift(name)  # an operator asks for it: the model may load again
         if entry.state in (ModelState.LOADED, ModelState.LOADING):
             if has_body:
                 raise InvalidLoadRequest(
@@ -279,13 +290,28 @@ class Pool:
         return {"gpus": [g.row() for g in gpus], "models": models, "error": error}
 
     # -- lifecycle -------------------------------------------------------------------
+    def record_crashes(self) -> None:
+        """The gunicorn worker, before its models load: explain a previous worker's death
+        inside a runtime (llmpool.crashes: the models it was working on are marked FAILED,
+        quarantined ones stay so) and start recording this worker's own work."""
+        crashed = {crash.model for crash in self.crashes.recover()}
+        for name, entry in self.models.items():
+            reason = self.crashes.quarantine(name)
+            if reason is not None:
+                entry.mark_crashed(f"quarantined: {reason}. An admin load lifts the quarantine")
+            elif name in crashed:
+                entry.mark_crashed(self.crashes.explain(name) or "the previous worker died")
+        self.crashes.recorder.arm()
+
     def start(self) -> None:
-        """Load every enabled model, one after another; failures are logged, not fatal."""
+        """Load every enabled model, one after another (a quarantined one stays failed);
+        failures are logged, not fatal."""
         self.placer.start()
         for entry in self.models.values():
             if self._closed:
                 break
-            if entry.spec.enabled and entry.state is ModelState.UNLOADED:
+            startable = entry.state in (ModelState.UNLOADED, ModelState.FAILED)
+            if entry.spec.enabled and startable and self.crashes.quarantine(entry.name) is None:
                 try:
                     self.load(entry.name)
                 except Exception as exc:
@@ -302,8 +328,10 @@ class Pool:
         manager's own stop timeout covers the whole shutdown.
         """
         self._closed = True
+        self.crashes.recorder.stopping()
         self.placer.close()
         call_blocking(self._shutdown_all)
+        self.crashes.recorder.disarm()  # a clean exit: nothing for the next worker to explain
 
     def _shutdown_all(self) -> None:
         stoppers = [

@@ -20,8 +20,9 @@ class ModelState(enum.StrEnum):
 _S = ModelState
 
 TRANSITIONS: dict[ModelState, frozenset[ModelState]] = {
-    # An admin load (or start-up) begins; nothing else can leave the resting state.
-    _S.UNLOADED: frozenset({_S.LOADING}),
+    # An admin load (or start-up) begins; FAILED when the previous worker died inside this
+    # model's runtime (llmpool.crashes), before anything loads it again.
+    _S.UNLOADED: frozenset({_S.LOADING, _S.FAILED}),
     # Every replica came up (LOADED) or one did not and the rest were torn down (FAILED);
     # UNLOADED when a load on demand was cancelled because every waiting client left.
     # No edge to UNLOADING: an unload while loading is refused (409 model_loading).

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -47,6 +47,7 @@ class Telemetry:
         self,
         models: Callable[[], Mapping[str, ModelEntry]],
         waiting_for_load: Callable[[str], int] = lambda name: 0,
+        worker_crashes: Callable[[], Mapping[tuple[str, str], int]] = dict,
     ) -> None:
         self._models = models
         self.registry = CollectorRegistry(auto_describe=True)
@@ -91,6 +92,7 @@ class Telemetry:
             "demand_loads", "Loads started by a request (load_on_demand).", "model", "result"
         )
         r.register(_StateCollector(models, waiting_for_load))
+        r.register(_CrashCollector(worker_crashes))
 
     def model_label(self, name: str | None) -> str:
         return name if name is not None and name in self._models() else ""
@@ -148,6 +150,28 @@ class Telemetry:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CrashCollector(Collector):
+    """Workers that died inside a model's runtime, by model and signal, from the crash
+    history in the state directory (llmpool.crashes): the worker that counted them in
+    memory is the one that died, so the count lives in that file."""
+
+    def __init__(self, counts: Callable[[], Mapping[tuple[str, str], int]]) -> None:
+        self._counts = counts
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            f"{NS}_worker_crashes",
+            "Workers that died inside a model's runtime (signal 'unknown': no fault report, e.g. SIGKILL).",
+            labels=["model", "signal"],
+        )
+        for (model, signal), n in sorted(self._counts().items()):
+            family.add_metric([model, signal], n)
+        yield family
 
 
 class _StateCollector(Collector):

@@ -8,6 +8,7 @@ and stops as soon as its iterator is closed.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from collections.abc import Iterator
@@ -58,6 +59,9 @@ class ScriptedAdapter(Adapter):
             "scripted_reasoning": StrictInt(load_default=0, validate=validate.Range(0, 100)),
             # False: the tokens are generated but none is answer text (a silent model).
             "scripted_answer": StrictBool(load_default=True),
+            # A single-turn input containing this text makes the runtime really fault in C
+            # (a NULL read: SIGSEGV), killing the process it runs in (issue 19).
+            "scripted_fault_marker": fields.String(load_default=None, allow_none=True),
         }
 
     @classmethod
@@ -91,6 +95,9 @@ class ScriptedAdapter(Adapter):
             self.active += 1
             self.generations += 1
         try:
+            marker = self.spec.options["scripted_fault_marker"]
+            if marker and isinstance(request.input, str) and marker in request.input:
+                ctypes.string_at(0)  # reads address 0 in C: the process dies of SIGSEGV
             n = min(self.spec.options["scripted_tokens"], request.decoding.max_tokens)
             fail_after = self.spec.options["scripted_fail_after"]
             bug_after = self.spec.options["scripted_bug_after"]

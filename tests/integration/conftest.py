@@ -70,8 +70,11 @@ def start_server(
 ) -> Server:
     """Write `settings`, start the pool (gunicorn as `make run` does, or `command` from the
     repository root) on a free port, wait for /readyz."""
+    # Each server keeps its state (memory ledger, worker crash records) to itself: one
+    # test's dead worker must not be explained to another test's server.
+    service = {"state_dir": str(tmp / "state"), **settings.get("service", {})}
     settings_path = tmp / "settings.json"
-    settings_path.write_text(json.dumps(settings))
+    settings_path.write_text(json.dumps({**settings, "service": service}))
     port = free_port()
     env = {
         **os.environ,

@@ -14,6 +14,7 @@ S = ModelState
 # mirrored here on purpose.
 ALLOWED = {
     (S.UNLOADED, S.LOADING),
+    (S.UNLOADED, S.FAILED),  # the previous worker died inside this model's runtime (issue 19)
     (S.LOADING, S.LOADED),
     (S.LOADING, S.FAILED),
     (S.LOADING, S.UNLOADED),  # a load on demand cancelled: every waiting client left
@@ -92,6 +93,11 @@ def test_unloading_fails_when_closing_blows_up() -> None:
 
 def test_failed_model_can_be_retried_by_loading_again() -> None:
     check_transition(S.FAILED, S.LOADING)
+
+
+def test_a_worker_crash_marks_an_unloaded_model_failed() -> None:
+    # The next worker finds the crash record before anything loads the model again.
+    check_transition(S.UNLOADED, S.FAILED)
 
 
 def test_failed_model_can_be_cleaned_up() -> None:
