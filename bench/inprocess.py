@@ -47,8 +47,10 @@ def bare(max_tokens: int, repeats: int) -> list[dict[str, float]]:
     import llama_cpp
 
     from llmpool.config.loader import resolve_model_path
+    from llmpool.native.loader import ensure_backends
     from llmpool.prompts.generic import STOP, chatml
 
+    ensure_backends()  # the portable build's CPU variant, as the pool loads it
     path = resolve_model_path(SMOLLM2, ROOT)
     llm = llama_cpp.Llama(**llama_kwargs(str(path)))
     prompt = chatml(None, [("user", PROMPT)])

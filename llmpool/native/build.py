@@ -41,7 +41,9 @@ from pathlib import Path
 from llmpool.native import variants
 
 DIST = "llm-pool"
-DEFAULT_WHEELHOUSE = Path(".cache/llama-wheels")
+DEFAULT_WHEELHOUSE = (
+    Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "llm-pool" / "llama-wheels"
+)
 
 
 @dataclass(frozen=True)

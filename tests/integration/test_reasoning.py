@@ -144,6 +144,9 @@ def test_think_gguf_opens_the_block_in_its_prompt(think_gguf: str) -> None:
     import jinja2
     import llama_cpp
 
+    from llmpool.native.loader import ensure_backends
+
+    ensure_backends()  # the portable build keeps its backends beside the binding
     llm = llama_cpp.Llama(model_path=think_gguf, vocab_only=True, verbose=False)
     template = jinja2.Environment().from_string(llm.metadata["tokenizer.chat_template"])
     llm.close()
