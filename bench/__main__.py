@@ -117,7 +117,9 @@ def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[st
             log=log,
         ),
         "swaps": lambda log: swaps.run(per_agent=4 if smoke else swaps.PER_AGENT, log=log),
-        "cpu_variants": lambda log: cpu_variants.run(rounds=1 if smoke else 3, log=log),
+        "cpu_variants": lambda log: cpu_variants.run(
+            rounds=1 if smoke else 3, tokens=32 if smoke else 128, repetitions=1 if smoke else 3, log=log
+        ),
     }
 
 

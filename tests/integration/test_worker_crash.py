@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import requests
 
+from llmpool.supervisor import living_group_members
 from tests.conftest import SMOLLM2_REF
 from tests.integration.conftest import Server, start_server, stop_server
 
@@ -74,15 +75,7 @@ def alive(pid: int) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+    return bool(living_group_members(pgid))
 
 
 def row(server: Server, name: str) -> dict[str, Any]:
