@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -106,6 +107,22 @@ def package_for(requirement: str) -> Package:
         raise SystemExit(f"llm-pool build: no recipe for {name} (known: {sorted(PACKAGES)})") from None
 
 
+def operator_args() -> list[str]:
+    """CMake arguments from the environment's CMAKE_ARGS (a GPU backend, say: -DGGML_CUDA=ON),
+    added to the base build. The CPU switches are the recipe's: setting one there is refused,
+    not silently overridden."""
+    args = shlex.split(os.environ.get("CMAKE_ARGS", ""))
+    owned = {"NATIVE", "BACKEND_DL", "CPU_ALL_VARIANTS", *variants.GGML_X86_FEATURES}
+    for arg in args:
+        name = arg.removeprefix("-D").split("=", 1)[0].split(":", 1)[0]
+        if name.startswith("GGML_") and name.removeprefix("GGML_") in owned:
+            raise SystemExit(
+                f"llm-pool build: CMAKE_ARGS sets {name}, which the portable recipe decides "
+                "(llmpool/native/variants.py); leave it out"
+            )
+    return args
+
+
 def build_key(requirement: str, package: Package) -> str:
     recipe = {
         "requirement": requirement,
@@ -114,6 +131,8 @@ def build_key(requirement: str, package: Package) -> str:
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         **variants.recipe(),
     }
+    if extra := operator_args():  # (absent when none, so plain builds keep their keys)
+        recipe["operator_args"] = extra
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -145,7 +164,7 @@ def fetch_source(requirement: str, package: Package, work: Path) -> Path:
 def build_base_wheel(source: Path, package: Package, work: Path) -> Path:
     out = work / "wheel"
     if not list(out.glob("*.whl")):
-        cmake_args = " ".join([*variants.BASE.cmake_args(), *package.cmake_args])
+        cmake_args = shlex.join([*variants.BASE.cmake_args(), *package.cmake_args, *operator_args()])
         run(
             [
                 sys.executable,

@@ -92,3 +92,22 @@ def test_the_choice_is_ggmls_rule(scores: dict[str, int], pick: str | None) -> N
 def test_unknown_package_has_no_recipe() -> None:
     with pytest.raises(SystemExit, match="no recipe for torch"):
         build.package_for("torch==2.13.0")
+
+
+def test_cmake_args_from_the_environment_are_built_and_keyed(monkeypatch: pytest.MonkeyPatch) -> None:
+    requirement = "llama-cpp-python==0.3.36"
+    package = build.package_for(requirement)
+    monkeypatch.delenv("CMAKE_ARGS", raising=False)
+    plain = build.build_key(requirement, package)
+    monkeypatch.setenv("CMAKE_ARGS", "-DGGML_CUDA=ON")
+    assert build.operator_args() == ["-DGGML_CUDA=ON"]
+    assert build.build_key(requirement, package) != plain
+
+
+@pytest.mark.parametrize(
+    "arg", ["-DGGML_NATIVE=ON", "-DGGML_AVX512=ON", "-DGGML_AMX_INT8:BOOL=ON", "-DGGML_BACKEND_DL=OFF"]
+)
+def test_cmake_args_may_not_take_over_the_cpu_switches(monkeypatch: pytest.MonkeyPatch, arg: str) -> None:
+    monkeypatch.setenv("CMAKE_ARGS", f"-DGGML_CUDA=ON {arg}")
+    with pytest.raises(SystemExit, match="which the portable recipe decides"):
+        build.operator_args()
