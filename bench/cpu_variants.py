@@ -97,6 +97,12 @@ def bench_dir(bin_dir: Path, cpu_library: Path, into: Path) -> Path:
     return into / "llama-bench"
 
 
+def every_core() -> None:
+    """In llama-bench, before exec: the bench pins itself (and so its children) to the load
+    side's core; a decode with one thread per core needs them all."""
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+
+
 def tokens_per_s(binary: Path, model: str, args: list[str], repetitions: int) -> float:
     threads = str(os.cpu_count() or 1)
     done = subprocess.run(
@@ -104,6 +110,7 @@ def tokens_per_s(binary: Path, model: str, args: list[str], repetitions: int) ->
         capture_output=True,
         text=True,
         timeout=600,
+        preexec_fn=every_core,  # noqa: PLW1509 (no threads of ours run while it forks)
     )
     if done.returncode != 0:
         raise RuntimeError(f"{binary} {' '.join(args)} exited with {done.returncode}: {done.stderr[-2000:]}")
