@@ -118,15 +118,20 @@ def test_logs_since_next_returns_only_what_was_printed_after(client: FlaskClient
     quiet = client.get(f"/v1/admin/models/fake/logs?since={mark}").get_json()
     assert [r["lines"] for r in quiet["replicas"]] == [[], []] and quiet["next"] == mark
 
-    client.post("/v1/responses", json={"model": "fake", "input": "hello", "stream": True}).get_data()
+    body = client.post("/v1/responses", json={"model": "fake", "input": "hello", "stream": True}).get_data(True)
+    assert "response.completed" in body, body
     newer: list[str] = []
-    deadline = time.monotonic() + 5
+    # The child prints its last line after the answer has gone out, so poll for it; a
+    # loaded 2-core CI machine once took longer than 5 s to schedule it.
+    deadline = time.monotonic() + 30
     while not any("stream finished" in line for line in newer) and time.monotonic() < deadline:
         answer = client.get(f"/v1/admin/models/fake/logs?since={mark}").get_json()
         newer += [line for r in answer["replicas"] for line in r["lines"]]
         mark = answer["next"]
+        time.sleep(0.02)  # a poll, not a spin that competes with the reader threads
+    everything = client.get("/v1/admin/models/fake/logs?tail=100").get_json()["replicas"]
     assert any(line.startswith("request: ") and "/v1/chat/completions" in line for line in newer)
-    assert "stream finished after 16 tokens" in newer
+    assert "stream finished after 16 tokens" in newer, (newer, everything)
     assert len(newer) == len(set(newer)), "a line came back twice"
     assert not any(line in newer for r in first["replicas"] for line in r["lines"])
 
