@@ -118,7 +118,8 @@ def test_logs_since_next_returns_only_what_was_printed_after(client: FlaskClient
     quiet = client.get(f"/v1/admin/models/fake/logs?since={mark}").get_json()
     assert [r["lines"] for r in quiet["replicas"]] == [[], []] and quiet["next"] == mark
 
-    body = client.post("/v1/responses", json={"model": "fake", "input": "hello", "stream": True}).get_data(True)
+    streamed = client.post("/v1/responses", json={"model": "fake", "input": "hello", "stream": True})
+    body = streamed.get_data(as_text=True)
     assert "response.completed" in body, body
     newer: list[str] = []
     # The child prints its last line after the answer has gone out, so poll for it; a
