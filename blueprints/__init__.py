@@ -15,6 +15,7 @@ from llmpool.config.loader import startup_settings
 from llmpool.config.spec import Settings
 from llmpool.greenbridge import check_not_fully_patched
 from llmpool.pool import Pool
+from llmpool.serving.pipeline import Pipeline
 
 
 def create_app(
@@ -45,6 +46,7 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = int(settings.service.max_body_mb * 1024 * 1024)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["llmpool"] = pool
+    app.extensions["llmpool.pipeline"] = Pipeline(pool)
     app.register_blueprint(responses.bp)
     app.register_blueprint(openai_compat.bp)
     app.register_blueprint(completions.bp)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from blueprints.body import json_body, raw_body
-from blueprints.responses import pool
+from blueprints.context import pool
 from blueprints.schemas import LoadRequestSchema
 from llmpool.config.loader import load_settings
 from llmpool.errors import RequestFieldInvalid

@@ -26,9 +26,9 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from blueprints.observe import note_error
-from blueprints.params import InvalidParam
 from blueprints.schemas import validation_details
-from llmpool.errors import PoolError, RequestFieldInvalid
+from llmpool.errors import InvalidParam, PoolError, RequestFieldInvalid, bug
+from llmpool.serving.openai_common import openai_error_body, openai_pool_error
 
 log = logging.getLogger("llmpool.http")
 
@@ -108,33 +108,11 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _bug(exc: Exception) -> Response:
         log.exception("unhandled error")
-        note_error("internal_error")
-        openai = openai_error_body(500, "internal_error", "internal server error")
-        if openai_route():
-            return _json(openai, 500)
-        body = {"code": "internal_error", "message": "internal server error", "model": None}
-        return _json(_native(body, openai), 500)
+        return pool_error_response(bug())
 
 
 # -- OpenAI's error shape -------------------------------------------------------------
-_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 _OPENAI_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter"}
-
-
-def openai_error_body(
-    status: int, code: str | None, message: str, param: str | None = None
-) -> dict[str, Any]:
-    """{"error": {...}}; `type` follows the status the way OpenAI's API assigns it."""
-    type_ = "server_error" if status >= 500 else _OPENAI_TYPES.get(status, "invalid_request_error")
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def openai_pool_error(exc: PoolError) -> dict[str, Any]:
-    param = getattr(exc, "param", None)
-    if isinstance(exc, RequestFieldInvalid):
-        # Core locs name our own request layout; OpenAI's decoding fields are top-level.
-        param = ".".join(str(p) for p in exc.loc if p not in ("body", "decoding")) or None
-    return openai_error_body(exc.status, exc.code, exc.message, param)
 
 
 def _openai_validation(messages: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, jsonify
 from marshmallow import INCLUDE, Schema, fields
 
-from blueprints.responses import pool
+from blueprints.context import pool
 from blueprints.schemas import (
     INPUT_ROLES,
     ChatCompletionsRequestSchema,

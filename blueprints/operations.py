@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from blueprints.responses import pool
+from blueprints.context import pool
 from llmpool.telemetry import CONTENT_TYPE
 
 bp = Blueprint("operations", __name__)

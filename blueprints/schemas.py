@@ -7,7 +7,7 @@ rejects values it cannot honour.
 
 `/v1/responses` stays strict (an unknown key is a 422), but it also takes the fields the
 official `openai` SDK sends (`ResponsesRequestSchema`); those the pool cannot honour are
-loaded so the view can refuse them with a 400 naming them (`blueprints.responses_request`).
+loaded so the view can refuse them with a 400 naming them (`llmpool.serving.responses_request`).
 Content arrays take OpenAI's Responses parts (`input_text`, `input_image`) as aliases of
 ours, normalised to `text` / `image_url` here, so the core sees one shape.
 """
@@ -18,9 +18,10 @@ from typing import Any
 
 from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
-from blueprints.params import InvalidParam
 from llmpool.config.fields import StrictBool, StrictInt
 from llmpool.config.schema import DecodingSchema, decoding_fields
+from llmpool.errors import InvalidParam
+from llmpool.serving.responses_request import InputItems
 
 THINKING = ("default", "enabled", "disabled")
 DETAIL = ("auto", "low", "high")
@@ -127,11 +128,6 @@ class Content(fields.Field):
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         return load_content(value, attr or "content")
-
-
-class InputItems(list[dict[str, Any]]):
-    """`input` given as OpenAI Responses input items: a list of {role, content} dicts
-    (role system, developer, user or assistant; content normalised by `load_content`)."""
 
 
 INPUT_ROLES = ("system", "developer", "user", "assistant")

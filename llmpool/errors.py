@@ -38,6 +38,11 @@ class InternalError(PoolError):
     """A bug. The renderer logs the trace and never puts it in the body."""
 
 
+def bug() -> InternalError:
+    """What a client is told about a bug: nothing but that it happened."""
+    return InternalError("internal server error")
+
+
 class ConfigError(PoolError):
     """Settings files are invalid; raised at start-up and on reload (where the operator's
     request to apply them is refused: 400)."""
@@ -137,6 +142,17 @@ class InvalidRequest(PoolError):
 
     status = 400
     code = "invalid_request"
+
+
+class InvalidParam(InvalidRequest):
+    """A well-formed request for something the pool does not do (OpenAI's `n` > 1, tools,
+    `store: true`, ...): 400, with `param` naming the offending field as OpenAI's error
+    body does. Raised, never dropped: a client must not believe a setting took effect."""
+
+    def __init__(self, param: str, message: str, code: str = "unsupported_value") -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
 
 
 class QueueFull(PoolError):

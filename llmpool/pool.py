@@ -180,9 +180,15 @@ class Pool:
         executor = entry.executor if entry is not None else None
         return executor.position(job) if executor else 0
 
-    def waiting(self, job: Job) -> Waiting | None:
-        """Where a job that waits for its model's load stands (None: not waiting for one)."""
-        return self.placer.waiting(job)
+    def where(self, job: Job) -> Waiting | None:
+        """Where a job that has not started stands, in one call: waiting for its model's
+        load ("loading"), for memory to load it ("memory"), or in its model's queue
+        ("queued", `place` from 1). None: it runs, ended, or is about to start."""
+        waiting = self.placer.waiting(job)
+        if waiting is not None:
+            return waiting
+        place = self.position(job)
+        return Waiting("queued", job.model, 0.0, place=place) if place else None
 
     def cancel(self, job: Job) -> None:
         """The client is gone: drop the job if queued, stop it at the next token if running."""

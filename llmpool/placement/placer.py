@@ -70,11 +70,11 @@ class Demand:
 class Waiting:
     """Where a job that waits for its model stands (rendered by the HTTP layer)."""
 
-    kind: str  # "loading" | "memory"
+    kind: str  # "loading" | "memory" | "queued" (Pool.where)
     model: str
     elapsed_s: float
     estimate_s: float | None = None  # the model's last load took this long
-    place: int = 0  # memory: this model's place among the loads waiting on its device
+    place: int = 0  # memory: this model's place among the loads waiting on its device; queued: in line
 
 
 class Placer:

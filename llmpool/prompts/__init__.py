@@ -16,19 +16,15 @@ No format writes the BOS token into the text: every backend's tokenizer adds it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import ModuleType
 
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import InvalidRequest
-from llmpool.generation import GenerationRequest, content_text
+from llmpool.generation import GenerationRequest
+from llmpool.prompts.base import Rendered, turns
 from llmpool.reasoning import Markers, ReasoningSplitter, opens_in_prompt
 
-
-@dataclass(frozen=True)
-class Rendered:
-    text: str
-    stop: tuple[str, ...] = ()  # the format's own stop strings (request stops are added later)
+__all__ = ["Rendered", "turns"]  # with the functions below: what backends use
 
 
 def _formats() -> dict[str, ModuleType]:
@@ -144,14 +140,3 @@ def check(spec: ModelSpec, request: GenerationRequest) -> None:
 def stops(rendered: Rendered, request: GenerationRequest) -> list[str]:
     """Format stops plus request stops, de-duplicated, order kept."""
     return list(dict.fromkeys([*rendered.stop, *request.decoding.stop]))
-
-
-def turns(request: GenerationRequest) -> list[tuple[str, str]]:
-    """The conversation as (role, text) pairs, role "user" or "assistant", system excluded.
-
-    Single-turn `input` is one user turn; content arrays contribute their text parts only
-    (images never reach a raw prompt: admission refuses them by modality first).
-    """
-    if request.messages is not None:
-        return [(m.role, content_text(m.content)) for m in request.messages]
-    return [("user", content_text(request.input if request.input is not None else ""))]

@@ -31,7 +31,7 @@ converted with the older markup). `REASONING` names the thought markers for
 from __future__ import annotations
 
 from llmpool.generation import GenerationRequest
-from llmpool.prompts import Rendered, turns
+from llmpool.prompts.base import Rendered, turns
 from llmpool.reasoning import Markers
 
 STOP: tuple[str, ...] = ("<turn|>", "<end_of_turn>")

@@ -19,7 +19,7 @@ assistant header. Stop: `<|im_end|>`. Multi-turn; no thinking control.
 from __future__ import annotations
 
 from llmpool.generation import GenerationRequest
-from llmpool.prompts import Rendered, turns
+from llmpool.prompts.base import Rendered, turns
 
 STOP: tuple[str, ...] = ("<|im_end|>",)
 MULTI_TURN = True

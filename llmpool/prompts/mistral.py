@@ -16,7 +16,7 @@ control.
 from __future__ import annotations
 
 from llmpool.generation import GenerationRequest
-from llmpool.prompts import Rendered, turns
+from llmpool.prompts.base import Rendered, turns
 
 STOP: tuple[str, ...] = ("</s>",)
 MULTI_TURN = True

@@ -30,7 +30,7 @@ reasoning). The system block is left out without instructions. Stop: `<|im_end|>
 from __future__ import annotations
 
 from llmpool.generation import GenerationRequest
-from llmpool.prompts import Rendered, turns
+from llmpool.prompts.base import Rendered, turns
 from llmpool.prompts.generic import chatml
 from llmpool.reasoning import Markers
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from llmpool.errors import InvalidRequest
 from llmpool.generation import GenerationRequest, content_text
-from llmpool.prompts import Rendered
+from llmpool.prompts.base import Rendered
 
 STOP: tuple[str, ...] = ("<end_of_turn>",)
 MULTI_TURN = False

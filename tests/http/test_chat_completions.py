@@ -202,7 +202,7 @@ def test_failure_mid_stream_is_an_error_line_without_done(client: FlaskClient) -
 def test_a_bug_mid_stream_ends_with_an_internal_error_line(
     client: FlaskClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import blueprints.openai_compat as compat
+    import llmpool.serving.chat_api as compat
 
     def broken(done: Any) -> str:
         raise KeyError("secret internals")
@@ -336,7 +336,7 @@ def test_backend_failure_is_502(client: FlaskClient) -> None:
 
 
 def test_a_bug_is_a_500_without_a_trace(client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    import blueprints.openai_compat as compat
+    import llmpool.serving.chat_api as compat
 
     def broken(job: Any, done: Any) -> dict[str, Any]:
         raise RuntimeError("secret internals")
@@ -403,6 +403,25 @@ def test_remote_model_needs_allow_remote(fake_client: FlaskClient) -> None:
     r = fake_client.post(URL, json=body, headers={"X-LLM-Pool-Allow-Remote": "true"})
     assert r.status_code == 200 and r.get_json()["choices"][0]["message"]["content"] == "t0 t1 t2 t3 t4 "
     assert fake_client.post(URL, json={**body, "allow_remote": True}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", {"model": "remote", "input": "hi"}),
+        ("/v1/chat/completions", {"model": "remote", "messages": POEM}),
+        ("/v1/completions", {"model": "remote", "prompt": "hi"}),
+    ],
+)
+def test_every_api_reads_allow_remote_the_same_way(
+    fake_client: FlaskClient, path: str, body: dict[str, Any]
+) -> None:
+    """One gate (llmpool.serving.pipeline): the body field or the header, on every API."""
+    assert fake_client.post(path, json=body).status_code == 403
+    assert fake_client.post(path, json=body, headers={"X-LLM-Pool-Allow-Remote": "no"}).status_code == 403
+    assert fake_client.post(path, json={**body, "allow_remote": False}).status_code == 403
+    assert fake_client.post(path, json=body, headers={"X-LLM-Pool-Allow-Remote": "true"}).status_code == 200
+    assert fake_client.post(path, json={**body, "allow_remote": True}).status_code == 200
 
 
 def test_single_turn_model_serves_one_user_message(fake_client: FlaskClient) -> None:

@@ -175,7 +175,7 @@ def test_prompt_longer_than_the_context_is_a_400(client: FlaskClient) -> None:
 
 
 def test_a_broken_stream_ends_with_response_failed(client: FlaskClient, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    import blueprints.sse as sse
+    import llmpool.serving.responses_api as sse
 
     def broken(job, done):  # type: ignore[no-untyped-def]
         raise KeyError("bug")

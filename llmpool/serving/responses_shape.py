@@ -19,7 +19,7 @@ from output index 0: no streaming client of the pool reads them, and the SDK's s
 helper re-serialises the final response, where our legacy item (which it can only model
 as a `message` with the wrong type) would make pydantic warn on every stream.
 
-Nothing here knows SSE: events are (name, data) pairs, framed by `blueprints.sse`.
+Nothing here knows SSE: events are (name, data) pairs, framed by `llmpool.serving.sse`.
 """
 
 from __future__ import annotations

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from blueprints.messages import split_system
-from blueprints.params import InvalidParam
-from blueprints.schemas import InputItems
+from llmpool.errors import InvalidParam
 from llmpool.generation import Content, GenerationRequest, Message
 from llmpool.pool import Pool
+from llmpool.serving.messages import split_system
+
+
+class InputItems(list[dict[str, Any]]):
+    """`input` given as OpenAI Responses input items: a list of {role, content} dicts
+    (role system, developer, user or assistant; content normalised by the request schema)."""
+
 
 # reasoning.effort -> thinking mode.
 EFFORT_THINKING = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from blueprints.params import InvalidParam
+from llmpool.errors import InvalidParam
 from llmpool.generation import Message, content_text
 
 SYSTEM_ROLES = ("system", "developer")

@@ -1,0 +1,122 @@
+"""OpenAI's Chat Completions (POST /v1/chat/completions) as a serving API (SPEC §3).
+
+- request: system/developer messages become `instructions` (joined with a blank line),
+  the rest the conversation, which must end with a user message. A single remaining turn
+  goes to a model without multi-turn support as `input`, so single-turn runtimes serve
+  plain chat too. `max_completion_tokens` wins over `max_tokens`; omitted decoding fields
+  come from `engine.decoding`. n > 1, tools, logprobs and structured output are a 400
+  naming the field.
+- JSON: a `chat.completion` with `usage` (null counts where the backend does not know
+  them) and the pool's `metrics` under a key clients ignore.
+- stream: a role chunk, one chunk per delta (`content`, or `reasoning_content`), a chunk
+  with the finish_reason (and `metrics`), a usage chunk when
+  `stream_options.include_usage`, then `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from llmpool.errors import InvalidParam, PoolError
+from llmpool.generation import GenerationRequest
+from llmpool.job import Delta, Done, Job
+from llmpool.pool import Pool
+from llmpool.serving.api import Api, Call, Encoder
+from llmpool.serving.messages import split_system
+from llmpool.serving.openai_common import finish_reason, stream_end, stream_error, usage, wants_usage
+from llmpool.serving.sse import data_line
+
+
+def refuse_unsupported(body: dict[str, Any]) -> None:
+    """400 for OpenAI features the pool cannot honour; dropping them would change the answer."""
+    if body["n"] not in (None, 1):
+        raise InvalidParam("n", "Only n=1 is supported.")
+    if body["tools"] or body["functions"]:
+        param = "tools" if body["tools"] else "functions"
+        raise InvalidParam(param, "Tool and function calling are not supported.")
+    if body["logprobs"]:
+        raise InvalidParam("logprobs", "logprobs are not supported.")
+    response_format = body["response_format"]
+    if response_format is not None and response_format != {"type": "text"}:
+        raise InvalidParam("response_format", "Only response_format {'type': 'text'} is supported.")
+
+
+def completion_id(job: Job) -> str:
+    # The job's own hex id, so logs and metrics of every API name a request the same way.
+    return "chatcmpl-" + job.id.removeprefix("resp_")
+
+
+def completion(job: Job, done: Done) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": done.output_text}
+    if done.reasoning_text:
+        message["reasoning_content"] = done.reasoning_text
+    return {
+        "id": completion_id(job),
+        "object": "chat.completion",
+        "created": job.created,
+        "model": job.model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(done)}],
+        "usage": usage(done.final),
+        "metrics": job.metrics(done.final),
+    }
+
+
+class ChatApi(Api):
+    name = "chat.completions"
+
+    def to_request(self, body: dict[str, Any], pool: Pool) -> GenerationRequest:
+        refuse_unsupported(body)
+        system, turns = split_system(body["messages"], "messages", lambda index: f"messages.{index}.content")
+        single_turn = len(turns) == 1 and not pool.entry(body["model"]).capabilities.multi_turn
+        max_tokens = body["max_completion_tokens"] or body["max_tokens"]
+        decoding = {k: body[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "stop")}
+        return GenerationRequest(
+            input=turns[0].content if single_turn else None,
+            messages=None if single_turn else tuple(turns),
+            instructions="\n\n".join(system) if system else None,
+            decoding=pool.settings.decoding.merged({**decoding, "max_tokens": max_tokens}),
+        )
+
+    def answer(self, call: Call, done: Done) -> dict[str, Any]:
+        return completion(call.job, done)
+
+    def encoder(self, call: Call) -> Encoder:
+        return ChatChunks(call.job, wants_usage(call.body))
+
+
+class ChatChunks(Encoder):
+    def __init__(self, job: Job, include_usage: bool) -> None:
+        self.job = job
+        self.include_usage = include_usage
+        self.head = {
+            "id": completion_id(job),
+            "object": "chat.completion.chunk",
+            "created": job.created,
+            "model": job.model,
+        }
+        # OpenAI sends `usage: null` on every other chunk when usage was asked for.
+        self.tail = {"usage": None} if include_usage else {}
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return data_line({**self.head, "choices": [choice], **self.tail, **extra})
+
+    def open(self) -> Iterator[str]:
+        yield self._chunk({"role": "assistant", "content": ""})
+
+    def delta(self, delta: Delta) -> Iterator[str]:
+        out = {}
+        if delta.reasoning:
+            out["reasoning_content"] = delta.reasoning
+        if delta.text:
+            out["content"] = delta.text
+        if out:
+            yield self._chunk(out)
+
+    def done(self, done: Done) -> Iterator[str]:
+        yield self._chunk({}, finish_reason(done), metrics=self.job.metrics(done.final))
+        yield from stream_end(self.head, done, self.include_usage)
+
+    def failed(self, error: PoolError) -> str:
+        return stream_error(error)

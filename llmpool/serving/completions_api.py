@@ -1,0 +1,105 @@
+"""OpenAI's legacy Completions (POST /v1/completions) as a serving API: a raw prompt.
+
+The prompt reaches the runtime as it is, through no chat template and no prompt format
+(`GenerationRequest.prompt`; the tokenizer adds BOS as usual), and the runtime's text
+comes back unsplit.
+
+- request: `model`, `prompt` (a string, or a list of one string), `max_tokens` (omitted:
+  `engine.decoding.max_tokens`, not OpenAI's 16), `temperature`, `top_p`, `stop`,
+  `stream`, `stream_options.include_usage`, plus `top_k` and `repetition_penalty` as vLLM
+  takes them. `n`/`best_of` other than 1, `echo`, `logprobs`, a non-empty `suffix` or
+  `logit_bias` are a 400 naming the field.
+- JSON: a `text_completion` object with `usage` and the pool's `metrics`.
+- stream: chunks of the same object with text deltas, a last chunk with the finish_reason
+  (and `metrics`), a usage chunk with `choices: []` when asked, then `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from llmpool.errors import InvalidParam, PoolError
+from llmpool.generation import GenerationRequest
+from llmpool.job import Delta, Done, Job
+from llmpool.pool import Pool
+from llmpool.serving.api import Api, Call, Encoder
+from llmpool.serving.openai_common import finish_reason, stream_end, stream_error, usage, wants_usage
+from llmpool.serving.sse import data_line
+
+DECODING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "stop", "max_tokens")
+
+
+def refuse_unsupported(body: dict[str, Any]) -> None:
+    """400 for Completions features the pool cannot honour; dropping them would change the answer."""
+    for key in ("n", "best_of"):
+        if body[key] not in (None, 1):
+            raise InvalidParam(key, f"Only {key}=1 is supported.")
+    if body["echo"]:
+        raise InvalidParam("echo", "echo is not supported.")
+    if body["logprobs"] is not None:
+        raise InvalidParam("logprobs", "logprobs are not supported.")
+    if body["suffix"]:
+        raise InvalidParam("suffix", "suffix (insertion) is not supported.")
+    if body["logit_bias"]:
+        raise InvalidParam("logit_bias", "logit_bias is not supported.")
+
+
+def completion_id(job: Job) -> str:
+    return "cmpl-" + job.id.removeprefix("resp_")
+
+
+def _head(job: Job) -> dict[str, Any]:
+    return {"id": completion_id(job), "object": "text_completion", "created": job.created, "model": job.model}
+
+
+def _choice(text: str, finish: str | None) -> dict[str, Any]:
+    return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+
+
+def _text(delta: Delta) -> str:
+    # A raw prompt is answered unsplit; should a runtime still report reasoning, it is
+    # part of the text the model wrote, in order, never dropped.
+    return delta.reasoning + delta.text
+
+
+class CompletionsApi(Api):
+    name = "completions"
+
+    def to_request(self, body: dict[str, Any], pool: Pool) -> GenerationRequest:
+        refuse_unsupported(body)
+        decoding = {k: body[k] for k in DECODING_KEYS}
+        return GenerationRequest(prompt=body["prompt"], decoding=pool.settings.decoding.merged(decoding))
+
+    def answer(self, call: Call, done: Done) -> dict[str, Any]:
+        job = call.job
+        text = (done.reasoning_text or "") + done.output_text
+        return {
+            **_head(job),
+            "choices": [_choice(text, finish_reason(done))],
+            "usage": usage(done.final),
+            "metrics": job.metrics(done.final),
+        }
+
+    def encoder(self, call: Call) -> Encoder:
+        return CompletionChunks(call.job, wants_usage(call.body))
+
+
+class CompletionChunks(Encoder):
+    def __init__(self, job: Job, include_usage: bool) -> None:
+        self.job = job
+        self.include_usage = include_usage
+        self.head = _head(job)
+        self.tail = {"usage": None} if include_usage else {}
+
+    def delta(self, delta: Delta) -> Iterator[str]:
+        if text := _text(delta):
+            yield data_line({**self.head, "choices": [_choice(text, None)], **self.tail})
+
+    def done(self, done: Done) -> Iterator[str]:
+        last = {**self.head, "choices": [_choice("", finish_reason(done))], **self.tail}
+        yield data_line({**last, "metrics": self.job.metrics(done.final)})
+        yield from stream_end(self.head, done, self.include_usage)
+
+    def failed(self, error: PoolError) -> str:
+        return stream_error(error)

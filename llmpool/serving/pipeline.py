@@ -1,0 +1,137 @@
+"""The serving pipeline: every API's request goes the same way.
+
+    Api.to_request(body) -> Pool.submit -> Job -> answer (JSON) | stream (SSE text)
+
+What it owns, once for every API:
+- admission through `Pool.submit`, with the `allow_remote` gate read one way (the body's
+  `allow_remote: true` or the `X-LLM-Pool-Allow-Remote: true` header);
+- the wait for a JSON answer, and the stream, both on the calling greenlet only;
+- a client that hangs up: a read watcher on its socket wakes the waiter with ClientGone at
+  once (queued: out of line; running: stopped at the next token), and a stream that is
+  closed (GeneratorExit at the next write) cancels its job too;
+- the comments of a quiet stream: where the job is (`: queued N`, `: loading M 3.1s`,
+  `: waiting for memory ...`, asked with one `Pool.where`), else `: working`;
+- a bug while streaming: logged, and the stream ends with the API's error (the status
+  line is long gone), never an exception into the server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from llmpool.errors import ClientGone
+from llmpool.greenbridge import ChannelTimeout, watch_hangup
+from llmpool.job import Delta, Done, Event, Failed, Job, JobStatus
+from llmpool.pool import Pool
+from llmpool.serving.api import Api, Call, Encoder
+from llmpool.serving.sse import comment
+
+QUIET_COMMENT_INTERVAL_S = 1.0
+log = logging.getLogger("llmpool.http")
+
+
+class Pipeline:
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def submit(
+        self, api: Api, body: dict[str, Any], *, remote_header: bool = False, started: float | None = None
+    ) -> Call:
+        """Map `body` and admit it; every refusal happens here, before the job is queued."""
+        request = api.to_request(body, self.pool)
+        allow_remote = bool(body["allow_remote"]) or remote_header
+        job = self.pool.submit(body["model"], request, allow_remote=allow_remote, pool_started=started)
+        return Call(api, body, request, job)
+
+    def answer(self, call: Call, fileno: int | None) -> dict[str, Any]:
+        """The JSON answer; raises the job's error. `fileno`: the client's socket, watched."""
+        return call.api.answer(call, self.wait(call.job, fileno))
+
+    def wait(self, job: Job, fileno: int | None) -> Done:
+        """Suspend the caller until `job` ends: its Done, or its error raised. If the wait
+        ends any other way (a hang-up, the worker stopping the request), the job is
+        cancelled."""
+        stop_watching = watch_hangup(fileno, _hung_up(job))
+        try:
+            while True:
+                event = job.events.get()
+                if isinstance(event, Done):
+                    return event
+                if isinstance(event, Failed):
+                    raise event.error
+        finally:
+            stop_watching()
+            if not job.finished:
+                self.pool.cancel(job)
+
+    def stream(self, call: Call, fileno: int | None) -> Iterator[str]:
+        """The stream's text; never raises once started, cancels the job if the client goes."""
+        encoder = call.api.encoder(call)
+        return self._guarded(call.job, self._encode(call.job, encoder), encoder, fileno)
+
+    def _guarded(self, job: Job, body: Iterator[str], encoder: Encoder, fileno: int | None) -> Iterator[str]:
+        stop_watching = watch_hangup(fileno, _hung_up(job))
+        try:
+            yield from body
+        except Exception:
+            log.exception("stream of %s broke", job.id)
+            yield encoder.broken()
+        finally:
+            stop_watching()
+            if not job.finished:
+                self.pool.cancel(job)
+
+    def _encode(self, job: Job, encoder: Encoder) -> Iterator[str]:
+        yield from encoder.open()
+        for event in self.events(job):
+            if isinstance(event, str):
+                yield event
+            elif isinstance(event, Delta):
+                yield from encoder.delta(event)
+            elif isinstance(event, Done):
+                yield from encoder.done(event)
+            elif isinstance(event, Failed):
+                yield encoder.failed(event.error)
+
+    def events(self, job: Job) -> Iterator[Event | str]:
+        """The job's events in order, ending after its Done or Failed; between events
+        more than a second apart, a comment line (a `str`) saying where the job is."""
+        if job.status is JobStatus.QUEUED and (note := self.where_comment(job)):
+            yield note
+        while True:
+            try:
+                event = job.events.get(timeout=QUIET_COMMENT_INTERVAL_S)
+            except ChannelTimeout:
+                if job.status is JobStatus.QUEUED and (note := self.where_comment(job)):
+                    yield note
+                else:
+                    yield comment("working")  # a long prefill: keep proxies from timing out
+                continue
+            yield event
+            if isinstance(event, Done | Failed):
+                return
+
+    def where_comment(self, job: Job) -> str | None:
+        """A queued job's place as a comment line: its model's load in progress (with how
+        long the last load took, as an estimate), its place among loads waiting for
+        memory, or its place in the model's queue; None when it is about to start."""
+        where = self.pool.where(job)
+        if where is None:
+            return None
+        if where.kind == "queued":
+            return comment(f"queued {where.place}")
+        estimate = f" (last load took {where.estimate_s:.1f}s)" if where.estimate_s is not None else ""
+        if where.kind == "loading":
+            return comment(f"loading {where.model} {where.elapsed_s:.1f}s{estimate}")
+        return comment(f"waiting for memory {where.model} {where.elapsed_s:.1f}s, place {where.place}")
+
+
+def _hung_up(job: Job) -> Callable[[], None]:
+    """What a hang-up does to a job's waiter: wakes it with ClientGone (on the hub)."""
+
+    def hung_up() -> None:
+        job.events.put(Failed(ClientGone("the client closed the connection", model=job.model)))
+
+    return hung_up
