@@ -85,6 +85,21 @@ class ProcessState(enum.StrEnum):
     STOPPED = "stopped"
 
 
+_P = ProcessState
+# The whole life of a child. `ChildProcess._move` is the only writer of its state and
+# refuses any edge not listed here.
+PROCESS_TRANSITIONS: dict[ProcessState, frozenset[ProcessState]] = {
+    _P.NEW: frozenset({_P.STARTING}),
+    # Ready (the probe answered), dead before that (or exec failed), or asked to stop.
+    _P.STARTING: frozenset({_P.READY, _P.EXITED, _P.STOPPING}),
+    _P.READY: frozenset({_P.EXITED, _P.STOPPING}),
+    # A stop after an unasked-for exit still reaps the group (grandchildren may linger).
+    _P.EXITED: frozenset({_P.STOPPING}),
+    _P.STOPPING: frozenset({_P.STOPPED}),
+    _P.STOPPED: frozenset(),
+}
+
+
 class ChildFailed(Exception):
     """The child could not be started or did not become ready; `tail` holds its last lines."""
 
@@ -219,7 +234,8 @@ class ChildProcess:
         self.label = label
         self.spec = spec
         self.on_exit = on_exit
-        self.state = ProcessState.NEW
+        self._state = ProcessState.NEW
+        self._state_lock = threading.Lock()
         self.returncode: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: collections.deque[tuple[int, str]] = collections.deque(maxlen=spec.log_lines)
@@ -229,6 +245,20 @@ class ChildProcess:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def state(self) -> ProcessState:
+        return self._state
+
+    def _move(self, to: ProcessState) -> bool:
+        """Take the edge to `to` if the table allows it from the current state: True if
+        taken. Compare and set under one lock, so the watcher thread (EXITED) and the
+        caller's thread (READY, STOPPING) never overwrite each other's news."""
+        with self._state_lock:
+            if to not in PROCESS_TRANSITIONS[self._state]:
+                return False
+            self._state = to
+            return True
 
     def tail(self, n: int | None = None) -> list[str]:
         # list() copies the deque in one step; iterating it while the reader appends
@@ -245,7 +275,8 @@ class ChildProcess:
         return lines[-n:] if n > 0 else []
 
     def start(self) -> None:
-        self.state = ProcessState.STARTING
+        if not self._move(ProcessState.STARTING):
+            raise RuntimeError(f"{self.label}: start() on a child that is {self._state}")  # a bug
         log.info("%s: starting %s", self.label, " ".join(redact_argv(self.spec.argv)))
         try:
             self._proc = _spawner.popen(
@@ -257,7 +288,7 @@ class ChildProcess:
                 start_new_session=True,
             )
         except OSError as exc:
-            self.state = ProcessState.EXITED
+            self._move(ProcessState.EXITED)
             raise ChildFailed(f"cannot start {self.spec.argv[0]}: {exc}", []) from exc
         _tell_watchers(self._proc.pid, started=True)  # its own session: pid == group id
         self._reader = start_thread(self._read_output, name=f"log-{self.label}")
@@ -277,8 +308,7 @@ class ChildProcess:
             self._reader.join(timeout=2)  # let the last lines land before reporting
         self.returncode = returncode
         self._exited.set()
-        if self.state in (ProcessState.STARTING, ProcessState.READY):
-            self.state = ProcessState.EXITED
+        if self._move(ProcessState.EXITED):  # nobody asked it to stop
             log.warning("%s exited unexpectedly with %s", self.label, describe_exit(returncode))
             if self.on_exit is not None:
                 self.on_exit(returncode, self.tail())
@@ -306,8 +336,7 @@ class ChildProcess:
                     f"{self.label} exited with {describe_exit(self.returncode)} before it was ready",
                     self.tail(),
                 )
-            if probe():
-                self.state = ProcessState.READY
+            if probe() and self._move(ProcessState.READY):
                 return
             if time.monotonic() >= deadline:
                 raise ChildFailed(f"{self.label} not ready after {timeout_s:g}s", self.tail())
@@ -317,16 +346,18 @@ class ChildProcess:
         """SIGTERM the group and return at once (any thread, never waits): a `wait_ready`
         in progress then fails at its next poll, and its caller's `stop` reaps."""
         proc = self._proc
-        if proc is not None and self.state in (ProcessState.STARTING, ProcessState.READY):
+        if proc is not None and self._state in (ProcessState.STARTING, ProcessState.READY):
             self._signal_group(proc.pid, signal.SIGTERM)
 
     def stop(self) -> None:
         """SIGTERM the group, SIGKILL it after stop_timeout_s, reap. Idempotent."""
         assert_may_block("ChildProcess.stop")
         proc = self._proc
-        if proc is None or self.state is ProcessState.STOPPED:
+        if proc is None or self._state is ProcessState.STOPPED:
             return
-        self.state = ProcessState.STOPPING
+        # A second stop while one is under way repeats the signals and waits; only one
+        # of them takes each edge.
+        self._move(ProcessState.STOPPING)
         self._signal_group(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=self.spec.stop_timeout_s)
@@ -341,7 +372,7 @@ class ChildProcess:
         deadline = time.monotonic() + 5
         while living_group_members(proc.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        self.state = ProcessState.STOPPED
+        self._move(ProcessState.STOPPED)
         _tell_watchers(proc.pid, started=False)
 
     @staticmethod

@@ -665,3 +665,21 @@ def test_living_group_members_sees_a_group_and_not_its_zombies() -> None:
         leader.kill()
         leader.wait()
     assert living_group_members(leader.pid) == []
+
+
+def test_the_process_state_table_is_the_only_writer() -> None:
+    from llmpool.supervisor import PROCESS_TRANSITIONS
+
+    assert set(PROCESS_TRANSITIONS) == set(ProcessState)
+    child = ChildProcess("t", ChildSpec(argv=["true"]))
+    assert not child._move(ProcessState.READY)  # NEW -> READY is no edge
+    assert child.state is ProcessState.NEW
+    assert child._move(ProcessState.STARTING) and child._move(ProcessState.EXITED)
+    # The waiter's late READY cannot overwrite the watcher's EXITED.
+    assert not child._move(ProcessState.READY) and child.state is ProcessState.EXITED
+    assert child._move(ProcessState.STOPPING) and child._move(ProcessState.STOPPED)
+    assert not any(child._move(s) for s in ProcessState) and child.state is ProcessState.STOPPED
+    with pytest.raises(RuntimeError, match="start"):
+        child.start()  # a child is started once
+    with pytest.raises(AttributeError):
+        child.state = ProcessState.NEW  # type: ignore[misc]
