@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any
 
-from llmpool import gpu
+from llmpool import gpu, model_view
 from llmpool.backends.base import Adapter, Capabilities
 from llmpool.config.spec import ModelSpec
 from llmpool.crashes import CrashWatch
@@ -26,9 +26,7 @@ from llmpool.executor import Executor, Replica
 from llmpool.greenbridge import assert_may_block
 from llmpool.placement.ledger import Estimate, Ledger, load_key
 from llmpool.placement.measure import LoadProbe
-from llmpool.secrets import redact
 from llmpool.states import ModelState, check_transition
-from llmpool.supervisor import next_line_seq
 from llmpool.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -107,9 +105,9 @@ class ModelEntry:
 
     # -- state machine ---------------------------------------------------------------
     def _set_state(self, new: ModelState, error: str | None = None) -> None:
-        check_transition(self.state, new)
-        log.info("model %s: %s -> %s", self.name, self.state.value, new.value)
-        with self._changed:
+        with self._changed:  # the edge is checked and taken under one lock
+            check_transition(self.state, new)
+            log.info("model %s: %s -> %s", self.name, self.state.value, new.value)
             self.state = new
             if error is not None or new is ModelState.LOADING:
                 self.last_error = error
@@ -133,6 +131,31 @@ class ModelEntry:
         with self._write_lock:
             if self.state in (ModelState.UNLOADED, ModelState.FAILED):
                 self._set_state(ModelState.FAILED, error=message)
+
+    # -- the writer, seen from outside -------------------------------------------------
+    def try_hold(self) -> bool:
+        """Become this model's writer if nobody is (never waits): True if so. The holder
+        must `release()`; meanwhile no load or unload of the model can begin."""
+        return self._write_lock.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._write_lock.release()
+
+    def retire(self) -> None:
+        """A settings reload replaced this definition (caller holds it via `try_hold`):
+        the entry is out of the pool and never starts a runtime again."""
+        self.retired = True
+
+    def drain_for_swap(self, waiter: str, waited_s: float) -> None:
+        """The placer needs this model's memory for `waiter`: new jobs wait for its next
+        load (`swap_out`) while the running ones finish."""
+        if not self.swap_out:
+            log.info("draining %s: %s waited %.0fs for memory", self.name, waiter, waited_s)
+            self.swap_out = True
+
+    def end_swap(self) -> None:
+        """The demand that drained this model went away: it takes jobs again."""
+        self.swap_out = False
 
     # -- load ------------------------------------------------------------------------
     def check_load_request(
@@ -278,6 +301,13 @@ class ModelEntry:
         if measured is not None:
             self.ledger.record(self.name, self.load_key(), *measured)
 
+    def _override_key(self) -> str:
+        return json.dumps((self.load_override or {}).get("overrides") or {}, sort_keys=True)
+
+    def measured_mib(self) -> float | None:
+        """GPU memory the last load with the current overrides took (NVML), if measured."""
+        return self._measured_mib.get(self._override_key())
+
     def last_used(self) -> float | None:
         """Monotonic time of the end of the last job, else of the load (None: not loaded)."""
         if self.loaded_at is None:
@@ -326,79 +356,12 @@ class ModelEntry:
         except Exception:
             log.exception("closing a runtime of %s failed", self.name)
 
-    # -- admin view ------------------------------------------------------------------
+    # -- admin view (llmpool.model_view) ----------------------------------------------
     def logs(self, tail: int, since: int = 0) -> dict[str, Any]:
-        """What each runtime of the current or last load printed: per replica the last
-        `tail` lines numbered `since` or later; `next` is the `since` of a later call
-        that wants only what was printed after this one (see supervisor.next_line_seq)."""
-        before = next_line_seq()  # first: every line numbered below it is buffered
-        replicas = [
-            {"id": r.replica_id, "pid": r.pid(), "lines": r.logs(tail, since, before)}
-            for r in self.last_runtimes
-        ]
-        return {"name": self.name, "replicas": replicas, "next": before}
-
-    def _override_key(self) -> str:
-        return json.dumps((self.load_override or {}).get("overrides") or {}, sort_keys=True)
+        return model_view.logs(self, tail, since)
 
     def vram(self) -> dict[str, Any]:
-        pids = [p for r in (self.executor.replicas if self.executor else []) if (p := r.runtime.pid())]
-        if pids and (mib := gpu.process_used_mib(pids)) is not None:
-            return {"estimate_mib": mib, "source": "measured"}
-        if (mib := self._measured_mib.get(self._override_key())) is not None:
-            return {"estimate_mib": mib, "source": "measured"}
-        size = self.adapter_cls.artifact_size_bytes(self.active_spec)
-        if size is not None:
-            return {"estimate_mib": round(size / (1024 * 1024), 1), "source": "artifact_size"}
-        return {"estimate_mib": None, "source": "unavailable"}
-
-    def _idle_s(self) -> float | None:
-        """Seconds since the last job ended (or the load), while loaded with nothing
-        queued or running; None otherwise."""
-        used, executor = self.last_used(), self.executor
-        if used is None or executor is None or not executor.idle():
-            return None
-        return round(time.monotonic() - used, 3)
-
-    def _last_used_unix(self) -> float | None:
-        used = self.last_used()
-        return None if used is None else round(time.time() - (time.monotonic() - used), 3)
+        return model_view.vram(self)
 
     def row(self) -> dict[str, Any]:
-        ex = self.executor
-        plan = self.load_override or {}
-        configured = plan.get("target_inflight", self.spec.target_inflight)
-        effective = self.effective_inflight(configured)
-        options = self.active_spec.options
-        return {
-            "name": self.name,
-            "backend": self.spec.backend,
-            "enabled": self.spec.enabled,
-            "state": self.state.value,
-            "last_error": self.last_error,
-            "replicas": len(ex.replicas) if ex else 0,
-            "replica_max": self.spec.replica_max,
-            "target_inflight": {
-                "configured": configured,
-                "effective": effective,
-                "clamped": effective != configured,
-            },
-            "queue_depth": ex.queue_depth if ex else 0,
-            "inflight": ex.inflight if ex else 0,
-            "replica_states": [r.row() for r in ex.replicas] if ex else [],
-            "capabilities": self.capabilities.row(),
-            "load_constraints": [c.row(self.spec.options.get(c.key)) for c in self.adapter_cls.constraints],
-            "load_override": self.load_override,
-            "load_seconds": self.load_seconds,
-            "vram": self.vram(),
-            "memory": {"device": self.spec.memory_device, **self.memory_estimate().row()},
-            "load_on_demand": self.spec.load_on_demand,
-            "idle_unload_s": self.spec.idle_unload_s,
-            "pinned": self.spec.pinned,
-            "worker_crashes": self.crashes.row(self.name),
-            "last_used": self._last_used_unix(),
-            "idle_s": self._idle_s(),
-            "max_tokens_limit": self.adapter_cls.max_tokens_limit(self.active_spec),
-            "definition": redact(dict(self.spec.definition)),
-            "options": redact(dict(options)),
-        }
+        return model_view.row(self)

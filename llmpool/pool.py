@@ -257,7 +257,7 @@ class Pool:
         try:
             for name in [*plan.updated, *plan.removed]:
                 entry = self.models[name]
-                if entry._write_lock.acquire(blocking=False):
+                if entry.try_hold():
                     locked.append(entry)
                 elif not any(c.get("model") == name for c in plan.conflicts):
                     plan.conflicts.append({"model": name, "reason": "a load or unload is in progress"})
@@ -266,7 +266,7 @@ class Pool:
                     "the new settings change something in use; nothing was applied", plan.conflicts
                 )
             for entry in locked:
-                entry.retired = True
+                entry.retire()
             current = self.models
             self.models = {
                 name: current[name] if name in plan.unchanged else self._new_entry(spec)
@@ -276,7 +276,7 @@ class Pool:
             self.media = new.media
         finally:
             for entry in locked:
-                entry._write_lock.release()
+                entry.release()
         log.info(
             "settings reloaded: added %s, removed %s, updated %s, changed %s",
             plan.added,

@@ -348,14 +348,7 @@ class Placer:
         for entry in busy:
             if missing <= 0:
                 break
-            if not entry.swap_out:
-                log.info(
-                    "draining %s: %s waited %.0fs for memory",
-                    entry.name,
-                    waiter.name,
-                    self.service.swap_max_wait_s,
-                )
-                entry.swap_out = True
+            entry.drain_for_swap(waiter.name, self.service.swap_max_wait_s)
             missing -= entry.memory_estimate().mib or 0.0
 
     def _release_drains(self, models: Mapping[str, ModelEntry]) -> None:
@@ -368,7 +361,7 @@ class Placer:
         }
         for entry in models.values():
             if entry.swap_out and entry.spec.memory_device not in waiting_devices:
-                entry.swap_out = False
+                entry.end_swap()
 
     # -- actions -----------------------------------------------------------------------
     def _hand_over(self, demand: Demand) -> None:

@@ -53,6 +53,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmpool.executor",
             "llmpool.crashes",
             "llmpool.model",
+            "llmpool.model_view",
             "llmpool.telemetry",
             "llmpool.placement",
             "llmpool.reload",
