@@ -39,8 +39,9 @@ from llmpool.job import Job
 from llmpool.media import MediaPolicy, inline_images
 from llmpool.metrics import JobTimes
 from llmpool.model import ModelEntry
+from llmpool.placement.demand import Waiting
 from llmpool.placement.ledger import Ledger
-from llmpool.placement.placer import Placer, Waiting
+from llmpool.placement.placer import Placer
 from llmpool.reload import plan_reload
 from llmpool.states import ModelState
 from llmpool.telemetry import Telemetry

@@ -1,33 +1,19 @@
 """Models that come and go by themselves: loads on demand, evictions under a memory
-budget, idle unloads.
+budget, idle unloads. The rules are `policy.py`; this is the thread that applies them.
 
-One real thread (`placer`) owns every decision; requests only leave jobs with it. A job
-for a `load_on_demand` model that is not serving waits in that model's `Demand` (FIFO
-across models: a load waits its turn on its device) instead of a queue. Each pass:
-
-1. Jobs whose clients left are dropped; a demand nobody waits for any more is removed,
-   and its load, if one runs, is cancelled (`ModelEntry.cancel_load`).
-2. Demands are served in arrival order. A model that is loaded (and not being drained
-   for a swap) gets its jobs handed to its queue. One that is not starts loading when its
-   need fits its device's budget (ledger estimate; unbudgeted devices always fit). If it
-   does not fit, idle models are evicted, least recently used first, never a pinned one,
-   a busy one, or one loaded for less than `min_resident_s`. Until enough is evictable
-   the demand waits, and so do later demands on the same device (their turn).
-3. No thrash: while a demand waits, loaded models keep serving their queues, new jobs
-   included. After `swap_max_wait_s` the busy ones in its way are drained (`swap_out`:
-   their new jobs wait for their next load), so none starves. After
-   `memory_wait_timeout_s` the waiting jobs fail with 503 insufficient_memory naming
-   what holds the memory; a need beyond the whole budget fails at once.
-4. Idle unloads: a loaded, unpinned model with `idle_unload_s` and nothing queued or
-   running for that long since its last job is unloaded.
+One real thread (`placer`) carries out every decision; requests only leave jobs with it.
+A job for a `load_on_demand` model that is not serving waits in that model's `Demand`
+(FIFO across models: a load waits its turn on its device) instead of a queue. Each pass
+drops the jobs whose clients left (a demand nobody waits for any more is removed, and its
+load, if one runs, cancelled: `ModelEntry.cancel_load`), takes a snapshot, asks the
+policy, and applies what it returns; then the same for idle unloads.
 
 Loads and unloads run on their own threads (they wait on runtimes), so a slow load never
 holds up a cancel or an idle unload. Greenlets call `enqueue`, `remove`, `waiting` and
-`view`, which take the lock only for bookkeeping.
-
-Every unload the pool starts by itself goes through `Executor.close_if_idle`, atomically
-with the idle check: a job that arrives in between is refused by the executor and, for a
-load-on-demand model, waits for the next load here rather than being dropped.
+`view`, which take the lock only for bookkeeping. Every unload the pool starts by itself
+goes through `Executor.close_if_idle`, atomically with the idle check: a job that arrives
+in between is refused by the executor and, for a load-on-demand model, waits for the next
+load here rather than being dropped.
 """
 
 from __future__ import annotations
@@ -37,7 +23,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from llmpool.config.spec import ServiceSettings
@@ -45,6 +30,9 @@ from llmpool.errors import InsufficientMemory, ModelLoadFailed, ModelUnloading, 
 from llmpool.greenbridge import start_thread
 from llmpool.job import Job, JobStatus
 from llmpool.model import ModelEntry
+from llmpool.placement import policy
+from llmpool.placement.demand import Demand, Waiting
+from llmpool.placement.view import memory_view
 from llmpool.states import ModelState
 from llmpool.telemetry import Telemetry
 
@@ -52,29 +40,6 @@ log = logging.getLogger(__name__)
 
 BUSY_POLL_S = 0.1  # while anything waits or loads: how soon a freed slot is noticed
 IDLE_POLL_S = 1.0  # otherwise: the resolution of idle unloads
-
-
-@dataclass(eq=False)
-class Demand:
-    entry: ModelEntry
-    since: float  # monotonic: when its first job arrived
-    jobs: list[Job] = field(default_factory=list)
-    loading: bool = False
-    cancelled: bool = False  # its load was told nobody waits any more
-    blocked: bool = False  # the placer found it does not fit (yet): it waits for memory
-    load_started: float | None = None
-    reserved_mib: float = 0.0
-
-
-@dataclass(frozen=True)
-class Waiting:
-    """Where a job that waits for its model stands (rendered by the HTTP layer)."""
-
-    kind: str  # "loading" | "memory" | "queued" (Pool.where)
-    model: str
-    elapsed_s: float
-    estimate_s: float | None = None  # the model's last load took this long
-    place: int = 0  # memory: this model's place among the loads waiting on its device; queued: in line
 
 
 class Placer:
@@ -184,15 +149,17 @@ class Placer:
                 log.exception("placement pass failed")
 
     def _pass(self, now: float) -> None:
-        actions: list[Callable[[], None]] = []
+        later: list[Callable[[], None]] = []
         with self._cv:
-            self._prune(actions)
-            self._place(now, actions)
-        for action in actions:
-            action()
+            self._prune(later)
+            models = dict(self._models())
+            for action in policy.decide(self._snapshot(models, now)):
+                self._apply(action, models, now, later)
+        for run in later:
+            run()
         self._idle_unloads(now)
 
-    def _prune(self, actions: list[Callable[[], None]]) -> None:
+    def _prune(self, later: list[Callable[[], None]]) -> None:
         for name, demand in list(self._demands.items()):
             demand.jobs = [j for j in demand.jobs if j.status is JobStatus.QUEUED]
             if demand.jobs:
@@ -200,7 +167,7 @@ class Placer:
             if demand.loading:
                 if not demand.cancelled:
                     demand.cancelled = True
-                    actions.append(functools.partial(self._cancel_load, demand.entry))
+                    later.append(functools.partial(self._cancel_load, demand.entry))
                 continue  # the load thread removes it when the load ends
             del self._demands[name]
 
@@ -208,160 +175,60 @@ class Placer:
         if entry.cancel_load():
             log.info("load of %s cancelled: every waiting client left", entry.name)
 
-    def _place(self, now: float, actions: list[Callable[[], None]]) -> None:
-        models = dict(self._models())
-        waiting_on: set[str] = set()  # devices where an earlier demand waits its turn
-        for demand in list(self._demands.values()):
-            entry = demand.entry
-            if demand.loading:
-                continue
-            if entry.retired:
-                # A settings reload replaced the definition: wait for the new one, if any.
-                successor = models.get(entry.name)
-                if successor is not None and not successor.retired and successor.spec.load_on_demand:
-                    demand.entry = successor
-                else:
-                    gone = ModelUnloading(
-                        "a settings reload removed this model's load on demand", model=entry.name
-                    )
-                    self._drop_demand(demand, gone)
-                continue
-            if entry.state is ModelState.LOADED and entry.executor is not None:
-                if entry.swap_out:
-                    demand.blocked = True  # drained for another model: waits for its next load
-                else:
-                    self._hand_over(demand)
-                continue
-            if entry.state in (ModelState.LOADING, ModelState.UNLOADING):
-                continue  # an admin load, or an eviction: its end is seen next pass
-            device = entry.spec.memory_device
-            budget = self.budgets.get(device) if device is not None else None
-            need = entry.memory_estimate(self._default_plan(entry)).mib or 0.0
-            if budget is None or device is None:
-                self._start_load(demand, 0.0, now)
-                continue
-            if device in waiting_on:
-                continue
-            if need > budget:
-                message = (
-                    f"model '{entry.name}' needs about {need:g} MiB; the whole budget of "
-                    f"device {device} is {budget:g} MiB"
+    def _snapshot(self, models: Mapping[str, ModelEntry], now: float) -> policy.Snapshot:
+        """What the policy decides on (with the lock: the demands do not move meanwhile)."""
+        return policy.Snapshot(
+            budgets=self.budgets,
+            models={name: _facts(entry, now) for name, entry in models.items()},
+            demands=[
+                policy.DemandFacts(
+                    model=d.entry.name,
+                    waited_s=now - d.since,
+                    loading=d.loading,
+                    reserved_mib=d.reserved_mib,
+                    jobs=len(d.jobs),
+                    retired=d.entry.retired,
                 )
-                self._drop_demand(demand, InsufficientMemory(message, model=entry.name))
-                continue
-            held = self._held(device, models)
-            free = budget - sum(mib for _, mib in held)
-            if need <= free:
-                self._start_load(demand, need, now)
-                continue
-            waiting_on.add(device)
-            demand.blocked = True
-            victims = self._evictable(device, models, now)
-            if free + sum(mib for _, mib in victims) >= need:
-                for victim, mib in victims:
-                    if free >= need:
-                        break
-                    if victim.executor is not None and victim.executor.close_if_idle():
-                        free += mib
-                        actions.append(functools.partial(self._evict, victim, entry.name))
-                continue
-            waited = now - demand.since
-            if waited >= self.service.swap_max_wait_s:
-                self._drain_for(entry, device, need - free, models, now)
-            if waited >= self.service.memory_wait_timeout_s:
-                holders = [name for name, _ in held]
-                message = (
-                    f"model '{entry.name}' waited {waited:.0f}s for {need:g} MiB on device {device} "
-                    f"(budget {budget:g} MiB, {max(free, 0):g} free); "
-                    f"held by: {', '.join(holders) or 'nobody'}"
-                )
-                self._drop_demand(demand, InsufficientMemory(message, model=entry.name, holders=holders))
-        self._release_drains(models)
+                for d in self._demands.values()
+            ],
+            swap_max_wait_s=self.service.swap_max_wait_s,
+            memory_wait_timeout_s=self.service.memory_wait_timeout_s,
+            min_resident_s=self.service.min_resident_s,
+        )
 
-    @staticmethod
-    def _default_plan(entry: ModelEntry) -> dict[str, Any]:
-        return {
-            "replicas": entry.spec.replicas,
-            "target_inflight": entry.spec.target_inflight,
-            "overrides": {},
-        }
-
-    def _held(self, device: str, models: Mapping[str, ModelEntry]) -> list[tuple[str, float]]:
-        """(model, MiB) of what occupies `device`: loaded, loading and unloading models,
-        and the reservations of loads on demand that have not reached LOADING yet."""
-        loading = {d.entry.name: d for d in self._demands.values() if d.loading}
-        held = []
-        for name, entry in models.items():
-            if entry.spec.memory_device != device:
-                continue
-            if name in loading:
-                held.append((name, loading[name].reserved_mib))
-            elif entry.state in (ModelState.LOADED, ModelState.LOADING, ModelState.UNLOADING):
-                held.append((name, entry.memory_estimate().mib or 0.0))
-        return held
-
-    def _evictable(
-        self, device: str, models: Mapping[str, ModelEntry], now: float
-    ) -> list[tuple[ModelEntry, float]]:
-        """Idle models on `device` that the pool may unload and bring back by itself
-        (load_on_demand, not pinned), resident for min_resident_s, LRU first. A model
-        with jobs waiting for it is not idle, unless it is being drained for a swap."""
-        found = []
-        for name, entry in models.items():
-            executor = entry.executor
-            if (
-                entry.spec.memory_device == device
-                and entry.state is ModelState.LOADED
-                and executor is not None
-                and self._movable(entry)
-                and (name not in self._demands or entry.swap_out)
-                and executor.idle()
-                and entry.loaded_at is not None
-                and now - entry.loaded_at >= self.service.min_resident_s
-            ):
-                found.append((entry, entry.last_used() or 0.0))
-        found.sort(key=lambda pair: pair[1])
-        return [(entry, entry.memory_estimate().mib or 0.0) for entry, _ in found]
-
-    @staticmethod
-    def _movable(entry: ModelEntry) -> bool:
-        """Whether the pool may unload `entry` to make room: only a model that comes back
-        by itself when asked for (load_on_demand), and never a pinned one. A model loaded
-        by hand without load_on_demand counts as pinned for the budget."""
-        return entry.spec.load_on_demand and not entry.spec.pinned
-
-    def _drain_for(
-        self, waiter: ModelEntry, device: str, missing: float, models: Mapping[str, ModelEntry], now: float
+    def _apply(
+        self,
+        action: policy.Action,
+        models: Mapping[str, ModelEntry],
+        now: float,
+        later: list[Callable[[], None]],
     ) -> None:
-        """The waiter has waited long enough: stop feeding new jobs to busy models in its
-        way (least recently used first) until what they hold covers what is missing."""
-        busy = [
-            entry
-            for entry in models.values()
-            if entry.spec.memory_device == device
-            and entry.state is ModelState.LOADED
-            and self._movable(entry)
-            and entry.loaded_at is not None
-            and now - entry.loaded_at >= self.service.min_resident_s
-        ]
-        busy.sort(key=lambda e: e.last_used() or 0.0)
-        for entry in busy:
-            if missing <= 0:
-                break
-            entry.drain_for_swap(waiter.name, self.service.swap_max_wait_s)
-            missing -= entry.memory_estimate().mib or 0.0
-
-    def _release_drains(self, models: Mapping[str, ModelEntry]) -> None:
-        """A model drained for a demand that went away (served or given up) takes jobs
-        again."""
-        waiting_devices = {
-            d.entry.spec.memory_device
-            for d in self._demands.values()
-            if not d.loading and d.entry.state is not ModelState.LOADED
-        }
-        for entry in models.values():
-            if entry.swap_out and entry.spec.memory_device not in waiting_devices:
-                entry.end_swap()
+        """Carry out one decision, with the lock; what waits on a runtime goes to `later`."""
+        match action:
+            case policy.HandOver(model):
+                self._hand_over(self._demands[model])
+            case policy.Block(model):
+                self._demands[model].blocked = True
+            case policy.StartLoad(model, reserve_mib):
+                self._start_load(self._demands[model], reserve_mib, now)
+            case policy.Evict(victim, for_model):
+                entry = models[victim]
+                # Atomic with the idle check: a job that arrived since the snapshot keeps it.
+                if entry.executor is not None and entry.executor.close_if_idle():
+                    later.append(functools.partial(self._evict, entry, for_model))
+            case policy.Drain(model, waiter):
+                models[model].drain_for_swap(waiter, self.service.swap_max_wait_s)
+            case policy.Release(model):
+                models[model].end_swap()
+            case policy.Rebind(model):
+                self._demands[model].entry = models[model]
+            case policy.Drop(model, reason, message, holders):
+                error: PoolError = (
+                    ModelUnloading(message, model=model)
+                    if reason == "removed"
+                    else InsufficientMemory(message, model=model, holders=list(holders) or None)
+                )
+                self._drop_demand(self._demands[model], error)
 
     # -- actions -----------------------------------------------------------------------
     def _hand_over(self, demand: Demand) -> None:
@@ -455,79 +322,47 @@ class Placer:
             self._cv.notify_all()
 
     def _idle_unloads(self, now: float) -> None:
-        for entry in list(self._models().values()):
-            ttl = entry.spec.idle_unload_s
-            used = entry.last_used()
-            executor = entry.executor
-            if (
-                ttl is None
-                or entry.spec.pinned
-                or entry.state is not ModelState.LOADED
-                or executor is None
-                or used is None
-                or now - used < ttl
-                or self.queued(entry.name)
-            ):
-                continue
-            if executor.close_if_idle():
-                log.info("unloading %s: idle for %.0fs (idle_unload_s %g)", entry.name, now - used, ttl)
+        models = dict(self._models())
+        with self._cv:
+            due = policy.idle_unloads(self._snapshot(models, now))
+        for idle in due:
+            entry = models[idle.model]
+            if entry.executor is not None and entry.executor.close_if_idle():
+                message = "unloading %s: idle for %.0fs (idle_unload_s %g)"
+                log.info(message, entry.name, idle.idle_s, idle.ttl_s)
                 if self.telemetry is not None:
                     self.telemetry.evicted(entry.name, "idle")
                 start_thread(self._unload, entry, "idle", name=f"idle-unload-{entry.name}")
 
     # -- admin view ----------------------------------------------------------------------
     def view(self) -> dict[str, Any]:
-        """Per device: the budget, what is loaded, what loads in progress reserve, what is
-        free; then the loads waiting and the swap count."""
+        """GET /v1/admin/memory (llmpool.placement.view)."""
         models = dict(self._models())
-        now = time.monotonic()
         with self._cv:
-            devices = sorted(
-                set(self.budgets) | {e.spec.memory_device for e in models.values() if e.spec.memory_device}
-            )
-            loading = {d.entry.name: d for d in self._demands.values() if d.loading}
-            rows = []
-            for device in devices:
-                loaded: list[dict[str, Any]] = []
-                reserved: list[dict[str, Any]] = []
-                for name, entry in models.items():
-                    if entry.spec.memory_device != device:
-                        continue
-                    if name in loading:
-                        reserved.append({"model": name, "mib": loading[name].reserved_mib})
-                    elif entry.state is ModelState.LOADING:
-                        reserved.append({"model": name, "mib": entry.memory_estimate().mib})
-                    elif entry.state in (ModelState.LOADED, ModelState.UNLOADING):
-                        loaded.append(
-                            {
-                                "model": name,
-                                "state": entry.state.value,
-                                "pinned": entry.spec.pinned,
-                                **entry.memory_estimate().row(),
-                            }
-                        )
-                budget = self.budgets.get(device)
-                used = sum(r["estimate_mib"] or 0.0 for r in loaded)
-                held = sum(r["mib"] or 0.0 for r in reserved)
-                rows.append(
-                    {
-                        "device": device,
-                        "budget_mib": budget,
-                        "loaded": loaded,
-                        "reserved": reserved,
-                        "used_mib": round(used, 1),
-                        "reserved_mib": round(held, 1),
-                        "free_mib": None if budget is None else round(budget - used - held, 1),
-                    }
-                )
-            waiting = [
-                {
-                    "model": d.entry.name,
-                    "device": d.entry.spec.memory_device,
-                    "jobs": len(d.jobs),
-                    "waited_s": round(now - d.since, 3),
-                    "loading": d.loading,
-                }
-                for d in self._demands.values()
-            ]
-            return {"devices": rows, "waiting": waiting, "swaps": self.swaps}
+            demands = list(self._demands.values())
+            return memory_view(self.budgets, models, demands, self.swaps, time.monotonic())
+
+
+def _facts(entry: ModelEntry, now: float) -> policy.ModelFacts:
+    """One model as the policy sees it."""
+    executor = entry.executor
+    used = entry.last_used()
+    spec = entry.spec
+    default_plan = {"replicas": spec.replicas, "target_inflight": spec.target_inflight, "overrides": {}}
+    return policy.ModelFacts(
+        name=entry.name,
+        device=spec.memory_device,
+        state=entry.state,
+        serving=entry.state is ModelState.LOADED and executor is not None,
+        load_on_demand=spec.load_on_demand,
+        pinned=spec.pinned,
+        swap_out=entry.swap_out,
+        retired=entry.retired,
+        idle=executor is not None and executor.idle(),
+        resident_s=None if entry.loaded_at is None else now - entry.loaded_at,
+        last_used=used or 0.0,
+        held_mib=entry.memory_estimate().mib or 0.0,
+        need_mib=(entry.memory_estimate(default_plan).mib or 0.0) if spec.memory_device else 0.0,
+        idle_unload_s=spec.idle_unload_s,
+        idle_for_s=None if used is None else now - used,
+    )
