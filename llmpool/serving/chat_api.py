@@ -18,14 +18,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from llmpool.errors import InvalidParam, PoolError
+from llmpool.errors import InvalidParam
 from llmpool.generation import GenerationRequest
 from llmpool.job import Delta, Done, Job
 from llmpool.pool import Pool
 from llmpool.serving.api import Api, Call, Encoder
 from llmpool.serving.messages import split_system
-from llmpool.serving.openai_common import finish_reason, stream_end, stream_error, usage, wants_usage
-from llmpool.serving.sse import data_line
+from llmpool.serving.openai_common import OpenAIChunks, finish_reason, usage
 
 
 def refuse_unsupported(body: dict[str, Any]) -> None:
@@ -82,28 +81,20 @@ class ChatApi(Api):
         return completion(call.job, done)
 
     def encoder(self, call: Call) -> Encoder:
-        return ChatChunks(call.job, wants_usage(call.body))
+        return ChatChunks(call.job, call.body)
 
 
-class ChatChunks(Encoder):
-    def __init__(self, job: Job, include_usage: bool) -> None:
-        self.job = job
-        self.include_usage = include_usage
-        self.head = {
-            "id": completion_id(job),
-            "object": "chat.completion.chunk",
-            "created": job.created,
-            "model": job.model,
-        }
-        # OpenAI sends `usage: null` on every other chunk when usage was asked for.
-        self.tail = {"usage": None} if include_usage else {}
+class ChatChunks(OpenAIChunks):
+    def __init__(self, job: Job, body: dict[str, Any]) -> None:
+        head = {"id": completion_id(job), "object": "chat.completion.chunk", "created": job.created}
+        super().__init__(job, body, {**head, "model": job.model})
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return data_line({**self.head, "choices": [choice], **self.tail, **extra})
+    @staticmethod
+    def _choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
 
     def open(self) -> Iterator[str]:
-        yield self._chunk({"role": "assistant", "content": ""})
+        yield self.chunk(self._choice({"role": "assistant", "content": ""}))
 
     def delta(self, delta: Delta) -> Iterator[str]:
         out = {}
@@ -112,11 +103,7 @@ class ChatChunks(Encoder):
         if delta.text:
             out["content"] = delta.text
         if out:
-            yield self._chunk(out)
+            yield self.chunk(self._choice(out))
 
     def done(self, done: Done) -> Iterator[str]:
-        yield self._chunk({}, finish_reason(done), metrics=self.job.metrics(done.final))
-        yield from stream_end(self.head, done, self.include_usage)
-
-    def failed(self, error: PoolError) -> str:
-        return stream_error(error)
+        return self.finish(self._choice({}, finish_reason(done)), done)

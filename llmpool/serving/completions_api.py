@@ -19,13 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from llmpool.errors import InvalidParam, PoolError
+from llmpool.errors import InvalidParam
 from llmpool.generation import GenerationRequest
 from llmpool.job import Delta, Done, Job
 from llmpool.pool import Pool
 from llmpool.serving.api import Api, Call, Encoder
-from llmpool.serving.openai_common import finish_reason, stream_end, stream_error, usage, wants_usage
-from llmpool.serving.sse import data_line
+from llmpool.serving.openai_common import OpenAIChunks, finish_reason, usage
 
 DECODING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "stop", "max_tokens")
 
@@ -82,24 +81,16 @@ class CompletionsApi(Api):
         }
 
     def encoder(self, call: Call) -> Encoder:
-        return CompletionChunks(call.job, wants_usage(call.body))
+        return CompletionChunks(call.job, call.body)
 
 
-class CompletionChunks(Encoder):
-    def __init__(self, job: Job, include_usage: bool) -> None:
-        self.job = job
-        self.include_usage = include_usage
-        self.head = _head(job)
-        self.tail = {"usage": None} if include_usage else {}
+class CompletionChunks(OpenAIChunks):
+    def __init__(self, job: Job, body: dict[str, Any]) -> None:
+        super().__init__(job, body, _head(job))
 
     def delta(self, delta: Delta) -> Iterator[str]:
         if text := _text(delta):
-            yield data_line({**self.head, "choices": [_choice(text, None)], **self.tail})
+            yield self.chunk(_choice(text, None))
 
     def done(self, done: Done) -> Iterator[str]:
-        last = {**self.head, "choices": [_choice("", finish_reason(done))], **self.tail}
-        yield data_line({**last, "metrics": self.job.metrics(done.final)})
-        yield from stream_end(self.head, done, self.include_usage)
-
-    def failed(self, error: PoolError) -> str:
-        return stream_error(error)
+        return self.finish(_choice("", finish_reason(done)), done)

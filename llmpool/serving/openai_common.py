@@ -8,7 +8,8 @@ from typing import Any
 
 from llmpool.errors import PoolError, RequestFieldInvalid
 from llmpool.generation import Final
-from llmpool.job import Done
+from llmpool.job import Done, Job
+from llmpool.serving.api import Encoder
 from llmpool.serving.sse import DONE_LINE, data_line
 
 _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
@@ -41,17 +42,26 @@ def usage(final: Final | None) -> dict[str, int | None]:
     return {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": total}
 
 
-def wants_usage(body: dict[str, Any]) -> bool:
-    return bool((body["stream_options"] or {}).get("include_usage"))
+class OpenAIChunks(Encoder):
+    """A stream of `data:` chunks of one object (`head`), OpenAI's way for both APIs:
+    `usage: null` on every chunk when usage was asked for (`stream_options.include_usage`),
+    the finish chunk with the pool's `metrics`, a usage chunk with `choices: []` when
+    asked, then `data: [DONE]`; a failure is an error line and no [DONE]."""
 
+    def __init__(self, job: Job, body: dict[str, Any], head: dict[str, Any]) -> None:
+        self.job = job
+        self.include_usage = bool((body["stream_options"] or {}).get("include_usage"))
+        self.head = head
+        self.tail: dict[str, Any] = {"usage": None} if self.include_usage else {}
 
-def stream_end(head: dict[str, Any], done: Done, include_usage: bool) -> Iterator[str]:
-    """After the finish chunk: the usage chunk (`choices: []`) when asked, then [DONE]."""
-    if include_usage:
-        yield data_line({**head, "choices": [], "usage": usage(done.final)})
-    yield DONE_LINE
+    def chunk(self, choice: dict[str, Any], **extra: Any) -> str:
+        return data_line({**self.head, "choices": [choice], **self.tail, **extra})
 
+    def finish(self, last_choice: dict[str, Any], done: Done) -> Iterator[str]:
+        yield self.chunk(last_choice, metrics=self.job.metrics(done.final))
+        if self.include_usage:
+            yield data_line({**self.head, "choices": [], "usage": usage(done.final)})
+        yield DONE_LINE
 
-def stream_error(error: PoolError) -> str:
-    """A failure after the stream began: an error line, and no [DONE]."""
-    return data_line(openai_pool_error(error))
+    def failed(self, error: PoolError) -> str:
+        return data_line(openai_pool_error(error))
