@@ -21,7 +21,7 @@ from llmpool import gpu, model_view
 from llmpool.backends.base import Adapter, Capabilities
 from llmpool.config.spec import ModelSpec
 from llmpool.crashes import CrashWatch
-from llmpool.errors import InvalidLoadRequest, ModelLoadFailed, PoolError
+from llmpool.errors import InvalidLoadRequest, ModelLoadFailed, ModelLoading, ModelUnloading, PoolError
 from llmpool.executor import Executor, Replica
 from llmpool.greenbridge import assert_may_block
 from llmpool.placement.ledger import Estimate, Ledger, load_key
@@ -182,20 +182,46 @@ class ModelEntry:
             "overrides": dict(overrides),
         }
 
-    def begin_load(self, plan: dict[str, Any]) -> None:
-        """Enter LOADING (caller holds no lock; raises if another writer is active)."""
+    def begin_load(self, plan: dict[str, Any], *, has_body: bool = False) -> bool:
+        """The load command, decided as this model's writer, never from a state read
+        before: True once the model is LOADING with `plan` (the caller then runs
+        `finish_load`, which releases the writer); False when it already serves or loads
+        and nothing asks to change that. A failed model's leftovers are reaped first (so
+        this may wait on runtimes: a real thread). Raises while it unloads, while another
+        writer holds it, once retired, or for a body (`has_body`) sent to a model that is
+        up already."""
         if not self._write_lock.acquire(blocking=False):
+            # Only a writer moves the state into or out of LOADING and UNLOADING, so the
+            # state it holds now names what that writer does.
+            if self.state is ModelState.LOADING:
+                return self._up_already(has_body)
+            if self.state is ModelState.UNLOADING:
+                raise ModelUnloading(f"model '{self.name}' is unloading", model=self.name)
             raise InvalidLoadRequest("another load or unload of this model is in progress", model=self.name)
-        if self.retired:
-            self._write_lock.release()
-            message = "a settings reload replaced this model's definition; retry"
-            raise InvalidLoadRequest(message, model=self.name)
         try:
+            if self.retired:
+                message = "a settings reload replaced this model's definition; retry"
+                raise InvalidLoadRequest(message, model=self.name)
+            if self.state is ModelState.LOADED:
+                up = self._up_already(has_body)
+                self._write_lock.release()
+                return up
+            if self.state is ModelState.FAILED:
+                self._unload_held(force=True)  # reap what is left of the failed runtimes
             self.load_override = plan
             self._set_state(ModelState.LOADING)
+            return True
         except BaseException:
             self._write_lock.release()
             raise
+
+    def _up_already(self, has_body: bool) -> bool:
+        if has_body:
+            raise InvalidLoadRequest(
+                f"model '{self.name}' is {self.state.value}; unload it before loading with new settings",
+                model=self.name,
+            )
+        return False
 
     def finish_load(self) -> None:
         """Bring up every replica (all or nothing) and start the executor.
@@ -330,25 +356,36 @@ class ModelEntry:
                 self._set_state(ModelState.FAILED, error=message)
 
     # -- unload ----------------------------------------------------------------------
-    def unload(self, force: bool) -> None:
-        """Drain (or cancel at once with `force`), close every runtime, end UNLOADED."""
+    def unload(self, force: bool, *, refuse_while_loading: bool = False) -> None:
+        """Drain (or cancel at once with `force`), close every runtime, end UNLOADED.
+        Waits for another writer to finish first; with `refuse_while_loading` (the admin
+        command) a load in progress is a 409 instead, decided as the writer is found."""
         assert_may_block("ModelEntry.unload")
-        with self._write_lock:
-            if self.state is ModelState.UNLOADED:
-                return
-            self._set_state(ModelState.UNLOADING)
-            # The executor stays reachable while draining: a client that leaves mid-drain
-            # must still be able to cancel its job (Pool.cancel looks it up here).
-            executor = self.executor
-            if executor is not None:
-                executor.drain(0.0 if force else self.spec.unload_timeout_s)
-                for replica in executor.replicas:
-                    self._close_quietly(replica.runtime)
-            self.executor = None
-            self.load_override = None
-            self.loaded_at = None
-            self.swap_out = False
-            self._set_state(ModelState.UNLOADED)
+        if not self._write_lock.acquire(blocking=False):
+            if refuse_while_loading and self.state is ModelState.LOADING:
+                raise ModelLoading(f"model '{self.name}' is still loading", model=self.name)
+            self._write_lock.acquire()
+        try:
+            self._unload_held(force)
+        finally:
+            self._write_lock.release()
+
+    def _unload_held(self, force: bool) -> None:
+        if self.state is ModelState.UNLOADED:
+            return
+        self._set_state(ModelState.UNLOADING)
+        # The executor stays reachable while draining: a client that leaves mid-drain
+        # must still be able to cancel its job (Pool.cancel looks it up here).
+        executor = self.executor
+        if executor is not None:
+            executor.drain(0.0 if force else self.spec.unload_timeout_s)
+            for replica in executor.replicas:
+                self._close_quietly(replica.runtime)
+        self.executor = None
+        self.load_override = None
+        self.loaded_at = None
+        self.swap_out = False
+        self._set_state(ModelState.UNLOADED)
 
     def _close_quietly(self, runtime: Adapter) -> None:
         try:

@@ -18,7 +18,6 @@ from llmpool.backends import registry
 from llmpool.config.spec import ModelSpec, Settings
 from llmpool.crashes import CrashWatch
 from llmpool.errors import (
-    InvalidLoadRequest,
     ModalityUnsupported,
     ModelFailed,
     ModelLoading,
@@ -214,18 +213,8 @@ class Pool:
         entry = self.entry(name)
         plan = entry.check_load_request(replicas, target_inflight, overrides or {})
         self.crashes.lift(name)  # an operator asks for it: the model may load again
-        if entry.state in (ModelState.LOADED, ModelState.LOADING):
-            if has_body:
-                raise InvalidLoadRequest(
-                    f"model '{name}' is {entry.state.value}; unload it before loading with new settings",
-                    model=name,
-                )
-            return entry
-        if entry.state is ModelState.UNLOADING:
-            raise ModelUnloading(f"model '{name}' is unloading", model=name)
-        if entry.state is ModelState.FAILED:
-            call_blocking(entry.unload, True)  # reap what is left of the failed runtimes first
-        entry.begin_load(plan)
+        if not call_blocking(entry.begin_load, plan, has_body=has_body):
+            return entry  # loaded or loading already: the same answer as a load that ends so
         if wait:
             call_blocking(entry.finish_load)
         else:
@@ -241,9 +230,7 @@ class Pool:
 
     def unload(self, name: str, *, force: bool = False) -> ModelEntry:
         entry = self.entry(name)
-        if entry.state is ModelState.LOADING:
-            raise ModelLoading(f"model '{name}' is still loading", model=name)
-        call_blocking(entry.unload, force)
+        call_blocking(entry.unload, force, refuse_while_loading=True)
         return entry
 
     def reload(self, new: Settings) -> dict[str, Any]:

@@ -266,13 +266,13 @@ class Placer:
         entry = demand.entry
         error: PoolError | None = None
         try:
-            if entry.state is ModelState.FAILED:
-                entry.unload(True)  # reap what is left of the failed runtimes
             plan = entry.check_load_request(None, None, {})
-            entry.begin_load(plan)
+            begun = entry.begin_load(plan)  # a failed model's leftovers are reaped first
         except PoolError as exc:
             # Another writer holds the model (an admin load or unload): look again later.
             log.info("load on demand of %s deferred: %s", entry.name, exc.message)
+            begun = False
+        if not begun:  # up or coming up already (an admin load): the next pass sees it
             with self._cv:
                 demand.loading = False
                 self._cv.notify_all()

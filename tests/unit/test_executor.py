@@ -22,6 +22,7 @@ from llmpool.errors import (
     ModalityUnsupported,
     ModelFailed,
     ModelLoadFailed,
+    ModelLoading,
     ModelNotLoaded,
     ModelUnloading,
     QueueFull,
@@ -681,3 +682,36 @@ def test_a_bug_while_running_is_internal_error_and_a_runtime_failure_backend_err
     assert (crash.error.status, crash.error.code) == (502, "backend_error")
     # Both replicas survive and serve the next job.
     assert [r.inflight for r in executor(pool, "bug").replicas] == [0]
+
+
+# -- load and unload are commands, decided as the model's writer ------------------------
+def test_a_load_command_for_a_model_that_is_up_reports_it_and_refuses_new_settings(
+    make_pool: Callable[..., Pool],
+) -> None:
+    pool = loaded(make_pool)
+    entry = pool.models["m"]
+    plan = entry.check_load_request(None, None, {})
+    assert entry.begin_load(plan) is False and entry.state is ModelState.LOADED
+    with pytest.raises(InvalidLoadRequest, match="unload it before loading with new settings"):
+        entry.begin_load(plan, has_body=True)
+    assert entry.begin_load(plan) is False  # the writer was released both times
+
+
+def test_a_load_command_during_a_load_or_an_unload_is_decided_by_the_writer(
+    make_pool: Callable[..., Pool],
+) -> None:
+    pool = make_pool(m=scripted_model(scripted_load_s=0.5, enabled=False))
+    entry = pool.models["m"]
+    plan = entry.check_load_request(None, None, {})
+    loading = threading.Thread(target=pool.load, args=("m",))
+    loading.start()
+    deadline = time.monotonic() + 5
+    while entry.state is not ModelState.LOADING and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert entry.begin_load(plan) is False  # a load is under way: the same outcome
+    with pytest.raises(ModelLoading):
+        pool.unload("m")  # the admin's unload: 409 while loading
+    loading.join()
+    assert entry.state is ModelState.LOADED
+    entry.unload(force=False)  # a plain unload waits for the writer and then unloads
+    assert entry.state is ModelState.UNLOADED
