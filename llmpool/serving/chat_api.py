@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from llmpool.errors import InvalidParam, PoolError
+from llmpool.errors import PoolError
 from llmpool.generation import GenerationRequest
 from llmpool.job import Delta, Done, Job
 from llmpool.pool import Pool
@@ -26,20 +26,6 @@ from llmpool.serving.api import Api, Call, Encoder
 from llmpool.serving.messages import split_system
 from llmpool.serving.openai_common import finish_reason, stream_end, stream_error, usage, wants_usage
 from llmpool.serving.sse import data_line
-
-
-def refuse_unsupported(body: dict[str, Any]) -> None:
-    """400 for OpenAI features the pool cannot honour; dropping them would change the answer."""
-    if body["n"] not in (None, 1):
-        raise InvalidParam("n", "Only n=1 is supported.")
-    if body["tools"] or body["functions"]:
-        param = "tools" if body["tools"] else "functions"
-        raise InvalidParam(param, "Tool and function calling are not supported.")
-    if body["logprobs"]:
-        raise InvalidParam("logprobs", "logprobs are not supported.")
-    response_format = body["response_format"]
-    if response_format is not None and response_format != {"type": "text"}:
-        raise InvalidParam("response_format", "Only response_format {'type': 'text'} is supported.")
 
 
 def completion_id(job: Job) -> str:
@@ -66,7 +52,6 @@ class ChatApi(Api):
     name = "chat.completions"
 
     def to_request(self, body: dict[str, Any], pool: Pool) -> GenerationRequest:
-        refuse_unsupported(body)
         system, turns = split_system(body["messages"], "messages", lambda index: f"messages.{index}.content")
         single_turn = len(turns) == 1 and not pool.entry(body["model"]).capabilities.multi_turn
         max_tokens = body["max_completion_tokens"] or body["max_tokens"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from llmpool.errors import InvalidParam, PoolError
+from llmpool.errors import PoolError
 from llmpool.generation import GenerationRequest
 from llmpool.job import Delta, Done, Job
 from llmpool.pool import Pool
@@ -28,21 +28,6 @@ from llmpool.serving.openai_common import finish_reason, stream_end, stream_erro
 from llmpool.serving.sse import data_line
 
 DECODING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "stop", "max_tokens")
-
-
-def refuse_unsupported(body: dict[str, Any]) -> None:
-    """400 for Completions features the pool cannot honour; dropping them would change the answer."""
-    for key in ("n", "best_of"):
-        if body[key] not in (None, 1):
-            raise InvalidParam(key, f"Only {key}=1 is supported.")
-    if body["echo"]:
-        raise InvalidParam("echo", "echo is not supported.")
-    if body["logprobs"] is not None:
-        raise InvalidParam("logprobs", "logprobs are not supported.")
-    if body["suffix"]:
-        raise InvalidParam("suffix", "suffix (insertion) is not supported.")
-    if body["logit_bias"]:
-        raise InvalidParam("logit_bias", "logit_bias is not supported.")
 
 
 def completion_id(job: Job) -> str:
@@ -67,7 +52,6 @@ class CompletionsApi(Api):
     name = "completions"
 
     def to_request(self, body: dict[str, Any], pool: Pool) -> GenerationRequest:
-        refuse_unsupported(body)
         decoding = {k: body[k] for k in DECODING_KEYS}
         return GenerationRequest(prompt=body["prompt"], decoding=pool.settings.decoding.merged(decoding))
 
