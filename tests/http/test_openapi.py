@@ -162,3 +162,51 @@ def test_each_query_parameter_a_view_reads_is_documented_with_the_values_it_acce
                 assert accepted == documented_valid(schema, value), (method, path, name, value, r.get_json())
                 checked += 1
     assert checked > 50  # the admin routes' wait, force, since and tail were all tried
+
+
+# -- request bodies: what the document allows of the fields the pool refuses -------------
+BODIES = {
+    "/v1/responses": {"model": "m", "input": "x"},
+    "/v1/chat/completions": {"model": "m", "messages": [{"role": "user", "content": "x"}]},
+    "/v1/completions": {"model": "m", "prompt": "x"},
+}
+
+
+def named(r: Any, field: str) -> bool:
+    """A 4xx naming `field` (every inference route carries OpenAI's `error.param`)."""
+    return 400 <= r.status_code < 500 and (r.get_json() or {}).get("error", {}).get("param") == field
+
+
+def unlisted(schema: dict[str, Any]) -> Any:
+    """A value of the field's own type that the document does not allow."""
+    if "maxItems" in schema:
+        return [{"type": "function"} if schema.get("items", {}).get("type") != "string" else "x"]
+    if "maxProperties" in schema:
+        return {"a": 1}
+    enum = [v for v in schema["enum"] if v is not None]
+    types = schema.get("type", [])
+    if "boolean" in types:
+        return not enum[0]
+    if "integer" in types:
+        return max(enum, default=0) + 1
+    return {"type": "json_object"} if any(isinstance(v, dict) for v in enum) else "unlisted"
+
+
+@pytest.mark.parametrize("path", sorted(BODIES))
+def test_the_values_a_body_may_take_are_those_documented(make_app: Callable[..., Flask], path: str) -> None:
+    """Every field documented with a closed set of values (an enum, or an array or object
+    that must be empty: what the pool honours of what a client may ask) takes each listed
+    value, and refuses, naming the field, one it does not list."""
+    app = make_app({"engine": {"models": {"m": scripted_model(scripted_tokens=2, scripted_delay_s=0.0)}}})
+    client = app.test_client()
+    document = client.get("/openapi.json").get_json()
+    ref = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    properties = document["components"]["schemas"][ref.rsplit("/", 1)[-1]]["properties"]
+    closed = {k: s for k, s in properties.items() if {"enum", "maxItems", "maxProperties"} & set(s)}
+    assert len(closed) >= 3, closed  # n, tools, logprobs, store, ...: the refusals are documented
+    for field, schema in closed.items():
+        for value in [v for v in schema.get("enum", []) if v is not None]:
+            r = client.post(path, json={**BODIES[path], field: value})
+            assert not named(r, field), (field, value, r.get_json())
+        r = client.post(path, json={**BODIES[path], field: unlisted(schema)})
+        assert named(r, field), (field, unlisted(schema), r.status_code, r.get_json())
