@@ -5,7 +5,7 @@
   goes to a model without multi-turn support as `input`, so single-turn runtimes serve
   plain chat too. `max_completion_tokens` wins over `max_tokens`; omitted decoding fields
   come from `engine.decoding`. n > 1, tools, logprobs and structured output are a 400
-  naming the field.
+  naming the field (refused by the request schema, before this module sees the body).
 - JSON: a `chat.completion` with `usage` (null counts where the backend does not know
   them) and the pool's `metrics` under a key clients ignore.
 - stream: a role chunk, one chunk per delta (`content`, or `reasoning_content`), a chunk

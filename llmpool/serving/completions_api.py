@@ -8,7 +8,8 @@ comes back unsplit.
   `engine.decoding.max_tokens`, not OpenAI's 16), `temperature`, `top_p`, `stop`,
   `stream`, `stream_options.include_usage`, plus `top_k` and `repetition_penalty` as vLLM
   takes them. `n`/`best_of` other than 1, `echo`, `logprobs`, a non-empty `suffix` or
-  `logit_bias` are a 400 naming the field.
+  `logit_bias` are a 400 naming the field (refused by the request schema, before this
+  module sees the body).
 - JSON: a `text_completion` object with `usage` and the pool's `metrics`.
 - stream: chunks of the same object with text deltas, a last chunk with the finish_reason
   (and `metrics`), a usage chunk with `choices: []` when asked, then `data: [DONE]`.

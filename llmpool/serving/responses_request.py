@@ -13,7 +13,9 @@ the official `openai` SDK sends map onto one engine path:
   the top-level `instructions`, joined with a blank line); user/assistant messages the
   conversation, which must end with a user message. A single user message is `input`,
   exactly as a plain string would be; more turns are `messages`.
-- What the pool cannot honour is a 400 naming the field (`InvalidParam`), never dropped.
+- What the pool cannot honour is a 400 naming the field (`InvalidParam`), never dropped;
+  the fields it cannot honour at all (`store`, `tools`, ...) are refused by the request
+  schema before the body reaches this module.
 """
 
 from __future__ import annotations
