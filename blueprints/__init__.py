@@ -9,6 +9,7 @@ import os
 from flask import Flask, request
 
 from blueprints import admin, completions, observe, openai_compat, openapi, operations, responses
+from blueprints.contract import make_api
 from blueprints.errors import register_error_handlers
 from llmpool.auth import Access, Credentials, credentials_from
 from llmpool.config.loader import startup_settings
@@ -47,13 +48,11 @@ def create_app(
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["llmpool"] = pool
     app.extensions["llmpool.pipeline"] = Pipeline(pool)
-    app.register_blueprint(responses.bp)
-    app.register_blueprint(openai_compat.bp)
-    app.register_blueprint(completions.bp)
-    app.register_blueprint(admin.bp)
-    app.register_blueprint(operations.bp)
-    app.register_blueprint(openapi.bp)
-    register_error_handlers(app)
+    # Each route declares its contract; the API object parses by it and documents it.
+    api = app.extensions["llmpool.api"] = make_api(app)
+    for blueprint in (responses.bp, openai_compat.bp, completions.bp, admin.bp, operations.bp, openapi.bp):
+        api.register_blueprint(blueprint)
+    register_error_handlers(app)  # after the API's: ours render every error
     observe.setup_access_log(settings.service.log_level)
     observe.install(app, pool, settings.service.log_prompts)  # first: it times the rest
     require_credentials(app, credentials)

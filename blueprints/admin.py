@@ -2,110 +2,111 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from typing import Any
 
-from blueprints.body import json_body, raw_body
+from blueprints.body import raw_body
 from blueprints.context import pool
-from blueprints.schemas import LoadRequestSchema
+from blueprints.contract import Blueprint
+from blueprints.response_schemas import (
+    AdminRowSchema,
+    AdminRowsSchema,
+    GpuMemorySchema,
+    LogsSchema,
+    MemorySchema,
+    ReloadReportSchema,
+)
+from blueprints.schemas import (
+    MAX_TAIL,
+    LoadQuerySchema,
+    LoadRequestSchema,
+    LogsQuerySchema,
+    UnloadQuerySchema,
+)
 from llmpool.config.loader import load_settings
-from llmpool.errors import RequestFieldInvalid
 from llmpool.greenbridge import call_blocking
 
 bp = Blueprint("admin", __name__, url_prefix="/v1/admin")
-LOAD_SCHEMA = LoadRequestSchema()
+DEFAULT_TAIL = 200
 
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-MAX_TAIL = 100_000
-MAX_SEQ = 2**53  # line numbers stay exact as JSON numbers in every client
+@bp.get("/models", errors=(401,))
+@bp.response(200, AdminRowsSchema)
+def list_models() -> dict[str, Any]:
+    """Every configured model"""
+    return {"models": [entry.row() for entry in pool().models.values()]}
 
 
-def _flag(name: str, default: bool) -> bool:
-    """A boolean query parameter; anything but the usual spellings is a 422, so a typo
-    such as `force=ture` is not silently read as false."""
-    value = request.args.get(name)
-    if value is None:
-        return default
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    message = "Must be true or false (or 1/0, yes/no, on/off)."
-    raise RequestFieldInvalid(["query", name], message, "value_error")
+@bp.get("/models/<name>", errors=(401, 404))
+@bp.response(200, AdminRowSchema)
+def get_model(name: str) -> dict[str, Any]:
+    """One model"""
+    return pool().entry(name).row()
 
 
-def _count(name: str, default: int, maximum: int) -> int:
-    """A non-negative integer query parameter (ASCII digits only: `str.isdigit` also
-    accepts '²', which int() refuses)."""
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    if not (raw.isascii() and raw.isdigit()) or int(raw) > maximum:
-        raise RequestFieldInvalid(["query", name], f"Must be an integer from 0 to {maximum}.", "value_error")
-    return int(raw)
-
-
-@bp.get("/models")
-def list_models() -> Response:
-    return jsonify({"models": [entry.row() for entry in pool().models.values()]})
-
-
-@bp.get("/models/<name>")
-def get_model(name: str) -> Response:
-    return jsonify(pool().entry(name).row())
-
-
-@bp.post("/models/<name>/load")
-def load_model(name: str) -> Response:
-    has_body = bool(raw_body().strip())
-    body = LOAD_SCHEMA.load(json_body(optional=True))
-    wait = _flag("wait", True)
+@bp.post("/models/<name>/load", errors=(401, 404, 409, 500))
+@bp.arguments(LoadRequestSchema(), location="json", arg_name="body")
+@bp.arguments(LoadQuerySchema(), location="query", arg_name="query")
+@bp.response(200, AdminRowSchema, description="loaded")
+@bp.alt_response(202, schema=AdminRowSchema, description="loading", success=True)
+def load_model(name: str, body: dict[str, Any], query: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """Load (optionally with replicas, target_inflight, overrides); ?wait=false answers 202"""
+    wait = query["wait"]
     entry = pool().load(
         name,
         replicas=body["replicas"],
         target_inflight=body["target_inflight"],
         overrides=body["overrides"],
-        has_body=has_body,
+        has_body=bool(raw_body().strip()),
         wait=wait,
     )
-    response = jsonify(entry.row())
-    response.status_code = 200 if wait else 202
-    return response
+    return entry.row(), 200 if wait else 202
 
 
-@bp.post("/models/<name>/unload")
-def unload_model(name: str) -> Response:
-    entry = pool().unload(name, force=_flag("force", False))
-    return jsonify(entry.row())
+@bp.post("/models/<name>/unload", errors=(401, 404, 409))
+@bp.arguments(UnloadQuerySchema(), location="query", arg_name="query")
+@bp.response(200, AdminRowSchema, description="unloaded")
+def unload_model(name: str, query: dict[str, Any]) -> dict[str, Any]:
+    """Unload (?force=true stops running jobs)"""
+    return pool().unload(name, force=query["force"]).row()
 
 
-@bp.get("/models/<name>/logs")
-def model_logs(name: str) -> Response:
-    """The last `tail` lines each replica's child printed (kept after unload or failure).
+@bp.get("/models/<name>/logs", errors=(401, 404))
+@bp.arguments(LogsQuerySchema(), location="query", arg_name="query")
+@bp.response(200, LogsSchema)
+def model_logs(name: str, query: dict[str, Any]) -> dict[str, Any]:
+    """The last lines each replica printed
 
     `since=N` (the `next` of an earlier answer) keeps only the lines printed after that
     answer, for following; with it, `tail` defaults to everything still buffered."""
-    since = _count("since", 0, MAX_SEQ)
-    tail = _count("tail", MAX_TAIL if "since" in request.args else 200, MAX_TAIL)
-    return jsonify(pool().entry(name).logs(tail, since))
+    since, tail = query.get("since"), query.get("tail")
+    if tail is None:
+        tail = DEFAULT_TAIL if since is None else MAX_TAIL
+    return pool().entry(name).logs(tail, since or 0)
 
 
-@bp.get("/memory")
-def memory() -> Response:
-    """Per device: the budget, loaded models and their ledger estimates, reservations of
+@bp.get("/memory", errors=(401,))
+@bp.response(200, MemorySchema)
+def memory() -> dict[str, Any]:
+    """Memory budgets per device: loaded models, reservations, free, waiting loads
+
+    Per device: the budget, loaded models and their ledger estimates, reservations of
     loads in progress, the free remainder; the loads waiting; the swap count."""
-    return jsonify(pool().memory())
+    return pool().memory()
 
 
-@bp.get("/gpu-memory")
-def gpu_memory() -> Response:
-    return jsonify(pool().gpu_memory())
+@bp.get("/gpu-memory", errors=(401,))
+@bp.response(200, GpuMemorySchema)
+def gpu_memory() -> dict[str, Any]:
+    """NVML's view and per-model estimates"""
+    return pool().gpu_memory()
 
 
-@bp.post("/settings/reload")
-def reload_settings() -> Response:
-    """Re-read the settings files and apply them atomically (SPEC §2): 200 with what
-    changed, 400 invalid_settings, or 409 settings_conflict with nothing applied."""
+@bp.post("/settings/reload", errors=(400, 401, 409))
+@bp.response(200, ReloadReportSchema, description="what changed")
+def reload_settings() -> dict[str, Any]:
+    """Re-read the settings files, atomically
+
+    Apply them atomically (SPEC §2): 200 with what changed, 400 invalid_settings, or 409
+    settings_conflict with nothing applied."""
     new = call_blocking(load_settings)  # file reads, off the hub
-    return jsonify(pool().reload(new))
+    return pool().reload(new)

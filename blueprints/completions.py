@@ -3,17 +3,25 @@ API is `llmpool.serving.completions_api`). Errors take OpenAI's shape (blueprint
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+from typing import Any
 
+from flask import Response
+
+from blueprints.contract import Blueprint
+from blueprints.response_schemas import TextCompletionSchema
+from blueprints.responses import INFERENCE_ERRORS
 from blueprints.schemas import CompletionsRequestSchema
-from blueprints.serving import serve
+from blueprints.serving import EVENT_STREAM, serve
 from llmpool.serving.completions_api import CompletionsApi
 
 bp = Blueprint("completions", __name__)
-COMPLETIONS_SCHEMA = CompletionsRequestSchema()
 COMPLETIONS = CompletionsApi()
 
 
-@bp.post("/v1/completions")
-def completions() -> Response:
-    return serve(COMPLETIONS, COMPLETIONS_SCHEMA)
+@bp.post("/v1/completions", errors=INFERENCE_ERRORS)
+@bp.arguments(CompletionsRequestSchema(), location="json", arg_name="body")
+@bp.response(200, TextCompletionSchema)
+@bp.alt_response(200, **EVENT_STREAM)
+def completions(body: dict[str, Any]) -> Response | dict[str, Any]:
+    """OpenAI (legacy) completions of a raw prompt (JSON, or SSE with stream: true)"""
+    return serve(COMPLETIONS, body)

@@ -26,7 +26,6 @@ from marshmallow import ValidationError
 from werkzeug.exceptions import HTTPException
 
 from blueprints.observe import note_error
-from blueprints.schemas import validation_details
 from llmpool.errors import InvalidParam, PoolError, RequestFieldInvalid, bug
 from llmpool.serving.openai_common import openai_error_body, openai_pool_error
 
@@ -36,6 +35,25 @@ log = logging.getLogger("llmpool.http")
 OPENAI_PREFIXES = ("/v1/chat/", "/v1/completions")
 # Routes whose errors carry both shapes (see the module docstring).
 BOTH_SHAPES = ("/v1/responses",)
+# The error shapes (`shape_of`; blueprints.contract documents each route's).
+POOL, OPENAI, BOTH = "pool", "openai", "both"
+
+
+def shape_of(path: str) -> str:
+    """The shape of every error answered on `path`."""
+    if path.startswith(OPENAI_PREFIXES):
+        return OPENAI
+    return BOTH if path in BOTH_SHAPES else POOL
+
+
+class ArgumentsInvalid(ValidationError):
+    """A request's arguments failed their schema; `loc` is where they came from
+    (["body"], ["query"]), the start of each error's `loc`."""
+
+    def __init__(self, messages: Any, loc: list[str | int]) -> None:
+        super().__init__(messages)
+        self.loc = loc
+
 
 __all__ = ["InvalidParam", "openai_error_body", "openai_pool_error", "register_error_handlers"]
 
@@ -58,12 +76,12 @@ def _json(body: Any, status: int, headers: dict[str, str] | None = None) -> Resp
 
 
 def openai_route() -> bool:
-    return request.path.startswith(OPENAI_PREFIXES)
+    return shape_of(request.path) == OPENAI
 
 
 def _native(detail: Any, openai: dict[str, Any]) -> dict[str, Any]:
     """The pool's body `{"detail": ...}`, plus OpenAI's `error` on the routes that take both."""
-    if request.path in BOTH_SHAPES:
+    if shape_of(request.path) == BOTH:
         return {"detail": detail, **openai}
     return {"detail": detail}
 
@@ -88,9 +106,10 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ValidationError)
     def _schema(exc: ValidationError) -> Response:
         note_error("validation_error")
+        details = validation_details(exc.messages, exc.loc if isinstance(exc, ArgumentsInvalid) else None)
         if openai_route():
-            return _json(_openai_validation(exc.messages), 422)
-        return _json(_native(validation_details(exc.messages), _openai_validation(exc.messages)), 422)
+            return _json(_openai_validation(details), 422)
+        return _json(_native(details, _openai_validation(details)), 422)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
@@ -115,10 +134,33 @@ def register_error_handlers(app: Flask) -> None:
 _OPENAI_CODES = {"missing": "missing_required_parameter", "extra_forbidden": "unknown_parameter"}
 
 
-def _openai_validation(messages: Any) -> dict[str, Any]:
+def _openai_validation(details: list[dict[str, Any]]) -> dict[str, Any]:
     """Schema errors: `param` is the dotted path of the first bad field."""
-    details = validation_details(messages)
     params = [".".join(str(p) for p in d["loc"][1:]) or None for d in details]
     text = "; ".join(f"{p}: {d['msg']}" if p else d["msg"] for p, d in zip(params, details, strict=True))
     code = _OPENAI_CODES.get(details[0]["type"], "invalid_value") if details else "invalid_value"
     return openai_error_body(422, code, text, params[0] if params else None)
+
+
+def validation_details(messages: Any, loc: list[str | int] | None = None) -> list[dict[str, Any]]:
+    """marshmallow's nested messages -> FastAPI-style [{loc, msg, type}]."""
+    loc = loc if loc is not None else ["body"]
+    if isinstance(messages, dict):
+        out = []
+        for key, value in messages.items():
+            sub = loc if key == "_schema" else [*loc, key]
+            out.extend(validation_details(value, sub))
+        return out
+    if isinstance(messages, list) and messages and all(isinstance(m, str) for m in messages):
+        return [{"loc": loc, "msg": m, "type": _error_type(m)} for m in messages]
+    if isinstance(messages, list):
+        return [d for m in messages for d in validation_details(m, loc)]
+    return [{"loc": loc, "msg": str(messages), "type": _error_type(str(messages))}]
+
+
+def _error_type(message: str) -> str:
+    if message.startswith("Missing data"):
+        return "missing"
+    if message.startswith("Unknown field"):
+        return "extra_forbidden"
+    return "value_error"

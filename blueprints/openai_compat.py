@@ -3,18 +3,25 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+from typing import Any
 
+from flask import Response
+
+from blueprints.contract import Blueprint
+from blueprints.response_schemas import ChatCompletionSchema
+from blueprints.responses import INFERENCE_ERRORS
 from blueprints.schemas import ChatCompletionsRequestSchema
-from blueprints.serving import serve
+from blueprints.serving import EVENT_STREAM, serve
 from llmpool.serving.chat_api import ChatApi
 
 bp = Blueprint("openai_compat", __name__)
-# One instance each: building a schema deep-copies its fields (measurable per request).
-CHAT_SCHEMA = ChatCompletionsRequestSchema()
 CHAT = ChatApi()
 
 
-@bp.post("/v1/chat/completions")
-def chat_completions() -> Response:
-    return serve(CHAT, CHAT_SCHEMA)
+@bp.post("/v1/chat/completions", errors=INFERENCE_ERRORS)
+@bp.arguments(ChatCompletionsRequestSchema(), location="json", arg_name="body")
+@bp.response(200, ChatCompletionSchema)
+@bp.alt_response(200, **EVENT_STREAM)
+def chat_completions(body: dict[str, Any]) -> Response | dict[str, Any]:
+    """OpenAI chat completions (JSON, or SSE with stream: true)"""
+    return serve(CHAT, body)

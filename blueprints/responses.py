@@ -4,26 +4,34 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Response
 
 from blueprints.context import pool
+from blueprints.contract import Blueprint
+from blueprints.response_schemas import HealthSchema, ModelListSchema, ReadySchema, ResponseObjectSchema
 from blueprints.schemas import ResponsesRequestSchema
-from blueprints.serving import serve
+from blueprints.serving import EVENT_STREAM, serve
 from llmpool.serving.responses_api import ResponsesApi
 
 bp = Blueprint("responses", __name__)
-# One instance each: building a schema deep-copies its fields (measurable per request).
-RESPONSES_SCHEMA = ResponsesRequestSchema()
+# Errors an inference route may answer beyond its body's (400, 413, 422).
+INFERENCE_ERRORS = (401, 403, 404, 409, 429, 502, 504)
 RESPONSES = ResponsesApi()
 
 
-@bp.post("/v1/responses")
-def create_response() -> Response:
-    return serve(RESPONSES, RESPONSES_SCHEMA)
+@bp.post("/v1/responses", errors=INFERENCE_ERRORS)
+@bp.arguments(ResponsesRequestSchema(), location="json", arg_name="body")
+@bp.response(200, ResponseObjectSchema)
+@bp.alt_response(200, **EVENT_STREAM)
+def create_response(body: dict[str, Any]) -> Response | dict[str, Any]:
+    """Generate (JSON, or SSE with stream: true)"""
+    return serve(RESPONSES, body)
 
 
-@bp.get("/v1/models")
-def list_models() -> Response:
+@bp.get("/v1/models", errors=(401,))
+@bp.response(200, ModelListSchema)
+def list_models() -> dict[str, Any]:
+    """Loaded models"""
     p = pool()
     ids = p.loaded_ids()
     # OpenAI's list also names the models a request would load (load_on_demand), marked
@@ -31,18 +39,21 @@ def list_models() -> Response:
     loadable = sorted(n for n, e in p.models.items() if e.spec.load_on_demand and n not in ids)
     data: list[dict[str, Any]] = [{"id": i, "object": "model", "owned_by": "llm-pool"} for i in ids]
     data += [{"id": i, "object": "model", "owned_by": "llm-pool", "loaded": False} for i in loadable]
-    return jsonify({"object": "list", "data": data, "models": ids})
+    return {"object": "list", "data": data, "models": ids}
 
 
 @bp.get("/healthz")
-def healthz() -> Response:
-    return jsonify({"status": "ok"})
+@bp.response(200, HealthSchema)
+def healthz() -> dict[str, Any]:
+    """Liveness"""
+    return {"status": "ok"}
 
 
 @bp.get("/readyz")
-def readyz() -> Response:
+@bp.response(200, ReadySchema)
+@bp.alt_response(503, schema=ReadySchema, description="still loading")
+def readyz() -> tuple[dict[str, Any], int]:
+    """Readiness: start-up loading finished"""
     p = pool()
     states = {name: entry.state.value for name, entry in p.models.items()}
-    response = jsonify({"ready": p.ready, "models": states})
-    response.status_code = 200 if p.ready else 503
-    return response
+    return {"ready": p.ready, "models": states}, 200 if p.ready else 503

@@ -1,239 +1,86 @@
-"""Request-body schemas (marshmallow). Unknown keys are errors everywhere in our own API.
+"""Request schemas (marshmallow): bodies and query strings. Unknown body keys are errors
+everywhere in our own API; unknown query parameters are ignored everywhere.
 
 The exceptions are OpenAI's own requests (`ChatCompletionsRequestSchema`,
 `CompletionsRequestSchema`): OpenAI clients send keys such as `user`, `seed` or
-`frequency_penalty` that change nothing here, so unknown keys are dropped there; the view
-rejects values it cannot honour.
+`frequency_penalty` that change nothing here, so unknown keys are dropped there.
 
 `/v1/responses` stays strict (an unknown key is a 422), but it also takes the fields the
-official `openai` SDK sends (`ResponsesRequestSchema`); those the pool cannot honour are
-loaded so the view can refuse them with a 400 naming them (`llmpool.serving.responses_request`).
-Content arrays take OpenAI's Responses parts (`input_text`, `input_image`) as aliases of
-ours, normalised to `text` / `image_url` here, so the core sees one shape.
+official `openai` SDK sends (`ResponsesRequestSchema`). What a request may name but the pool
+cannot honour carries a refusal validator (`blueprints.fields.Only`, `OnlyEmpty`,
+`OnlyValue`): documented as what is honoured, a 400 naming the field otherwise.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
+from blueprints.content import Content, ResponsesInput, Strict
+from blueprints.fields import Count, Flag, Only, OnlyEmpty, OnlyValue, Prompt, Stop, refuse
 from llmpool.config.fields import StrictBool, StrictInt
 from llmpool.config.schema import DecodingSchema, decoding_fields
-from llmpool.errors import InvalidParam
-from llmpool.serving.responses_request import InputItems
 
 THINKING = ("default", "enabled", "disabled")
-DETAIL = ("auto", "low", "high")
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+SUMMARIES = ("auto", "concise", "detailed")
+NO_SUMMARY = "Reasoning summaries are not produced; the reasoning text itself is returned."
+NO_STATE = "'{}' is not supported: the pool keeps no stored state; send the input."
+NO_LOGPROBS = "logprobs are not supported."
 
 
-class _Strict(Schema):
-    class Meta:
-        unknown = RAISE
+class RequestBody(Schema):
+    """A whole request body: refusals are checked once it is otherwise valid."""
+
+    @post_load
+    def _refuse(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
+        refuse(self, data)
+        return data
 
 
-class ImageUrlSchema(_Strict):
-    url = fields.String(required=True, validate=validate.Length(min=1))
-    detail = fields.String(load_default="auto", validate=validate.OneOf(DETAIL))
-
-
-class TextItemSchema(_Strict):
-    type = fields.String(required=True, validate=validate.Equal("text"))
-    text = fields.String(required=True)
-
-
-class ImageItemSchema(_Strict):
-    type = fields.String(required=True, validate=validate.Equal("image_url"))
-    image_url = fields.Nested(ImageUrlSchema, required=True)
-
-
-class InputTextSchema(_Strict):
-    """OpenAI Responses' text part (`output_text`: an assistant turn replayed as input)."""
-
-    type = fields.String(required=True, validate=validate.OneOf(("input_text", "output_text")))
-    text = fields.String(required=True)
-    annotations = fields.List(fields.Raw(), load_default=None)  # on replayed output_text
-
-
-class InputImageSchema(_Strict):
-    """OpenAI Responses' image part: `image_url` is a URL (data:, https:, file:) or, for
-    an uploaded file, absent in favour of `file_id`, which the pool has no store for."""
-
-    type = fields.String(required=True, validate=validate.Equal("input_image"))
-    image_url = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1))
-    file_id = fields.String(load_default=None, allow_none=True)
-    detail = fields.String(load_default="auto", allow_none=True, validate=validate.OneOf(DETAIL))
-
-
-_ITEM_SCHEMAS: dict[str, Schema] = {
-    "text": TextItemSchema(),
-    "image_url": ImageItemSchema(),
-    "input_text": InputTextSchema(),
-    "output_text": InputTextSchema(),
-    "input_image": InputImageSchema(),
-}
-# OpenAI part types the pool knows but cannot take: a 400 naming them, not a 422.
-_UNSUPPORTED_PARTS = ("input_file", "input_audio", "refusal")
-
-
-def _normalised(item: dict[str, Any], param: str) -> dict[str, Any]:
-    """One loaded content item in the core's shape (`text` / `image_url`)."""
-    if item["type"] in ("input_text", "output_text"):
-        return {"type": "text", "text": item["text"]}
-    if item["type"] == "input_image":
-        if item["image_url"] is None:
-            raise InvalidParam(
-                f"{param}.image_url",
-                "input_image needs image_url (a data:, https: or file: URL); the pool keeps no "
-                "uploaded files, so file_id cannot be used.",
-            )
-        return {
-            "type": "image_url",
-            "image_url": {"url": item["image_url"], "detail": item["detail"] or "auto"},
-        }
-    return item
-
-
-def load_content(value: Any, param: str) -> Any:
-    """A string, or a non-empty array of content items normalised to the core's shape.
-
-    Raises ValidationError (422) for malformed parts, InvalidParam (400) for OpenAI part
-    types the pool cannot take. `param` is the field's path, for the 400's `param`.
-    """
-    if isinstance(value, str):
-        return value
-    if not isinstance(value, list) or not value:
-        raise ValidationError("Must be a string or a non-empty array of content items.")
-    items: list[Any] = []
-    errors: dict[int, Any] = {}
-    for index, item in enumerate(value):
-        kind = item.get("type") if isinstance(item, dict) else None
-        if kind in _UNSUPPORTED_PARTS:
-            raise InvalidParam(f"{param}[{index}].type", f"Content parts of type '{kind}' are not supported.")
-        schema = _ITEM_SCHEMAS.get(kind) if isinstance(kind, str) else None
-        if schema is None:
-            errors[index] = {"type": ["Must be 'text', 'image_url', 'input_text' or 'input_image'."]}
-            continue
-        try:
-            items.append(_normalised(schema.load(item), f"{param}[{index}]"))
-        except ValidationError as exc:
-            errors[index] = exc.messages
-    if errors:
-        raise ValidationError(errors)
-    return items
-
-
-class Content(fields.Field):
-    """A string, or a non-empty array of content items (ours or OpenAI Responses' parts)."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        return load_content(value, attr or "content")
-
-
-INPUT_ROLES = ("system", "developer", "user", "assistant")
-# OpenAI item types other than messages (tool calls and their outputs, reasoning replays,
-# references to stored items): the pool runs no tools and stores nothing.
-_UNSUPPORTED_ITEMS = (
-    "function_call",
-    "function_call_output",
-    "reasoning",
-    "item_reference",
-    "custom_tool_call",
-    "custom_tool_call_output",
-    "computer_call",
-    "computer_call_output",
-    "web_search_call",
-    "file_search_call",
-    "local_shell_call",
-    "local_shell_call_output",
-    "mcp_call",
-    "mcp_list_tools",
-    "mcp_approval_request",
-    "mcp_approval_response",
-    "image_generation_call",
-    "code_interpreter_call",
-    "compaction",
-)
-
-
-def _is_item(value: Any) -> bool:
-    return isinstance(value, dict) and (
-        "role" in value or value.get("type") in ("message", *_UNSUPPORTED_ITEMS)
-    )
-
-
-class ResponsesInput(Content):
-    """`input`: a string, a content array, or OpenAI's list of input items (what the SDK
-    sends: `[{"role": ..., "content": ...}]`, optionally with `"type": "message"`)."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if not (isinstance(value, list) and value and any(_is_item(v) for v in value)):
-            return super()._deserialize(value, attr, data, **kwargs)
-        items = InputItems()
-        errors: dict[int, Any] = {}
-        for index, item in enumerate(value):
-            kind = item.get("type", "message") if isinstance(item, dict) else None
-            if kind in _UNSUPPORTED_ITEMS:
-                raise InvalidParam(
-                    f"input[{index}].type",
-                    f"Input items of type '{kind}' are not supported (the pool runs no tools "
-                    "and keeps no stored items); send messages.",
-                )
-            if kind != "message" or not isinstance(item, dict):
-                errors[index] = {"type": ["Must be a message item ({role, content})."]}
-                continue
-            try:
-                items.append(_MESSAGE_ITEM.load(item))
-            except ValidationError as exc:
-                errors[index] = exc.messages
-                continue
-            items[-1]["content"] = load_content(items[-1]["content"], f"input[{index}].content")
-        if errors:
-            raise ValidationError(errors)
-        return items
-
-
-class MessageSchema(_Strict):
+class MessageSchema(Strict):
     role = fields.String(required=True, validate=validate.OneOf(("user", "assistant")))
     content = Content(required=True)
 
 
-class InputMessageSchema(_Strict):
-    """One OpenAI Responses input message; content is checked by `load_content` after."""
-
-    type = fields.String(load_default="message", validate=validate.Equal("message"))
-    role = fields.String(required=True, validate=validate.OneOf(INPUT_ROLES))
-    content = fields.Raw(required=True)
-    id = fields.String(load_default=None, allow_none=True)  # on replayed output messages
-    status = fields.String(load_default=None, allow_none=True)
-
-
-_MESSAGE_ITEM = InputMessageSchema()
-EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
-
-
-class ReasoningSchema(_Strict):
+class ReasoningSchema(Strict):
     effort = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(EFFORTS))
     summary = fields.String(
-        load_default=None, allow_none=True, validate=validate.OneOf(("auto", "concise", "detailed"))
+        load_default=None, allow_none=True, validate=[validate.OneOf(SUMMARIES), Only(["auto"], NO_SUMMARY)]
     )
     generate_summary = fields.String(
-        load_default=None, allow_none=True, validate=validate.OneOf(("auto", "concise", "detailed"))
+        load_default=None, allow_none=True, validate=[validate.OneOf(SUMMARIES), Only(["auto"], NO_SUMMARY)]
     )
 
 
-class TextFormatSchema(_Strict):
-    type = fields.String(required=True, validate=validate.OneOf(("text", "json_object", "json_schema")))
+class TextFormatSchema(Strict):
+    type = fields.String(
+        required=True,
+        validate=[
+            validate.OneOf(("text", "json_object", "json_schema")),
+            Only(
+                ["text"],
+                "Structured output (json_object, json_schema) is not supported here.",
+                param="text.format",
+            ),
+        ],
+    )
     name = fields.String(load_default=None)
     schema = fields.Dict(load_default=None)
     description = fields.String(load_default=None)
     strict = StrictBool(load_default=None, allow_none=True)
 
 
-class TextSchema(_Strict):
+class TextSchema(Strict):
     format = fields.Nested(TextFormatSchema, load_default=None, allow_none=True)
     verbosity = fields.String(
-        load_default=None, allow_none=True, validate=validate.OneOf(("low", "medium", "high"))
+        load_default=None,
+        allow_none=True,
+        validate=[
+            validate.OneOf(("low", "medium", "high")),
+            Only(["medium"], "Only verbosity 'medium' (the model's own) is supported."),
+        ],
     )
 
 
@@ -243,10 +90,14 @@ def _optional_decoding(name: str) -> fields.Field:
     return type(model)(load_default=None, allow_none=True, validate=model.validators)
 
 
-class ResponsesRequestSchema(_Strict):
+class ResponsesRequestSchema(RequestBody, Strict):
     model = fields.String(required=True, validate=validate.Length(min=1))
     input = ResponsesInput(load_default=None)
-    messages = fields.List(fields.Nested(MessageSchema), load_default=None)
+    messages = fields.List(
+        fields.Nested(MessageSchema),
+        load_default=None,
+        validate=validate.Length(min=1, error="Must contain at least one message."),
+    )
     instructions = fields.String(load_default=None, allow_none=True)
     source_lang_code = fields.String(load_default=None, allow_none=True)
     target_lang_code = fields.String(load_default=None, allow_none=True)
@@ -258,7 +109,6 @@ class ResponsesRequestSchema(_Strict):
     max_output_tokens = _optional_decoding("max_tokens")
     temperature = _optional_decoding("temperature")
     top_p = _optional_decoding("top_p")
-    reasoning = fields.Nested(ReasoningSchema, load_default=None, allow_none=True)
     # Accepted and harmless: they change nothing the pool does.
     metadata = fields.Dict(keys=fields.String(), values=fields.String(), load_default=None, allow_none=True)
     user = fields.String(load_default=None, allow_none=True)
@@ -268,31 +118,63 @@ class ResponsesRequestSchema(_Strict):
     parallel_tool_calls = StrictBool(load_default=None, allow_none=True)
     max_tool_calls = StrictInt(load_default=None, allow_none=True, validate=validate.Range(min=1))
     stream_options = fields.Dict(load_default=None, allow_none=True)
-    # Loaded so the view can refuse what it cannot honour with a 400 naming the field.
-    store = StrictBool(load_default=None, allow_none=True)
-    background = StrictBool(load_default=None, allow_none=True)
-    tools = fields.List(fields.Raw(), load_default=None, allow_none=True)
-    tool_choice = fields.Raw(load_default=None, allow_none=True)
-    previous_response_id = fields.String(load_default=None, allow_none=True)
-    conversation = fields.Raw(load_default=None, allow_none=True)
-    prompt = fields.Raw(load_default=None, allow_none=True)
-    text = fields.Nested(TextSchema, load_default=None, allow_none=True)
-    include = fields.List(fields.String(), load_default=None, allow_none=True)
-    truncation = fields.String(
-        load_default=None, allow_none=True, validate=validate.OneOf(("auto", "disabled"))
+    # Honoured only at the values their validators name; anything else is a 400 naming it.
+    tools = fields.List(
+        fields.Raw(),
+        load_default=None,
+        allow_none=True,
+        validate=OnlyEmpty("Tools are not supported: the pool runs no tools."),
     )
-    top_logprobs = StrictInt(load_default=None, allow_none=True, validate=validate.Range(min=0, max=20))
+    tool_choice = fields.Raw(
+        load_default=None,
+        allow_none=True,
+        validate=Only(["none", "auto"], "Only tool_choice 'none' or 'auto' (no tools) is supported."),
+    )
+    store = StrictBool(
+        load_default=None,
+        allow_none=True,
+        validate=Only([False], "The pool stores no responses; send store: false or omit it."),
+    )
+    background = StrictBool(
+        load_default=None, allow_none=True, validate=Only([False], "Background responses are not supported.")
+    )
+    previous_response_id = fields.String(
+        load_default=None, allow_none=True, validate=Only([], NO_STATE.format("previous_response_id"))
+    )
+    conversation = fields.Raw(
+        load_default=None, allow_none=True, validate=Only([], NO_STATE.format("conversation"))
+    )
+    prompt = fields.Raw(load_default=None, allow_none=True, validate=Only([], NO_STATE.format("prompt")))
+    text = fields.Nested(TextSchema, load_default=None, allow_none=True)
+    include = fields.List(
+        fields.String(),
+        load_default=None,
+        allow_none=True,
+        validate=OnlyEmpty("Cannot include {value}: the pool produces none of them."),
+    )
+    truncation = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=[
+            validate.OneOf(("auto", "disabled")),
+            Only(["disabled"], "truncation 'auto' is not supported; a prompt too long is a 400."),
+        ],
+    )
+    top_logprobs = StrictInt(
+        load_default=None, allow_none=True, validate=[validate.Range(min=0, max=20), Only([0], NO_LOGPROBS)]
+    )
+    reasoning = fields.Nested(ReasoningSchema, load_default=None, allow_none=True)
+    # Exactly one of these is given (and not null); documented as a `oneOf` of the two.
+    exactly_one = ("input", "messages")
 
     @validates_schema
     def _one_prompt(self, data: dict[str, Any], **_: Any) -> None:
-        has_input, messages = data.get("input") is not None, data.get("messages")
-        if has_input == (messages is not None):
-            raise ValidationError("Provide exactly one of 'input' and 'messages'.", "input")
-        if messages is not None:
-            if not messages:
-                raise ValidationError("Must contain at least one message.", "messages")
-            if messages[-1]["role"] != "user":
-                raise ValidationError("The last message must have role 'user'.", "messages")
+        if sum(data.get(name) is not None for name in self.exactly_one) != 1:
+            names = " and ".join(repr(name) for name in self.exactly_one)
+            raise ValidationError(f"Provide exactly one of {names}.", self.exactly_one[0])
+        messages = data.get("messages")
+        if messages is not None and messages[-1]["role"] != "user":
+            raise ValidationError("The last message must have role 'user'.", "messages")
 
 
 CHAT_ROLES = ("system", "developer", "user", "assistant")
@@ -313,19 +195,11 @@ class StreamOptionsSchema(_Lenient):
     include_usage = StrictBool(load_default=False, allow_none=True)
 
 
-class Stop(fields.Field):
-    """OpenAI's `stop`: a string or a list of strings (max 16), normalised to a list."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
-            raise ValidationError("Must be a string or an array of strings.")
-        if len(items) > 16:
-            raise ValidationError("At most 16 stop strings.")
-        return items
+def _only_one(name: str) -> StrictInt:
+    return StrictInt(load_default=None, allow_none=True, validate=Only([1], f"Only {name}=1 is supported."))
 
 
-class _OpenAISampling(_Lenient):
+class _OpenAISampling(RequestBody, _Lenient):
     """What OpenAI's chat and legacy Completions requests share."""
 
     model = fields.String(required=True, validate=validate.Length(min=1))
@@ -339,75 +213,63 @@ class _OpenAISampling(_Lenient):
     top_k = _optional_decoding("top_k")
     repetition_penalty = _optional_decoding("repetition_penalty")
     allow_remote = StrictBool(load_default=False, allow_none=True)
-    # Loaded so the view can refuse values it cannot honour with a 400 (not silently drop).
-    n = StrictInt(load_default=None, allow_none=True)
+    # Honoured only at the values their validators name; anything else is a 400 naming it.
+    n = _only_one("n")
+
+
+NO_TOOLS = "Tool and function calling are not supported."
 
 
 class ChatCompletionsRequestSchema(_OpenAISampling):
     messages = fields.List(fields.Nested(ChatMessageSchema), required=True, validate=validate.Length(min=1))
     max_completion_tokens = _optional_decoding("max_tokens")
-    logprobs = StrictBool(load_default=None, allow_none=True)
-    tools = fields.Raw(load_default=None, allow_none=True)
-    functions = fields.Raw(load_default=None, allow_none=True)
-    response_format = fields.Raw(load_default=None, allow_none=True)
-
-
-class Prompt(fields.Field):
-    """OpenAI Completions' `prompt`: one non-empty string (a list of exactly one string is
-    taken as that string). Token-id arrays and several prompts are a 400 naming `prompt`.
-    An empty prompt is refused: with no BOS token (SmolLM2, for one) it is no tokens at
-    all, which no runtime can continue."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
-            value = value[0]
-        if isinstance(value, str):
-            if not value:
-                raise ValidationError("Must not be empty.")
-            return value
-        if isinstance(value, list) and value:
-            raise InvalidParam(
-                "prompt", "Send one prompt as a string: token arrays and several prompts are not supported."
-            )
-        raise ValidationError("Must be a string.")
+    tools = fields.List(fields.Raw(), load_default=None, allow_none=True, validate=OnlyEmpty(NO_TOOLS))
+    functions = fields.List(fields.Raw(), load_default=None, allow_none=True, validate=OnlyEmpty(NO_TOOLS))
+    logprobs = StrictBool(load_default=None, allow_none=True, validate=Only([False], NO_LOGPROBS))
+    response_format = fields.Raw(
+        load_default=None,
+        allow_none=True,
+        validate=OnlyValue({"type": "text"}, "Only response_format {'type': 'text'} is supported."),
+    )
 
 
 class CompletionsRequestSchema(_OpenAISampling):
     """OpenAI's legacy Completions request (unknown keys dropped, as for chat)."""
 
     prompt = Prompt(required=True)
-    best_of = StrictInt(load_default=None, allow_none=True)
-    echo = StrictBool(load_default=None, allow_none=True)
-    logprobs = StrictInt(load_default=None, allow_none=True)
-    suffix = fields.String(load_default=None, allow_none=True)
-    logit_bias = fields.Dict(load_default=None, allow_none=True)
+    best_of = _only_one("best_of")
+    echo = StrictBool(load_default=None, allow_none=True, validate=Only([False], "echo is not supported."))
+    logprobs = StrictInt(load_default=None, allow_none=True, validate=Only([], NO_LOGPROBS))
+    suffix = fields.String(
+        load_default=None, allow_none=True, validate=Only([""], "suffix (insertion) is not supported.")
+    )
+    logit_bias = fields.Dict(
+        load_default=None, allow_none=True, validate=OnlyEmpty("logit_bias is not supported.")
+    )
 
 
-class LoadRequestSchema(_Strict):
+class LoadRequestSchema(Strict):
     replicas = StrictInt(load_default=None, validate=validate.Range(min=1))
     target_inflight = StrictInt(load_default=None, validate=validate.Range(min=1))
     overrides = fields.Dict(keys=fields.String(), values=fields.Raw(), load_default=dict)
 
 
-def validation_details(messages: Any, loc: list[str | int] | None = None) -> list[dict[str, Any]]:
-    """marshmallow's nested messages -> FastAPI-style [{loc, msg, type}]."""
-    loc = loc if loc is not None else ["body"]
-    if isinstance(messages, dict):
-        out = []
-        for key, value in messages.items():
-            sub = loc if key == "_schema" else [*loc, key]
-            out.extend(validation_details(value, sub))
-        return out
-    if isinstance(messages, list) and messages and all(isinstance(m, str) for m in messages):
-        return [{"loc": loc, "msg": m, "type": _error_type(m)} for m in messages]
-    if isinstance(messages, list):
-        return [d for m in messages for d in validation_details(m, loc)]
-    return [{"loc": loc, "msg": str(messages), "type": _error_type(str(messages))}]
+# -- query strings (admin) ---------------------------------------------------------------
+MAX_TAIL = 100_000
+MAX_SEQ = 2**53  # line numbers stay exact as JSON numbers in every client
 
 
-def _error_type(message: str) -> str:
-    if message.startswith("Missing data"):
-        return "missing"
-    if message.startswith("Unknown field"):
-        return "extra_forbidden"
-    return "value_error"
+class LoadQuerySchema(Schema):
+    wait = Flag(load_default=True, metadata={"description": "false: answer 202 at once"})
+
+
+class UnloadQuerySchema(Schema):
+    force = Flag(load_default=False, metadata={"description": "true: cancel running jobs at once"})
+
+
+class LogsQuerySchema(Schema):
+    since = Count(MAX_SEQ, metadata={"description": "`next` of an earlier answer"})
+    tail = Count(
+        MAX_TAIL,
+        metadata={"description": "lines per replica (default 200, or all buffered with `since`)"},
+    )

@@ -1,27 +1,28 @@
 """The Flask side of the serving pipeline (`llmpool.serving`): a route of an inference API
-is `serve(api, schema)`. Here: the body parsed by the API's schema, the request log's
-notes, the allow_remote header, the client's socket, and the answer written as JSON or as
+is `serve(api, body)`, the body already loaded by the route's declared schema
+(`blueprints.contract`). Here: the request log's notes, the allow_remote header, the
+client's socket, and the answer: a JSON body for the route's response schema to dump, or
 an SSE response. Everything else is the pipeline's."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from flask import Response, jsonify, request
-from marshmallow import Schema
+from flask import Response, g, request
 
-from blueprints.body import json_body
 from blueprints.context import pipeline
 from blueprints.observe import note_job, note_model
 from llmpool.serving.api import Api
 
 ALLOW_REMOTE_HEADER = "X-LLM-Pool-Allow-Remote"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Documented beside each route's JSON answer (its `@bp.response`): the same status, streamed.
+EVENT_STREAM = {"schema": {"type": "string"}, "content_type": "text/event-stream", "success": True}
 
 
-def serve(api: Api, schema: Schema) -> Response:
-    started = time.monotonic()
-    body = schema.load(json_body())
+def serve(api: Api, body: dict[str, Any]) -> Response | dict[str, Any]:
+    started = g.get("started", time.monotonic())
     note_model(body["model"])
     remote_header = request.headers.get(ALLOW_REMOTE_HEADER, "").lower() == "true"
     call = pipeline().submit(api, body, remote_header=remote_header, started=started)
@@ -29,7 +30,7 @@ def serve(api: Api, schema: Schema) -> Response:
     if call.streaming:
         stream = pipeline().stream(call, client_socket())
         return Response(stream, mimetype="text/event-stream", headers=SSE_HEADERS)
-    return jsonify(pipeline().answer(call, client_socket()))
+    return pipeline().answer(call, client_socket())
 
 
 def client_socket() -> int | None:

@@ -232,7 +232,19 @@ def call_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return fn(*args, **kwargs)
     import gevent
 
-    return gevent.get_hub().threadpool.apply(fn, args, kwargs)
+    def outcome() -> tuple[bool, Any]:
+        # An exception comes back as a value and is raised here, in the caller: gevent's
+        # threadpool would print the traceback of every one it passes on, expected ones
+        # (a 409 for a model that is loading) included.
+        try:
+            return True, fn(*args, **kwargs)
+        except Exception as exc:
+            return False, exc
+
+    ok, value = gevent.get_hub().threadpool.apply(outcome)
+    if not ok:
+        raise value
+    return value
 
 
 class Home:

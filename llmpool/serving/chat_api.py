@@ -5,7 +5,7 @@
   goes to a model without multi-turn support as `input`, so single-turn runtimes serve
   plain chat too. `max_completion_tokens` wins over `max_tokens`; omitted decoding fields
   come from `engine.decoding`. n > 1, tools, logprobs and structured output are a 400
-  naming the field.
+  naming the field (refused by the request schema, before this module sees the body).
 - JSON: a `chat.completion` with `usage` (null counts where the backend does not know
   them) and the pool's `metrics` under a key clients ignore.
 - stream: a role chunk, one chunk per delta (`content`, or `reasoning_content`), a chunk
@@ -18,27 +18,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from llmpool.errors import InvalidParam
 from llmpool.generation import GenerationRequest
 from llmpool.job import Delta, Done, Job
 from llmpool.pool import Pool
 from llmpool.serving.api import Api, Call, Encoder
 from llmpool.serving.messages import split_system
 from llmpool.serving.openai_common import OpenAIChunks, finish_reason, usage
-
-
-def refuse_unsupported(body: dict[str, Any]) -> None:
-    """400 for OpenAI features the pool cannot honour; dropping them would change the answer."""
-    if body["n"] not in (None, 1):
-        raise InvalidParam("n", "Only n=1 is supported.")
-    if body["tools"] or body["functions"]:
-        param = "tools" if body["tools"] else "functions"
-        raise InvalidParam(param, "Tool and function calling are not supported.")
-    if body["logprobs"]:
-        raise InvalidParam("logprobs", "logprobs are not supported.")
-    response_format = body["response_format"]
-    if response_format is not None and response_format != {"type": "text"}:
-        raise InvalidParam("response_format", "Only response_format {'type': 'text'} is supported.")
 
 
 def completion_id(job: Job) -> str:
@@ -65,7 +50,6 @@ class ChatApi(Api):
     name = "chat.completions"
 
     def to_request(self, body: dict[str, Any], pool: Pool) -> GenerationRequest:
-        refuse_unsupported(body)
         system, turns = split_system(body["messages"], "messages", lambda index: f"messages.{index}.content")
         single_turn = len(turns) == 1 and not pool.entry(body["model"]).capabilities.multi_turn
         max_tokens = body["max_completion_tokens"] or body["max_tokens"]

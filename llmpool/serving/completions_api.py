@@ -8,7 +8,8 @@ comes back unsplit.
   `engine.decoding.max_tokens`, not OpenAI's 16), `temperature`, `top_p`, `stop`,
   `stream`, `stream_options.include_usage`, plus `top_k` and `repetition_penalty` as vLLM
   takes them. `n`/`best_of` other than 1, `echo`, `logprobs`, a non-empty `suffix` or
-  `logit_bias` are a 400 naming the field.
+  `logit_bias` are a 400 naming the field (refused by the request schema, before this
+  module sees the body).
 - JSON: a `text_completion` object with `usage` and the pool's `metrics`.
 - stream: chunks of the same object with text deltas, a last chunk with the finish_reason
   (and `metrics`), a usage chunk with `choices: []` when asked, then `data: [DONE]`.
@@ -19,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from llmpool.errors import InvalidParam
 from llmpool.generation import GenerationRequest
 from llmpool.job import Delta, Done, Job
 from llmpool.pool import Pool
@@ -27,21 +27,6 @@ from llmpool.serving.api import Api, Call, Encoder
 from llmpool.serving.openai_common import OpenAIChunks, finish_reason, usage
 
 DECODING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "stop", "max_tokens")
-
-
-def refuse_unsupported(body: dict[str, Any]) -> None:
-    """400 for Completions features the pool cannot honour; dropping them would change the answer."""
-    for key in ("n", "best_of"):
-        if body[key] not in (None, 1):
-            raise InvalidParam(key, f"Only {key}=1 is supported.")
-    if body["echo"]:
-        raise InvalidParam("echo", "echo is not supported.")
-    if body["logprobs"] is not None:
-        raise InvalidParam("logprobs", "logprobs are not supported.")
-    if body["suffix"]:
-        raise InvalidParam("suffix", "suffix (insertion) is not supported.")
-    if body["logit_bias"]:
-        raise InvalidParam("logit_bias", "logit_bias is not supported.")
 
 
 def completion_id(job: Job) -> str:
@@ -66,7 +51,6 @@ class CompletionsApi(Api):
     name = "completions"
 
     def to_request(self, body: dict[str, Any], pool: Pool) -> GenerationRequest:
-        refuse_unsupported(body)
         decoding = {k: body[k] for k in DECODING_KEYS}
         return GenerationRequest(prompt=body["prompt"], decoding=pool.settings.decoding.merged(decoding))
 

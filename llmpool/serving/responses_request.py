@@ -13,7 +13,9 @@ the official `openai` SDK sends map onto one engine path:
   the top-level `instructions`, joined with a blank line); user/assistant messages the
   conversation, which must end with a user message. A single user message is `input`,
   exactly as a plain string would be; more turns are `messages`.
-- What the pool cannot honour is a 400 naming the field (`InvalidParam`), never dropped.
+- What the pool cannot honour is a 400 naming the field (`InvalidParam`), never dropped;
+  the fields it cannot honour at all (`store`, `tools`, ...) are refused by the request
+  schema before the body reaches this module.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ TOP_LEVEL_DECODING = {"max_output_tokens": "max_tokens", "temperature": "tempera
 
 
 def to_generation_request(body: dict[str, Any], p: Pool) -> GenerationRequest:
-    refuse_unsupported(body)
     instructions, input_, messages = _prompt(body)
     return GenerationRequest(
         input=input_,
@@ -56,43 +57,6 @@ def to_generation_request(body: dict[str, Any], p: Pool) -> GenerationRequest:
         thinking=_thinking(body),
         decoding=p.settings.decoding.merged(_decoding(body)),
     )
-
-
-def refuse_unsupported(body: dict[str, Any]) -> None:
-    """400 for each OpenAI feature the pool cannot honour (the first one found)."""
-    if body["tools"]:
-        raise InvalidParam("tools", "Tools are not supported: the pool runs no tools.")
-    if body["tool_choice"] not in (None, "none", "auto"):
-        raise InvalidParam("tool_choice", "Only tool_choice 'none' or 'auto' (no tools) is supported.")
-    if body["store"]:
-        raise InvalidParam("store", "The pool stores no responses; send store: false or omit it.")
-    if body["background"]:
-        raise InvalidParam("background", "Background responses are not supported.")
-    for key in ("previous_response_id", "conversation", "prompt"):
-        if body[key] is not None:
-            raise InvalidParam(
-                key, f"'{key}' is not supported: the pool keeps no stored state; send the input."
-            )
-    text = body["text"] or {}
-    if (text.get("format") or {}).get("type", "text") != "text":
-        raise InvalidParam(
-            "text.format", "Structured output (json_object, json_schema) is not supported here."
-        )
-    if text.get("verbosity") not in (None, "medium"):
-        raise InvalidParam("text.verbosity", "Only verbosity 'medium' (the model's own) is supported.")
-    if body["include"]:
-        raise InvalidParam("include", f"Cannot include {body['include']}: the pool produces none of them.")
-    if body["truncation"] == "auto":
-        raise InvalidParam("truncation", "truncation 'auto' is not supported; a prompt too long is a 400.")
-    if body["top_logprobs"]:
-        raise InvalidParam("top_logprobs", "logprobs are not supported.")
-    reasoning = body["reasoning"] or {}
-    for key in ("summary", "generate_summary"):
-        if reasoning.get(key) not in (None, "auto"):
-            raise InvalidParam(
-                f"reasoning.{key}",
-                "Reasoning summaries are not produced; the reasoning text itself is returned.",
-            )
 
 
 def _decoding(body: dict[str, Any]) -> dict[str, Any]:

@@ -311,3 +311,31 @@ def test_a_fully_patched_process_is_refused_with_a_clear_message() -> None:
     proc = run_script(FULL_PATCH_SCRIPT)
     assert proc.returncode != 0
     assert "conf/gunicorn.conf.py" in proc.stderr
+
+
+CALL_RAISES_SCRIPT = r"""
+from conf.worker import patch_selectively
+
+patch_selectively()
+
+from llmpool.errors import ModelLoading
+from llmpool.greenbridge import call_blocking, on_hub
+
+
+def refuse():
+    raise ModelLoading("model 'm' is still loading", model="m")
+
+
+assert on_hub()
+try:
+    call_blocking(refuse)
+except ModelLoading as exc:
+    print("raised in the caller:", exc.message)
+"""
+
+
+def test_call_blocking_on_the_hub_raises_in_the_caller_without_printing_a_traceback() -> None:
+    proc = run_script(CALL_RAISES_SCRIPT)
+    assert proc.returncode == 0, proc.stderr
+    assert "raised in the caller: model 'm' is still loading" in proc.stdout
+    assert "Traceback" not in proc.stderr and "failed with" not in proc.stderr, proc.stderr

@@ -1,0 +1,252 @@
+"""Response schemas: every JSON body a route answers with is dumped through one of these
+(`@bp.response` in the route modules), and the document describes the same schemas, so
+the two cannot drift. The error bodies are written by `blueprints.errors` and declared
+per route by `blueprints.contract`.
+
+Bodies keep keys their schema does not name (rows grow; clients must ignore what they do
+not use): `_Out` dumps the named keys through their fields and leaves the rest as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from marshmallow import INCLUDE, Schema, fields, post_dump
+
+from blueprints.fields import AsIs
+from llmpool.metrics import METRIC_KEYS
+from llmpool.states import ModelState
+
+_STATES = [s.value for s in ModelState]
+
+
+class _Out(Schema):
+    """A response body: its named keys dumped by their fields, every other key kept."""
+
+    @post_dump(pass_original=True)
+    def _keep_unnamed(self, data: dict[str, Any], original: Any, **_: Any) -> dict[str, Any]:
+        return {**original, **data} if isinstance(original, Mapping) else data
+
+
+class _Open(_Out):
+    """Documented keys, more allowed (rows grow; clients must ignore what they do not use)."""
+
+    class Meta:
+        unknown = INCLUDE
+
+
+# -- errors -------------------------------------------------------------------------
+class ErrorDetailSchema(_Open):
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    model = fields.String(required=True, allow_none=True)
+
+
+class ErrorSchema(_Out):
+    detail = fields.Nested(ErrorDetailSchema, required=True)
+
+
+class FieldErrorSchema(_Out):
+    loc = fields.List(fields.Raw(), required=True)
+    msg = fields.String(required=True)
+    type = fields.String(required=True)
+
+
+class ValidationErrorSchema(_Out):
+    detail = fields.List(fields.Nested(FieldErrorSchema), required=True)
+
+
+class OpenAIErrorBodySchema(_Out):
+    message = fields.String(required=True)
+    type = fields.String(required=True)
+    param = fields.String(required=True, allow_none=True)
+    code = fields.String(required=True, allow_none=True)
+
+
+class OpenAIErrorSchema(_Out):
+    error = fields.Nested(OpenAIErrorBodySchema, required=True)
+
+
+class ResponsesErrorSchema(_Out):
+    """/v1/responses: the pool's detail and OpenAI's error, side by side."""
+
+    detail = fields.Nested(ErrorDetailSchema, required=True)
+    error = fields.Nested(OpenAIErrorBodySchema, required=True)
+
+
+class ResponsesValidationErrorSchema(_Out):
+    detail = fields.List(fields.Nested(FieldErrorSchema), required=True)
+    error = fields.Nested(OpenAIErrorBodySchema, required=True)
+
+
+# -- inference ----------------------------------------------------------------------
+MetricsSchema = _Out.from_dict(
+    {k: AsIs(required=True, allow_none=True) for k in METRIC_KEYS}, name="MetricsSchema"
+)
+
+
+class UsageSchema(_Open):
+    input_tokens = fields.Integer(required=True, allow_none=True)
+    output_tokens = fields.Integer(required=True, allow_none=True)
+    total_tokens = fields.Integer(required=True, allow_none=True)
+
+
+class OutputItemSchema(_Open):
+    """output[0] is the pool's `{"type": "output_text", "text"}`; OpenAI's `reasoning`
+    and `message` items follow it."""
+
+    type = fields.String(required=True)
+
+
+class ResponseObjectSchema(_Open):
+    id = fields.String(required=True)
+    object = fields.String(required=True)
+    created = fields.Integer(required=True)
+    created_at = fields.Integer(required=True)
+    status = fields.String(required=True)
+    model = fields.String(required=True)
+    output = fields.List(fields.Nested(OutputItemSchema), required=True)
+    output_text = fields.String(required=True)
+    reasoning_text = fields.String(required=True, allow_none=True)
+    finish_reason = fields.String(required=True)
+    usage = fields.Nested(UsageSchema, required=True)
+    metrics = fields.Nested(MetricsSchema, required=True)
+
+
+class ChatMessageOutSchema(_Open):
+    role = fields.String(required=True)
+    content = fields.String(required=True, allow_none=True)
+
+
+class ChatChoiceSchema(_Open):
+    index = fields.Integer(required=True)
+    message = fields.Nested(ChatMessageOutSchema, required=True)
+    finish_reason = fields.String(required=True)
+
+
+class ChatUsageSchema(_Out):
+    prompt_tokens = fields.Integer(required=True, allow_none=True)
+    completion_tokens = fields.Integer(required=True, allow_none=True)
+    total_tokens = fields.Integer(required=True, allow_none=True)
+
+
+class ChatCompletionSchema(_Open):
+    id = fields.String(required=True)
+    object = fields.String(required=True)
+    created = fields.Integer(required=True)
+    model = fields.String(required=True)
+    choices = fields.List(fields.Nested(ChatChoiceSchema), required=True)
+    usage = fields.Nested(ChatUsageSchema, required=True)
+
+
+class TextChoiceSchema(_Open):
+    index = fields.Integer(required=True)
+    text = fields.String(required=True)
+    finish_reason = fields.String(required=True)
+
+
+class TextCompletionSchema(_Open):
+    id = fields.String(required=True)
+    object = fields.String(required=True)
+    created = fields.Integer(required=True)
+    model = fields.String(required=True)
+    choices = fields.List(fields.Nested(TextChoiceSchema), required=True)
+    usage = fields.Nested(ChatUsageSchema, required=True)
+
+
+class ModelCardSchema(_Open):
+    id = fields.String(required=True)
+    object = fields.String(required=True)
+    owned_by = fields.String(required=True)
+
+
+class ModelListSchema(_Open):
+    object = fields.String(required=True)
+    data = fields.List(fields.Nested(ModelCardSchema), required=True)
+    models = fields.List(fields.String(), required=True)
+
+
+class HealthSchema(_Out):
+    status = fields.String(required=True)
+
+
+class ReadySchema(_Out):
+    ready = fields.Boolean(required=True)
+    models = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+
+
+# -- admin --------------------------------------------------------------------------
+class WorkerCrashesSchema(_Out):
+    count = fields.Integer(required=True, metadata={"description": "Workers that died in this runtime."})
+    last = fields.Dict(
+        required=True, allow_none=True, metadata={"description": "model, signal, meaning, activity, at, pid"}
+    )
+    quarantined = fields.String(
+        required=True, allow_none=True, metadata={"description": "Why not loaded (admin load lifts it)."}
+    )
+
+
+class AdminRowSchema(_Open):
+    name = fields.String(required=True)
+    backend = fields.String(required=True)
+    enabled = fields.Boolean(required=True)
+    state = fields.String(required=True, metadata={"enum": _STATES})
+    last_error = fields.String(required=True, allow_none=True)
+    replicas = fields.Integer(required=True)
+    replica_max = fields.Integer(required=True)
+    queue_depth = fields.Integer(required=True)
+    inflight = fields.Integer(required=True)
+    replica_states = fields.List(fields.Dict(), required=True)
+    capabilities = fields.Dict(required=True)
+    load_constraints = fields.List(fields.Dict(), required=True)
+    load_override = fields.Dict(required=True, allow_none=True)
+    vram = fields.Dict(required=True)
+    worker_crashes = fields.Nested(WorkerCrashesSchema, required=True)
+    definition = fields.Dict(required=True)
+
+
+class AdminRowsSchema(_Out):
+    models = fields.List(fields.Nested(AdminRowSchema), required=True)
+
+
+class ReplicaLogSchema(_Out):
+    id = fields.Integer(required=True)
+    pid = fields.Integer(required=True, allow_none=True)
+    lines = fields.List(fields.String(), required=True)
+
+
+class LogsSchema(_Open):
+    name = fields.String(required=True)
+    replicas = fields.List(fields.Nested(ReplicaLogSchema), required=True)
+
+
+class GpuMemorySchema(_Open):
+    gpus = fields.List(fields.Dict(), required=True)
+    models = fields.List(fields.Dict(), required=True)
+    error = fields.String(required=True, allow_none=True)
+
+
+class DeviceMemorySchema(_Open):
+    device = fields.String(required=True)
+    budget_mib = AsIs(required=True, allow_none=True)
+    loaded = fields.List(fields.Dict(), required=True)
+    reserved = fields.List(fields.Dict(), required=True)
+    used_mib = AsIs(required=True)
+    reserved_mib = AsIs(required=True)
+    free_mib = AsIs(required=True, allow_none=True)
+
+
+class MemorySchema(_Open):
+    devices = fields.List(fields.Nested(DeviceMemorySchema), required=True)
+    waiting = fields.List(fields.Dict(), required=True)
+    swaps = fields.Integer(required=True)
+
+
+class ReloadReportSchema(_Open):
+    added = fields.List(fields.String(), required=True)
+    removed = fields.List(fields.String(), required=True)
+    updated = fields.List(fields.String(), required=True)
+    unchanged = fields.List(fields.String(), required=True)
+    conflicts = fields.List(fields.Dict(), required=True)
+    settings_changed = fields.List(fields.String(), required=True)
