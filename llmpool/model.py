@@ -24,6 +24,7 @@ from llmpool.crashes import CrashWatch
 from llmpool.errors import InvalidLoadRequest, ModelLoadFailed, ModelLoading, ModelUnloading, PoolError
 from llmpool.executor import Executor, Replica
 from llmpool.greenbridge import assert_may_block
+from llmpool.load_plan import load_plan
 from llmpool.placement.ledger import Estimate, Ledger, load_key
 from llmpool.placement.measure import LoadProbe
 from llmpool.states import ModelState, check_transition
@@ -161,26 +162,8 @@ class ModelEntry:
     def check_load_request(
         self, replicas: int | None, target_inflight: int | None, overrides: dict[str, Any]
     ) -> dict[str, Any]:
-        """Validate a load body against the constraints; touches no state."""
-        problems = []
-        allowed = {c.key: c for c in self.adapter_cls.constraints}
-        for key, value in overrides.items():
-            constraint = allowed.get(key)
-            if constraint is None:
-                problems.append(f"unknown override '{key}' (allowed: {sorted(allowed) or 'none'})")
-            elif (problem := constraint.problem(value)) is not None:
-                problems.append(problem)
-        if replicas is not None and not 1 <= replicas <= self.spec.replica_max:
-            problems.append(f"replicas must be between 1 and replica_max ({self.spec.replica_max})")
-        if target_inflight is not None and target_inflight < 1:
-            problems.append("target_inflight must be >= 1")
-        if problems:
-            raise InvalidLoadRequest("; ".join(problems), model=self.name)
-        return {
-            "replicas": replicas or self.spec.replicas,
-            "target_inflight": target_inflight or self.spec.target_inflight,
-            "overrides": dict(overrides),
-        }
+        """Validate a load body against the constraints (llmpool.load_plan); no state."""
+        return load_plan(self.spec, self.adapter_cls, replicas, target_inflight, overrides)
 
     def begin_load(self, plan: dict[str, Any], *, has_body: bool = False) -> bool:
         """The load command, decided as this model's writer, never from a state read

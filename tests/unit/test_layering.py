@@ -54,6 +54,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmpool.crashes",
             "llmpool.model",
             "llmpool.model_view",
+            "llmpool.load_plan",
             "llmpool.telemetry",
             "llmpool.placement",
             "llmpool.reload",
@@ -192,3 +193,18 @@ def test_an_upward_import_would_fail() -> None:
     assert layer_of("llmpool.pool") > layer_of("llmpool.backends.base")
     assert layer_of("blueprints.serving") > layer_of("llmpool.serving.pipeline") > layer_of("llmpool.pool")
     assert layer_of("llmpool.config.loader") > layer_of("llmpool.config.spec")
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_outside_tests_is_above_400_lines() -> None:
+    """Small files (STYLE.md): a module that grows past this mixes concerns; split it."""
+    sources = [*ROOT.glob("llmpool/**/*.py"), *ROOT.glob("blueprints/**/*.py"), *ROOT.glob("bench/*.py")]
+    sources += [*ROOT.glob("conf/*.py"), ROOT / "wsgi.py"]
+    too_long = {
+        str(p.relative_to(ROOT)): n
+        for p in sources
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    }
+    assert not too_long, too_long
