@@ -208,6 +208,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
         calls = many["models_ms"].get("calls")
         for key in ("p50", "p90", "p99", "max"):
             lines.append(f"| GET /v1/models {key} (ms), {calls} calls | {_fmt(many['models_ms'][key])} |")
+        lines += sections.rerun_note(many)
     loads = r.get("load_times")
     if loads:
         lines += [
