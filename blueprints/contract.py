@@ -93,6 +93,18 @@ class Blueprint(flask_smorest.Blueprint):
 
         return decorator
 
+    def alt_response(self, status_code: int, **kwargs: Any) -> Callable[..., Any]:
+        """flask-smorest's alt_response, documented the same, without its pass-through
+        wrapper: a route documents about ten statuses, and ten wrappers (each asking
+        `inspect` whether the view is a coroutine) cost tens of µs per request."""
+        document = super().alt_response(status_code, **kwargs)
+
+        def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+            func._apidoc = document(func)._apidoc  # type: ignore[attr-defined]
+            return func
+
+        return decorator
+
     def route(self, rule: str, *, errors: tuple[int, ...] = (), **options: Any) -> Callable[..., Any]:
         """flask-smorest's route, plus `errors`: the statuses the view may answer beyond
         those its arguments imply, each documented with the renderer's body for this path."""
