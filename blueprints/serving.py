@@ -18,7 +18,19 @@ from llmpool.serving.api import Api
 ALLOW_REMOTE_HEADER = "X-LLM-Pool-Allow-Remote"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 # Documented beside each route's JSON answer (its `@bp.response`): the same status, streamed.
-EVENT_STREAM = {"schema": {"type": "string"}, "content_type": "text/event-stream", "success": True}
+# Each event of the stream as an SSE parser yields it (schemathesis validates every event
+# against this): `data` always, `event` on /v1/responses; comment lines are no events.
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string"},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
+EVENT_STREAM = {"schema": SSE_EVENT, "content_type": "text/event-stream", "success": True}
 
 
 def serve(api: Api, body: dict[str, Any]) -> Response | dict[str, Any]:
