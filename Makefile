@@ -45,7 +45,7 @@ LINT_PATHS := llmpool blueprints tests bench wsgi.py conf
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
-.PHONY: run test lint unit bench bench-tools clean rebuild-llama
+.PHONY: run test lint unit bench bench-tools systemd-tools clean rebuild-llama
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -111,11 +111,18 @@ bench-tools: $(LITELLM_STAMP)
 		apt-get update -qq && apt-get install -y -qq nginx-light wrk; \
 	fi
 
+# systemd-analyze checks the shipped unit (tests/unit/test_systemd.py); Debian: systemd.
+systemd-tools:
+	@if ! command -v systemd-analyze >/dev/null; then \
+		command -v apt-get >/dev/null || { echo "need systemd-analyze (Debian: systemd)"; exit 1; }; \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends systemd; \
+	fi
+
 # Not part of `make test` (which runs a smoke of the same harness): about 50 minutes.
 bench: $(SELFTEST_STAMP) bench-tools
 	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm $(PY) -m bench
 
-test: lint $(SELFTEST_STAMP) $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(THINK_GGUF) $(VLLM_POOL_STAMP) bench-tools
+test: lint $(SELFTEST_STAMP) $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(THINK_GGUF) $(VLLM_POOL_STAMP) bench-tools systemd-tools
 	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm \
 	LLM_POOL_TEST_VLLM_SERVE=$(abspath $(VLLM_VENV))/bin/vllm-serve \
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
@@ -132,7 +139,7 @@ test: lint $(SELFTEST_STAMP) $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(THIN
 	LLM_POOL_TEST_THINK_HF=$(abspath $(THINK_HF_DIR)) \
 		$(VLLM_VENV)/bin/python -m pytest -o addopts="-ra --strict-markers" tests/vllm_inprocess -q
 
-unit: $(SELFTEST_STAMP)
+unit: $(SELFTEST_STAMP) systemd-tools
 	$(PY) -m pytest tests/unit tests/http
 
 clean:
