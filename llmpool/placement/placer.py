@@ -153,11 +153,15 @@ class Placer:
         with self._cv:
             self._prune(later)
             models = dict(self._models())
-            for action in policy.decide(self._snapshot(models, now)):
+            # One snapshot a pass (it reads every model's estimates): the idle unloads use
+            # it too; a model handed jobs in this pass was still waited for in it, and
+            # `close_if_idle` re-checks idleness atomically anyway.
+            snapshot = self._snapshot(models, now)
+            for action in policy.decide(snapshot):
                 self._apply(action, models, now, later)
         for run in later:
             run()
-        self._idle_unloads(now)
+        self._idle_unloads(policy.idle_unloads(snapshot), models)
 
     def _prune(self, later: list[Callable[[], None]]) -> None:
         for name, demand in list(self._demands.items()):
@@ -321,10 +325,7 @@ class Placer:
         with self._cv:
             self._cv.notify_all()
 
-    def _idle_unloads(self, now: float) -> None:
-        models = dict(self._models())
-        with self._cv:
-            due = policy.idle_unloads(self._snapshot(models, now))
+    def _idle_unloads(self, due: list[policy.IdleUnload], models: Mapping[str, ModelEntry]) -> None:
         for idle in due:
             entry = models[idle.model]
             if entry.executor is not None and entry.executor.close_if_idle():

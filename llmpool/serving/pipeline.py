@@ -17,6 +17,7 @@ What it owns, once for every API:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -53,14 +54,22 @@ class Pipeline:
         """Suspend the caller until `job` ends: its Done, or its error raised. If the wait
         ends any other way (a hang-up, the worker stopping the request), the job is
         cancelled."""
-        stop_watching = watch_hangup(fileno, _hung_up(job))
-        try:
+        with self._watched(job, fileno):
             while True:
                 event = job.events.get()
                 if isinstance(event, Done):
                     return event
                 if isinstance(event, Failed):
                     raise event.error
+
+    @contextlib.contextmanager
+    def _watched(self, job: Job, fileno: int | None) -> Iterator[None]:
+        """While inside: the client hanging up wakes the job's waiter with ClientGone (a
+        read watcher on its socket, on the hub); on the way out, a job that has not
+        ended is cancelled, however the inside ended."""
+        stop_watching = watch_hangup(fileno, _hung_up(job))
+        try:
+            yield
         finally:
             stop_watching()
             if not job.finished:
@@ -72,16 +81,12 @@ class Pipeline:
         return self._guarded(call.job, self._encode(call.job, encoder), encoder, fileno)
 
     def _guarded(self, job: Job, body: Iterator[str], encoder: Encoder, fileno: int | None) -> Iterator[str]:
-        stop_watching = watch_hangup(fileno, _hung_up(job))
-        try:
-            yield from body
-        except Exception:
-            log.exception("stream of %s broke", job.id)
-            yield encoder.broken()
-        finally:
-            stop_watching()
-            if not job.finished:
-                self.pool.cancel(job)
+        with self._watched(job, fileno):
+            try:
+                yield from body
+            except Exception:
+                log.exception("stream of %s broke", job.id)
+                yield encoder.broken()
 
     def _encode(self, job: Job, encoder: Encoder) -> Iterator[str]:
         yield from encoder.open()
