@@ -167,11 +167,3 @@ class Count(fields.Integer):
         if not (isinstance(value, str) and value.isascii() and value.isdigit()):
             raise ValidationError(self.message)
         return int(value)
-
-
-# -- response bodies ---------------------------------------------------------------------
-class AsIs(fields.Float):
-    """A JSON number dumped as it is (marshmallow's Float would turn 3 into 3.0)."""
-
-    def _format_num(self, value: Any) -> Any:
-        return value

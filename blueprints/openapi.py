@@ -1,5 +1,5 @@
 """GET /openapi.json: the OpenAPI 3.1 document flask-smorest builds from each route's
-declarations (`blueprints.contract`): the schemas that parse its arguments and dump its
+declarations (`blueprints.contract`): the schemas that parse its arguments and describe its
 answers, and the error bodies the renderer writes for its path. Nothing here restates
 them; `make test` holds the running server to the document (schemathesis), and
 tests/http/test_openapi.py checks every route and query parameter against it.

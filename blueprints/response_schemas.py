@@ -1,20 +1,17 @@
-"""Response schemas: every JSON body a route answers with is dumped through one of these
-(`@bp.response` in the route modules), and the document describes the same schemas, so
-the two cannot drift. The error bodies are written by `blueprints.errors` and declared
-per route by `blueprints.contract`.
+"""Response schemas: the JSON body each route answers with, as /openapi.json describes it
+(`@bp.response` in the route modules). The bodies are written as the core returns them,
+not dumped through these; the fuzz run (`tests/fuzz_api.py`) checks every answer against
+the document, so a body that drifts from its schema fails there. The error bodies are
+written by `blueprints.errors` and declared per route by `blueprints.contract`.
 
-Bodies keep keys their schema does not name (rows grow; clients must ignore what they do
-not use): `_Out` dumps the named keys through their fields and leaves the rest as they are.
+Bodies may hold keys their schema does not name (rows grow; clients must ignore what they
+do not use): `_Open` schemas say so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from marshmallow import INCLUDE, Schema, fields
 
-from marshmallow import INCLUDE, Schema, fields, post_dump
-
-from blueprints.fields import AsIs
 from llmpool.metrics import METRIC_KEYS
 from llmpool.states import ModelState
 
@@ -22,11 +19,8 @@ _STATES = [s.value for s in ModelState]
 
 
 class _Out(Schema):
-    """A response body: its named keys dumped by their fields, every other key kept."""
-
-    @post_dump(pass_original=True)
-    def _keep_unnamed(self, data: dict[str, Any], original: Any, **_: Any) -> dict[str, Any]:
-        return {**original, **data} if isinstance(original, Mapping) else data
+    """A response body as the document describes it (never used to dump: see
+    `blueprints.contract.Blueprint.response`)."""
 
 
 class _Open(_Out):
@@ -82,7 +76,7 @@ class ResponsesValidationErrorSchema(_Out):
 
 # -- inference ----------------------------------------------------------------------
 MetricsSchema = _Out.from_dict(
-    {k: AsIs(required=True, allow_none=True) for k in METRIC_KEYS}, name="MetricsSchema"
+    {k: fields.Float(required=True, allow_none=True) for k in METRIC_KEYS}, name="MetricsSchema"
 )
 
 
@@ -229,12 +223,12 @@ class GpuMemorySchema(_Open):
 
 class DeviceMemorySchema(_Open):
     device = fields.String(required=True)
-    budget_mib = AsIs(required=True, allow_none=True)
+    budget_mib = fields.Float(required=True, allow_none=True)
     loaded = fields.List(fields.Dict(), required=True)
     reserved = fields.List(fields.Dict(), required=True)
-    used_mib = AsIs(required=True)
-    reserved_mib = AsIs(required=True)
-    free_mib = AsIs(required=True, allow_none=True)
+    used_mib = fields.Float(required=True)
+    reserved_mib = fields.Float(required=True)
+    free_mib = fields.Float(required=True, allow_none=True)
 
 
 class MemorySchema(_Open):
