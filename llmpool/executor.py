@@ -1,19 +1,19 @@
-"""Per-model executor: one waiting line feeding `replicas` identical runtimes.
+"""Per-model executor: one model's waiting line feeding `replicas` identical runtimes.
 
 Threads, as the design card has it:
-- the waiting line is a `queue.Queue` (`WaitingLine`, built on the class's own subclass
-  hooks so that a job can leave it from the middle);
-- one real dispatcher thread takes the next job from the line, waits for a free slot on
-  a ready replica, and hands the job over;
+- the waiting line is the model's `queue.Queue` (`llmpool.waiting_line`), which outlives
+  any one load: the executor of each load takes jobs from it;
+- one real dispatcher thread waits for a job at the head of the line and a free slot on
+  a ready replica, then takes the job out of line and hands it over;
 - a runtime that blocks in C (`Adapter.blocking`) has `slots` real replica threads that
   run its jobs; a socket-bound runtime's jobs run as greenlets on the job's hub instead
   (`Home.spawn`), because its gevent sockets belong there.
 
-Locking: `_lock` (a real Condition) guards replica states, slots, the running set and
-the job in the dispatcher's hand; it is held only for bookkeeping, never across a wait
-by a greenlet or a runtime call. The line has its own mutex, always taken after `_lock`
-when both are needed. Greenlets only ever take these locks briefly (submit, cancel,
-position); every wait on them happens on real threads (dispatcher, replicas, drain).
+Locking: `_lock` is the line's own condition (`WaitingLine.changed`), so the line, the
+replica states and slots and the running set move under one lock; it is held only for
+bookkeeping, never across a wait by a greenlet or a runtime call. Greenlets only ever
+take it briefly (admission, cancel, place in line); every wait on it happens on real
+threads (dispatcher, replicas, drain).
 """
 
 from __future__ import annotations
@@ -21,21 +21,21 @@ from __future__ import annotations
 import enum
 import logging
 import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from llmpool.backends.base import Adapter
 from llmpool.crashes import Recorder
-from llmpool.errors import BackendError, InternalError, ModelFailed, ModelUnloading, PoolError, QueueFull
+from llmpool.errors import BackendError, InternalError, ModelFailed, ModelUnloading, PoolError
 from llmpool.generation import Final
 from llmpool.greenbridge import assert_may_block, start_thread
 from llmpool.job import Job, JobStatus
+from llmpool.waiting_line import WaitingLine
 
 log = logging.getLogger(__name__)
 
-_STOP: Any = object()
+_STOP: Any = object()  # ends a replica thread (its own inbox; the dispatcher has a flag)
 STOP_GRACE_S = 5.0  # how long drain waits for stopped socket-bound jobs (see drain)
 
 
@@ -72,73 +72,25 @@ class Replica:
         }
 
 
-class WaitingLine(queue.Queue[Any]):
-    """The queued jobs in arrival order: a `queue.Queue` whose storage (through the
-    `_init/_qsize/_put/_get` hooks its subclasses override, like `PriorityQueue`) is an
-    insertion-ordered dict, so a job can also leave from the middle (`remove`).
-
-    Every queued SSE stream asks for its place about once a second; counting the jobs
-    ahead on each ask made 1000 waiting clients cost O(n^2) a second. Places are computed
-    in one pass, and only again after the line changed.
-    """
-
-    def _init(self, maxsize: int) -> None:
-        self._jobs: dict[Any, None] = {}
-        self._places: dict[Any, int] | None = None
-
-    def _qsize(self) -> int:
-        return len(self._jobs)
-
-    def _put(self, item: Any) -> None:
-        self._jobs[item] = None
-        self._places = None
-
-    def _get(self) -> Any:
-        item = next(iter(self._jobs))
-        del self._jobs[item]
-        self._places = None
-        return item
-
-    def remove(self, job: Job) -> bool:
-        """Take `job` out of line; False when it is not in it (any more)."""
-        with self.mutex:
-            if job not in self._jobs:
-                return False
-            del self._jobs[job]
-            self._places = None
-            self.not_full.notify()
-            return True
-
-    def take_all(self) -> list[Job]:
-        with self.mutex:
-            jobs, self._jobs, self._places = list(self._jobs), {}, None
-            return [j for j in jobs if j is not _STOP]
-
-    def place(self, job: Job) -> int:
-        """1-based place in line, 0 when not in it."""
-        with self.mutex:
-            if self._places is None:
-                self._places = {queued: i for i, queued in enumerate(self._jobs, 1)}
-            return self._places.get(job, 0)
-
-
 class Executor:
-    """Queue, replica choice and cancellation for one loaded model."""
+    """Replica choice, running and cancellation for one load of a model."""
 
     def __init__(
-        self, model: str, replicas: list[Replica], max_queue: int, recorder: Recorder | None = None
+        self, model: str, replicas: list[Replica], line: WaitingLine, recorder: Recorder | None = None
     ) -> None:
         self.model = model
         # Told when a generation enters native code (in-process runtimes only): a worker that
         # dies in there is explained by the next one (llmpool.crashes).
         self.recorder = recorder or Recorder(None)
         self.replicas = replicas
-        self.max_queue = max_queue
-        self._line = WaitingLine()  # unbounded: the bound is checked in submit, with _next
-        self._lock = threading.Condition()
-        self._next: Job | None = None  # taken from the line, waiting for a free slot
+        self.line = line
+        self._lock = line.changed
         self._running: set[Job] = set()
-        self._admitting = True
+        # Whether the dispatcher takes jobs: False from `close_if_idle` or a drain on.
+        self._dispatching = True
+        # While drained for another model's load (`hold`): how many more jobs may start,
+        # those that were in line when the hold began; None when not held.
+        self._allowance: int | None = None
         self._stopped = False
         self._rr = 0
         self.last_finished: float | None = None  # monotonic end of the last job (idle clocks)
@@ -148,64 +100,54 @@ class Executor:
                     start_thread(self._replica_loop, replica, name=f"replica-{model}-{replica.id}.{slot}")
         start_thread(self._dispatch_loop, name=f"dispatch-{model}")
 
-    # -- admission (any thread or greenlet; never waits) --------------------------------
-    def submit(self, job: Job) -> None:
-        """Put `job` in line; raises QueueFull (429) or ModelUnloading."""
-        with self._lock:
-            if not self._admitting:
-                raise ModelUnloading(f"model '{self.model}' is unloading", model=self.model)
-            if self.queue_depth >= self.max_queue:
-                raise QueueFull(
-                    f"queue of model '{self.model}' is full ({self.max_queue} waiting)",
-                    model=self.model,
-                )
-            self._line.put_nowait(job)
-
-    def position(self, job: Job) -> int:
-        """1-based place of a queued job in line, 0 once it left the line."""
-        with self._lock:
-            if job is self._next and job.status is JobStatus.QUEUED:
-                return 1
-            place = self._line.place(job)
-            return place + self._holding if place else 0
-
+    # -- the requests' side (any thread or greenlet; never waits) ------------------------
     def cancel(self, job: Job) -> None:
-        """The client is gone: a queued job leaves the line at once (nothing keeps a
-        reference to it or its prompt); a running one stops at its next chunk."""
+        """The client of a running job is gone: it stops at its next chunk. (A queued job
+        leaves the line instead: `WaitingLine.remove`.)"""
         with self._lock:
-            if self._line.remove(job) or job is self._next:
-                job.drop(None)
-                self._lock.notify_all()  # the dispatcher may hold it
-            elif job.status is JobStatus.RUNNING:
+            if job.status is JobStatus.RUNNING and job in self._running:
                 self._stop(job, None)
 
-    # -- observation -------------------------------------------------------------------
+    # -- observation ---------------------------------------------------------------------
     @property
-    def _holding(self) -> int:
-        """1 while the dispatcher holds a queued job waiting for a slot (a cancelled one
-        it has not yet let go of no longer counts)."""
-        return int(self._next is not None and self._next.status is JobStatus.QUEUED)
-
-    @property
-    def queue_depth(self) -> int:
-        return self._line.qsize() + self._holding
+    def dispatching(self) -> bool:
+        """Whether this load takes jobs from the line (read under the line's mutex by
+        admission, `ModelEntry.refusal`)."""
+        return self._dispatching
 
     @property
     def inflight(self) -> int:
         return sum(r.inflight for r in self.replicas)
 
     def idle(self) -> bool:
-        return self.queue_depth == 0 and not self._running
+        """Nothing running, and nothing in line that this load would still start."""
+        with self._lock:
+            return self._idle()
+
+    def _idle(self) -> bool:
+        return not self._running and (self.line.length_locked() == 0 or self._allowance == 0)
 
     def close_if_idle(self) -> bool:
-        """Stop admitting if nothing is queued or running, atomically with the check, so
-        that the unload which follows drops nobody (a job arriving now gets
-        model_unloading, which a load-on-demand model turns into a wait for its reload)."""
+        """Stop taking jobs if nothing is running or due to start, atomically with the
+        check, so that the unload which follows drops nobody: a job that arrives after
+        waits in line for the next load (load on demand) or is refused (llmpool.model)."""
         with self._lock:
-            if self._admitting and self.idle():
-                self._admitting = False
+            if self._dispatching and self._idle():
+                self._dispatching = False
                 return True
             return False
+
+    def hold(self) -> None:
+        """Drained for another model's load: the jobs in line now still start, later ones
+        wait in line for the next load."""
+        with self._lock:
+            if self._allowance is None:
+                self._allowance = self.line.length_locked()
+
+    def resume(self) -> None:
+        with self._lock:
+            self._allowance = None
+            self._lock.notify_all()
 
     # -- dispatch (the dispatcher thread) -------------------------------------------------
     def _pick(self) -> Replica | None:
@@ -223,37 +165,31 @@ class Executor:
         return None  # unreachable: `free` was non-empty
 
     def _dispatch_loop(self) -> None:
-        while True:
-            job = self._line.get()
-            if job is _STOP:
-                return
-            with self._lock:
-                self._next = job
-                replica = self._wait_for_slot(job)
-                self._next = None
-            if replica is None:
-                continue
+        while (taken := self._next_start()) is not None:
+            job, replica = taken
             if replica.runtime.blocking:
                 replica.inbox.put(job)
             else:
                 job.home.spawn(self._run, job, replica)
 
-    def _wait_for_slot(self, job: Job) -> Replica | None:
-        """With `_lock` held: start `job` on a free slot, waiting for one while any replica
-        is ready; None when the job left meanwhile or can never run."""
-        while True:
-            if job.status is not JobStatus.QUEUED:
-                return None  # cancelled by its client, or failed by drain
-            replica = self._pick()
-            if replica is not None:
+    def _next_start(self) -> tuple[Job, Replica] | None:
+        """Wait for a job at the head of the line and a free slot, then start the job
+        there (out of line, RUNNING); None once the executor stopped."""
+        with self._lock:
+            while not self._stopped:
+                job = self.line.head() if self._dispatching and self._allowance != 0 else None
+                replica = self._pick() if job is not None else None
+                if job is None or replica is None:
+                    self._lock.wait()
+                    continue
+                self.line.pop_head()
+                if self._allowance is not None:
+                    self._allowance -= 1
                 replica.inflight += 1
                 job.start(replica.id)
                 self._running.add(job)
-                return replica
-            if not any(r.state is ReplicaState.READY for r in self.replicas):
-                job.drop(ModelFailed(f"no replica of '{self.model}' is alive", model=self.model))
-                return None
-            self._lock.wait()
+                return job, replica
+            return None
 
     # -- running (replica threads, or greenlets for socket-bound runtimes) ----------------
     def _replica_loop(self, replica: Replica) -> None:
@@ -335,23 +271,24 @@ class Executor:
                     self._stop(job, error)
             survivors = any(r.state is ReplicaState.READY for r in self.replicas)
             if not survivors:
-                for job in self._line.take_all():
+                self._dispatching = False
+                for job in self.line.take_all_locked():
                     job.drop(ModelFailed(message, model=self.model))
-            self._lock.notify_all()  # the dispatcher fails the job in its hand, if any
+            self._lock.notify_all()
             return survivors
 
-    def drain(self, timeout_s: float) -> None:
-        """Stop admitting, fail queued jobs, let running ones finish for `timeout_s`,
-        then stop the rest at their next chunk. Returns once idle (or, for socket-bound
+    def drain(self, timeout_s: float, *, keep_queued: bool = False) -> None:
+        """Stop taking jobs, let running ones finish for `timeout_s`, then stop the rest at
+        their next chunk. Queued jobs fail with model_unloading, or with `keep_queued` stay
+        in line for the model's next load. Returns once idle (or, for socket-bound
         runtimes, after a grace). Waits on real primitives: never on the hub."""
         assert_may_block("Executor.drain")
         unloading = ModelUnloading(f"model '{self.model}' is unloading", model=self.model)
         with self._lock:
-            self._admitting = False
-            for job in self._line.take_all():
-                job.drop(unloading)
-            if self._next is not None and self._next.status is JobStatus.QUEUED:
-                self._next.drop(unloading)
+            self._dispatching = False
+            if not keep_queued:
+                for job in self.line.take_all_locked():
+                    job.drop(unloading)
             self._lock.notify_all()
             deadline = time.monotonic() + timeout_s
             while self._running and time.monotonic() < deadline:
@@ -361,7 +298,6 @@ class Executor:
             self._wait_for_stopped_jobs()
             self._stopped = True
             self._lock.notify_all()
-        self._line.put(_STOP)
         for replica in self.replicas:
             if replica.runtime.blocking:
                 for _ in range(replica.slots):

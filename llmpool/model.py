@@ -9,31 +9,48 @@ waiting on the model.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import logging
 import threading
 import time
 from typing import Any
 
 from llmpool import gpu, model_view
-from llmpool.backends.base import Adapter, Capabilities
+from llmpool.backends.base import Adapter
 from llmpool.config.spec import ModelSpec
 from llmpool.crashes import CrashWatch
-from llmpool.errors import InvalidLoadRequest, ModelLoadFailed, ModelLoading, ModelUnloading, PoolError
+from llmpool.errors import (
+    InvalidLoadRequest,
+    ModelFailed,
+    ModelLoadFailed,
+    ModelLoading,
+    ModelNotLoaded,
+    ModelUnloading,
+    PoolError,
+)
 from llmpool.executor import Executor, Replica
 from llmpool.greenbridge import assert_may_block
+from llmpool.job import Job
 from llmpool.load_plan import load_plan
-from llmpool.placement.ledger import Estimate, Ledger, load_key
+from llmpool.model_plan import PlannedModel
+from llmpool.placement.ledger import Ledger
 from llmpool.placement.measure import LoadProbe
 from llmpool.states import ModelState, check_transition
 from llmpool.telemetry import Telemetry
+from llmpool.waiting_line import WaitingLine
 
 log = logging.getLogger(__name__)
 
+_NOT_SERVING = {
+    ModelState.UNLOADED: ModelNotLoaded,
+    ModelState.LOADING: ModelLoading,
+    ModelState.LOADED: ModelUnloading,  # loaded, but its executor stopped taking jobs
+    ModelState.UNLOADING: ModelUnloading,
+    ModelState.FAILED: ModelFailed,
+}
 
-class ModelEntry:
+
+class ModelEntry(PlannedModel):
     def __init__(
         self,
         spec: ModelSpec,
@@ -41,8 +58,12 @@ class ModelEntry:
         telemetry: Telemetry | None = None,
         ledger: Ledger | None = None,
         crashes: CrashWatch | None = None,
+        line: WaitingLine | None = None,
     ) -> None:
         self.spec = spec
+        # The model's one waiting line, loaded or not; a settings reload that redefines
+        # the model hands it to the new entry, jobs and all.
+        self.line = line or WaitingLine(spec.name)
         self.ledger = ledger
         self.crashes = crashes or CrashWatch(None)
         self.adapter_cls = adapter_cls
@@ -59,50 +80,53 @@ class ModelEntry:
         # entry is no longer in the pool and must never start a runtime.
         self.retired = False
         self._changed = threading.Condition()
-        # Last measured VRAM per override (json key), kept across unloads.
-        self._measured_mib: dict[str, float] = {}
+        self._measured_mib: dict[str, float] = {}  # llmpool.model_memory
         # Placement (llmpool.placement): when the current load finished (monotonic), whether
-        # the placer is draining it to make room (new jobs then wait for its next load),
-        # and a cancel of a load on demand that nobody waits for any more.
+        # the placer is draining it to make room (new jobs then wait in line for its next
+        # load), and a cancel of a load on demand that nobody waits for any more.
         self.loaded_at: float | None = None
         self.swap_out = False
         self._load_cancelled = False
         self._loading: list[Adapter] = []
-        self._artifact_bytes: dict[str, int | None] = {}  # weights on disk, per ledger key
+        self._artifact_bytes: dict[str, int | None] = {}  # llmpool.model_memory
 
     # -- facts -----------------------------------------------------------------------
     @property
-    def name(self) -> str:
-        return self.spec.name
-
-    @property
-    def load_override(self) -> dict[str, Any] | None:
-        return self._load_override
-
-    @load_override.setter
-    def load_override(self, plan: dict[str, Any] | None) -> None:
-        # Admission reads the active spec and capabilities on every request: derive them
-        # here, when the plan changes (load and unload), not per request.
-        self._load_override = plan
-        applied = plan or {}
-        self._active_spec = dataclasses.replace(
-            self.spec.with_overrides(applied.get("overrides") or {}),
-            replicas=applied.get("replicas", self.spec.replicas),
-            target_inflight=applied.get("target_inflight", self.spec.target_inflight),
+    def serving(self) -> bool:
+        """Loaded, with an executor that takes jobs from the line and is not being drained
+        for another model's load."""
+        executor = self.executor
+        return (
+            self.state is ModelState.LOADED
+            and executor is not None
+            and executor.dispatching
+            and not self.swap_out
         )
-        self._capabilities = self.adapter_cls.capabilities(self._active_spec)
 
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._capabilities
+    def waiting(self) -> tuple[int, int]:
+        """(queued for a slot, waiting for a load): the line's length, counted as the one
+        or the other by whether the model serves."""
+        n = self.line.qsize()
+        return (n, 0) if self.serving else (0, n)
 
-    @property
-    def active_spec(self) -> ModelSpec:
-        """The definition as loaded: the load plan's replicas, slots and overrides applied."""
-        return self._active_spec
+    # -- admission ---------------------------------------------------------------------
+    def enqueue(self, job: Job) -> None:
+        """Put `job` in the model's line: QueueFull past max_queue; a model that does not
+        load on demand takes jobs only while it serves (else the error its state calls
+        for). A model that loads on demand takes them in any state: they wait for its load."""
+        self.line.offer(job, self.spec.max_queue, self.refusal)
 
-    def effective_inflight(self, configured: int) -> int:
-        return configured if self.adapter_cls.can_batch else 1
+    def refusal(self) -> PoolError | None:
+        """Why a job may not join the line now, if it may not."""
+        # Called by `enqueue` under the line's mutex: a drain that stops the executor takes it too, so a job
+        # is either refused here or in line before the drain decides about queued jobs.
+        if self.spec.load_on_demand:
+            return None
+        executor = self.executor
+        if self.state is ModelState.LOADED and executor is not None and executor.dispatching:
+            return None
+        error = _NOT_SERVING.get(self.state, ModelNotLoaded)
+        return error(f"model '{self.name}' is {self.state.value}", model=self.name)
 
     # -- state machine ---------------------------------------------------------------
     def _set_state(self, new: ModelState, error: str | None = None) -> None:
@@ -148,15 +172,20 @@ class ModelEntry:
         self.retired = True
 
     def drain_for_swap(self, waiter: str, waited_s: float) -> None:
-        """The placer needs this model's memory for `waiter`: new jobs wait for its next
-        load (`swap_out`) while the running ones finish."""
-        if not self.swap_out:
+        """The placer needs this model's memory for `waiter`: the jobs in line now still
+        run, later ones wait in line for its next load (`swap_out`)."""
+        executor = self.executor
+        if not self.swap_out and executor is not None:
             log.info("draining %s: %s waited %.0fs for memory", self.name, waiter, waited_s)
             self.swap_out = True
+            executor.hold()
 
     def end_swap(self) -> None:
         """The demand that drained this model went away: it takes jobs again."""
+        executor = self.executor
         self.swap_out = False
+        if executor is not None:
+            executor.resume()
 
     # -- load ------------------------------------------------------------------------
     def check_load_request(
@@ -190,7 +219,8 @@ class ModelEntry:
                 self._write_lock.release()
                 return up
             if self.state is ModelState.FAILED:
-                self._unload_held(force=True)  # reap what is left of the failed runtimes
+                # Reap what is left of the failed runtimes; the line waits for this load.
+                self._unload_held(force=True, keep_queued=True)
             self.load_override = plan
             self._set_state(ModelState.LOADING)
             return True
@@ -206,10 +236,12 @@ class ModelEntry:
             )
         return False
 
-    def finish_load(self) -> None:
+    def finish_load(self) -> bool:
         """Bring up every replica (all or nothing) and start the executor.
 
         Must follow `begin_load`; releases the writer lock. Raises ModelLoadFailed.
+        Returns False when a cancel was asked (`cancel_load`) that the runtime could not
+        act on: the model is up, but whoever asked for it had left.
         """
         assert_may_block("ModelEntry.finish_load")
         plan = self.load_override or {}
@@ -234,13 +266,11 @@ class ModelEntry:
                     runtime.load()
             slots = self.effective_inflight(plan["target_inflight"])
             replicas = [Replica(id=r.replica_id, runtime=r, slots=slots) for r in runtimes]
-            self.executor = Executor(self.name, replicas, spec.max_queue, self.crashes.recorder)
-            after = gpu.used_mib()
-            if before is not None and after is not None:
-                self._measured_mib[self._override_key()] = round(max(0.0, after - before), 1)
-            self._record_memory(probe, runtimes)
+            self._record_memory(before, probe, runtimes)
             self.load_seconds = round(time.monotonic() - started, 3)
             self.loaded_at = time.monotonic()
+            # Last: its dispatcher starts on the line at once (jobs waiting for this load).
+            self.executor = Executor(self.name, replicas, self.line, self.crashes.recorder)
             self._set_state(ModelState.LOADED)
             if self.telemetry is not None:
                 self.telemetry.load_finished(self.name, True, self.load_seconds)
@@ -264,58 +294,19 @@ class ModelEntry:
             raise ModelLoadFailed(error.message, model=self.name) from exc
         finally:
             self._loading = []
-            self._load_cancelled = False
+            cancelled, self._load_cancelled = self._load_cancelled, False
             self._write_lock.release()
+        return not cancelled
 
     def cancel_load(self) -> bool:
         """Nobody waits for this load any more (any thread; never blocks): stop it before
         the runtime is up where the backend allows (True), else let it finish (False)."""
-        if self.state is not ModelState.LOADING:
-            return False
+        if self.state is not ModelState.LOADING or self._load_cancelled:
+            return False  # nothing to cancel, or told already
         self._load_cancelled = True
         loading = list(self._loading)
         # No runtime made yet: the flag stops the load before the first one starts.
         return not loading or any([runtime.cancel_load() for runtime in loading])
-
-    # -- memory ----------------------------------------------------------------------
-    def load_key(self, plan: dict[str, Any] | None = None) -> str:
-        if plan is None:
-            plan = self.load_override or {
-                "replicas": self.spec.replicas,
-                "target_inflight": self.spec.target_inflight,
-            }
-        return load_key(dict(self.spec.definition), plan)
-
-    def memory_estimate(self, plan: dict[str, Any] | None = None) -> Estimate:
-        """What a load (`plan`; default: the current one, else the configured one) needs
-        on the model's device, from the ledger."""
-        if self.ledger is None or self.spec.memory_device is None:
-            return Estimate(None, "unknown")
-        replicas = (plan or self.load_override or {}).get("replicas", self.spec.replicas)
-        key = self.load_key(plan)
-        if key not in self._artifact_bytes:  # asked on every placement pass and admin row
-            spec = self.active_spec if plan is None else self.spec
-            self._artifact_bytes[key] = self.adapter_cls.artifact_size_bytes(spec)
-        return self.ledger.estimate(self.name, key, self._artifact_bytes[key], replicas)
-
-    def _record_memory(self, probe: LoadProbe, runtimes: list[Adapter]) -> None:
-        if self.ledger is None:
-            return
-        own = [r.footprint_mib() for r in runtimes]
-        if own and all(mib is not None for mib in own):
-            self.ledger.record(self.name, self.load_key(), sum(mib or 0.0 for mib in own), "runtime")
-            return
-        pids = [pid for r in runtimes if (pid := r.pid()) is not None]
-        measured = probe.measure(pids)
-        if measured is not None:
-            self.ledger.record(self.name, self.load_key(), *measured)
-
-    def _override_key(self) -> str:
-        return json.dumps((self.load_override or {}).get("overrides") or {}, sort_keys=True)
-
-    def measured_mib(self) -> float | None:
-        """GPU memory the last load with the current overrides took (NVML), if measured."""
-        return self._measured_mib.get(self._override_key())
 
     def last_used(self) -> float | None:
         """Monotonic time of the end of the last job, else of the load (None: not loaded)."""
@@ -339,8 +330,10 @@ class ModelEntry:
                 self._set_state(ModelState.FAILED, error=message)
 
     # -- unload ----------------------------------------------------------------------
-    def unload(self, force: bool, *, refuse_while_loading: bool = False) -> None:
+    def unload(self, force: bool, *, refuse_while_loading: bool = False, keep_queued: bool = False) -> None:
         """Drain (or cancel at once with `force`), close every runtime, end UNLOADED.
+        Queued jobs fail with model_unloading, unless `keep_queued` (the pool's own unloads
+        of a model that loads on demand): then they wait in line for its next load.
         Waits for another writer to finish first; with `refuse_while_loading` (the admin
         command) a load in progress is a 409 instead, decided as the writer is found."""
         assert_may_block("ModelEntry.unload")
@@ -349,11 +342,11 @@ class ModelEntry:
                 raise ModelLoading(f"model '{self.name}' is still loading", model=self.name)
             self._write_lock.acquire()
         try:
-            self._unload_held(force)
+            self._unload_held(force, keep_queued=keep_queued and self.spec.load_on_demand)
         finally:
             self._write_lock.release()
 
-    def _unload_held(self, force: bool) -> None:
+    def _unload_held(self, force: bool, *, keep_queued: bool = False) -> None:
         if self.state is ModelState.UNLOADED:
             return
         self._set_state(ModelState.UNLOADING)
@@ -361,7 +354,7 @@ class ModelEntry:
         # must still be able to cancel its job (Pool.cancel looks it up here).
         executor = self.executor
         if executor is not None:
-            executor.drain(0.0 if force else self.spec.unload_timeout_s)
+            executor.drain(0.0 if force else self.spec.unload_timeout_s, keep_queued=keep_queued)
             for replica in executor.replicas:
                 self._close_quietly(replica.runtime)
         self.executor = None

@@ -72,7 +72,7 @@ def row(entry: ModelEntry) -> dict[str, Any]:
             "effective": effective,
             "clamped": effective != configured,
         },
-        "queue_depth": ex.queue_depth if ex else 0,
+        "queue_depth": entry.waiting()[0],
         "inflight": ex.inflight if ex else 0,
         "replica_states": [r.row() for r in ex.replicas] if ex else [],
         "capabilities": entry.capabilities.row(),

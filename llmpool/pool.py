@@ -20,8 +20,6 @@ from llmpool.crashes import CrashWatch
 from llmpool.errors import (
     ModalityUnsupported,
     ModelFailed,
-    ModelLoading,
-    ModelNotLoaded,
     ModelUnloading,
     MultiTurnUnsupported,
     QueueFull,
@@ -31,28 +29,20 @@ from llmpool.errors import (
     ThinkingUnsupported,
     UnknownModel,
 )
-from llmpool.executor import Executor
 from llmpool.generation import GenerationRequest
 from llmpool.greenbridge import call_blocking, start_thread
 from llmpool.job import Job
 from llmpool.media import MediaPolicy, inline_images
 from llmpool.metrics import JobTimes
 from llmpool.model import ModelEntry
-from llmpool.placement.demand import Waiting
 from llmpool.placement.ledger import Ledger
 from llmpool.placement.placer import Placer
+from llmpool.placement.waiting import Waiting
 from llmpool.reload import plan_reload
 from llmpool.states import ModelState
 from llmpool.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
-
-_NOT_SERVING = {
-    ModelState.UNLOADED: ModelNotLoaded,
-    ModelState.LOADING: ModelLoading,
-    ModelState.UNLOADING: ModelUnloading,
-    ModelState.FAILED: ModelFailed,
-}
 
 
 class Pool:
@@ -62,19 +52,20 @@ class Pool:
         # Replaced as a whole by `reload` (readers take a reference; never mutated in place).
         self.models: dict[str, ModelEntry] = {}
         self.crashes = CrashWatch(settings.service.state_dir)
-        self.telemetry = Telemetry(
-            lambda: self.models, lambda name: self.placer.queued(name), self.crashes.counts
-        )
+        self.telemetry = Telemetry(lambda: self.models, self.crashes.counts)
         self.ledger = Ledger(settings.service.state_dir)
         self.models = {name: self._new_entry(spec) for name, spec in settings.models.items()}
         self.placer = Placer(lambda: self.models, settings.service, self.telemetry)
         self.ready = False
         self._closed = False
 
-    def _new_entry(self, spec: ModelSpec) -> ModelEntry:
+    def _new_entry(self, spec: ModelSpec, before: ModelEntry | None = None) -> ModelEntry:
+        """A model's entry; one that replaces `before` (a settings reload) takes over its
+        waiting line, so jobs waiting for a load wait for the new definition's."""
         adapter_cls = registry.get(spec.backend)
         assert adapter_cls is not None  # the loader rejected unknown backends
-        return ModelEntry(spec, adapter_cls, self.telemetry, self.ledger, self.crashes)
+        line = before.line if before is not None else None
+        return ModelEntry(spec, adapter_cls, self.telemetry, self.ledger, self.crashes, line)
 
     # -- lookup ----------------------------------------------------------------------
     def entry(self, name: str) -> ModelEntry:
@@ -95,8 +86,8 @@ class Pool:
         allow_remote: bool = False,
         pool_started: float | None = None,
     ) -> Job:
-        """Admit and enqueue a request. Every check runs before the job takes a place
-        in the queue, so a rejected request never occupies a slot.
+        """Admit a request and put it in its model's line. Every check runs before the
+        job takes a place in line, so a rejected request never occupies a slot.
 
         The media policy runs last, once every cheap rule has passed: a request refused
         anyway never makes the pool read a file or fetch a URL. What is queued is the
@@ -109,43 +100,22 @@ class Pool:
                 f"(POST /v1/admin/models/{model}/load) lifts the quarantine",
                 model=model,
             )
-        on_demand = entry.spec.load_on_demand
-        if not on_demand:
-            self._executor(entry)
+        if (refused := entry.refusal()) is not None:
+            raise refused  # early, before the media: enqueue decides again, atomically
         self._admit(entry, request, allow_remote)
         request = inline_images(request, self.media)
+        # Fetching images may have let a settings reload run: queue on the current entry.
+        entry = self.entry(model)
         now = time.monotonic()
         job = Job(model=model, request=request, times=JobTimes(pool_started or now, now))
         try:
-            if on_demand and (self.placer.wants(entry) or entry.state is not ModelState.LOADED):
-                self._wait_for_load(entry, job)
-                return job
-            executor = self._executor(entry)  # the model may have begun unloading meanwhile
-            try:
-                executor.submit(job)
-            except ModelUnloading:
-                if not on_demand:
-                    raise
-                self._wait_for_load(entry, job)  # unloading by the pool's own decision
+            entry.enqueue(job)
         except QueueFull:
             self.telemetry.rejected_queue_full(model)
             raise
+        if not entry.serving:
+            self.placer.wake()  # a load on demand: the placer sees the line at once
         return job
-
-    def _wait_for_load(self, entry: ModelEntry, job: Job) -> None:
-        """`job` waits with the placer until its model serves (load on demand)."""
-        self.placer.start()
-        self.placer.enqueue(entry, job)
-
-    @staticmethod
-    def _executor(entry: ModelEntry) -> Executor:
-        """The executor of a model that serves; else the error its state calls for."""
-        executor = entry.executor
-        if entry.state is not ModelState.LOADED or executor is None:
-            raise _NOT_SERVING.get(entry.state, ModelNotLoaded)(
-                f"model '{entry.name}' is {entry.state.value}", model=entry.name
-            )
-        return executor
 
     def _admit(self, entry: ModelEntry, request: GenerationRequest, allow_remote: bool) -> None:
         model = entry.name
@@ -176,26 +146,33 @@ class Pool:
             )
 
     def position(self, job: Job) -> int:
+        """1-based place of a queued job in its model's line, 0 once it left it."""
         entry = self.models.get(job.model)
-        executor = entry.executor if entry is not None else None
-        return executor.position(job) if executor else 0
+        return entry.line.place(job) if entry is not None else 0
 
     def where(self, job: Job) -> Waiting | None:
         """Where a job that has not started stands, in one call: waiting for its model's
         load ("loading"), for memory to load it ("memory"), or in its model's queue
-        ("queued", `place` from 1). None: it runs, ended, or is about to start."""
-        waiting = self.placer.waiting(job)
-        if waiting is not None:
-            return waiting
-        place = self.position(job)
-        return Waiting("queued", job.model, 0.0, place=place) if place else None
+        ("queued", `place` from 1). None: it runs or ended."""
+        entry = self.models.get(job.model)
+        if entry is None:
+            return None
+        place = entry.line.place(job)
+        if not place:
+            return None
+        if entry.serving:
+            return Waiting("queued", job.model, 0.0, place=place)
+        return self.placer.waiting(entry)
 
     def cancel(self, job: Job) -> None:
         """The client is gone: drop the job if queued, stop it at the next token if running."""
-        if self.placer.remove(job):
-            return
         entry = self.models.get(job.model)
-        executor = entry.executor if entry is not None else None
+        if entry is None:
+            return
+        if entry.line.remove(job):
+            job.drop(None)  # out of line first: nobody else can start or fail it now
+            return
+        executor = entry.executor
         if executor is not None and not job.finished:
             executor.cancel(job)
 
@@ -255,11 +232,7 @@ class Pool:
                 )
             for entry in locked:
                 entry.retire()
-            current = self.models
-            self.models = {
-                name: current[name] if name in plan.unchanged else self._new_entry(spec)
-                for name, spec in new.models.items()
-            }
+            self.models = self._replace_entries(plan.unchanged, plan.removed, new)
             self.settings = new
             self.media = new.media
         finally:
@@ -273,6 +246,28 @@ class Pool:
             plan.settings_changed,
         )
         return plan.report()
+
+    def _replace_entries(
+        self, unchanged: list[str], removed: list[str], new: Settings
+    ) -> dict[str, ModelEntry]:
+        """The entries after a reload. A redefined model that loads on demand keeps its
+        line (its waiting jobs wait for the new definition's load); one removed, or no
+        longer loaded on demand, fails them."""
+        current = self.models
+        gone = "a settings reload removed this model's load on demand"
+        for name in removed:
+            self._fail_queued(current[name], gone)
+        models = {}
+        for name, spec in new.models.items():
+            before = current.get(name)
+            if name in unchanged and before is not None:
+                models[name] = before
+                continue
+            if before is not None and not spec.load_on_demand:
+                self._fail_queued(before, gone)
+                before = None
+            models[name] = self._new_entry(spec, before)
+        return models
 
     def memory(self) -> dict[str, Any]:
         """GET /v1/admin/memory: budgets, holders, reservations, free, waiting loads."""
@@ -324,8 +319,17 @@ class Pool:
         self._closed = True
         self.crashes.recorder.stopping()
         self.placer.close()
+        for entry in self.models.values():
+            self._fail_queued(entry, "the pool is shutting down")
         call_blocking(self._shutdown_all)
         self.crashes.recorder.disarm()  # a clean exit: nothing for the next worker to explain
+
+    @staticmethod
+    def _fail_queued(entry: ModelEntry, why: str) -> None:
+        """Close the model's line for good: what waits in it fails, later jobs are refused."""
+        error = ModelUnloading(why, model=entry.name)
+        for job in entry.line.close(error):
+            job.drop(error)
 
     def _shutdown_all(self) -> None:
         stoppers = [

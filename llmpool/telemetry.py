@@ -46,7 +46,6 @@ class Telemetry:
     def __init__(
         self,
         models: Callable[[], Mapping[str, ModelEntry]],
-        waiting_for_load: Callable[[str], int] = lambda name: 0,
         worker_crashes: Callable[[], Mapping[tuple[str, str], int]] = dict,
     ) -> None:
         self._models = models
@@ -91,7 +90,7 @@ class Telemetry:
         self.demand_loads = counter(
             "demand_loads", "Loads started by a request (load_on_demand).", "model", "result"
         )
-        r.register(_StateCollector(models, waiting_for_load))
+        r.register(_StateCollector(models))
         r.register(_CrashCollector(worker_crashes))
 
     def model_label(self, name: str | None) -> str:
@@ -177,11 +176,8 @@ class _CrashCollector(Collector):
 class _StateCollector(Collector):
     """Gauges read from the pool at each scrape (nothing to keep in sync)."""
 
-    def __init__(
-        self, models: Callable[[], Mapping[str, ModelEntry]], waiting_for_load: Callable[[str], int]
-    ) -> None:
+    def __init__(self, models: Callable[[], Mapping[str, ModelEntry]]) -> None:
         self._models = models
-        self._waiting_for_load = waiting_for_load
 
     def describe(self) -> Iterable[Metric]:
         return []  # unknown until collected; keeps auto_describe from collecting at register
@@ -206,12 +202,10 @@ class _StateCollector(Collector):
         total_waiting = total_running = 0
         for name, entry in list(self._models().items()):
             ex = entry.executor
-            loading = self._waiting_for_load(name)
+            depth, loading = entry.waiting()
             for_load.add_metric([name], loading)
-            total_waiting += loading
-            depth = ex.queue_depth if ex else 0
             running = ex.inflight if ex else 0
-            total_waiting += depth
+            total_waiting += depth + loading
             total_running += running
             queue.add_metric([name], depth)
             inflight.add_metric([name], running)

@@ -1,19 +1,19 @@
 """Models that come and go by themselves: loads on demand, evictions under a memory
 budget, idle unloads. The rules are `policy.py`; this is the thread that applies them.
 
-One real thread (`placer`) carries out every decision; requests only leave jobs with it.
-A job for a `load_on_demand` model that is not serving waits in that model's `Demand`
-(FIFO across models: a load waits its turn on its device) instead of a queue. Each pass
-drops the jobs whose clients left (a demand nobody waits for any more is removed, and its
-load, if one runs, cancelled: `ModelEntry.cancel_load`), takes a snapshot, asks the
-policy, and applies what it returns; then the same for idle unloads.
+One real thread (`placer`) carries out every decision. A job for a `load_on_demand`
+model waits in that model's own line (`ModelEntry.line`) whatever the model's state; a
+non-empty line on a model that does not serve is a load on demand. Each pass looks at the
+lines (a model whose line emptied while its load runs has that load cancelled:
+`ModelEntry.cancel_load`), takes a snapshot, asks the policy, and applies what it returns;
+then the same for idle unloads. Loads are FIFO across models: a load waits its turn on its
+device, ordered by when the job at the head of its line arrived.
 
 Loads and unloads run on their own threads (they wait on runtimes), so a slow load never
-holds up a cancel or an idle unload. Greenlets call `enqueue`, `remove`, `waiting` and
-`view`, which take the lock only for bookkeeping. Every unload the pool starts by itself
-goes through `Executor.close_if_idle`, atomically with the idle check: a job that arrives
-in between is refused by the executor and, for a load-on-demand model, waits for the next
-load here rather than being dropped.
+holds up a cancel or an idle unload. Greenlets call `wake`, `waiting` and `view`, which
+take the lock only for bookkeeping. Every unload the pool starts by itself goes through
+`Executor.close_if_idle`, atomically with the idle check, and keeps the line: a job that
+arrives in between waits in line for the next load.
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from llmpool.config.spec import ServiceSettings
-from llmpool.errors import InsufficientMemory, ModelLoadFailed, ModelUnloading, PoolError, QueueFull
+from llmpool.errors import InsufficientMemory, ModelLoadFailed, PoolError
 from llmpool.greenbridge import start_thread
-from llmpool.job import Job, JobStatus
 from llmpool.model import ModelEntry
 from llmpool.placement import policy
-from llmpool.placement.demand import Demand, Waiting
 from llmpool.placement.view import memory_view
+from llmpool.placement.waiting import Pending, Waiting
 from llmpool.states import ModelState
 from llmpool.telemetry import Telemetry
 
@@ -54,85 +53,53 @@ class Placer:
         self.budgets: dict[str, float] = {str(k): float(v) for k, v in service.memory_budget_mib.items()}
         self.telemetry = telemetry
         self._cv = threading.Condition()
-        self._demands: dict[str, Demand] = {}
+        self._pending: dict[str, Pending] = {}  # in arrival order of their first job
         self._closed = False
         self.swaps = 0
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = start_thread(self._loop, name="placer")
+        with self._cv:
+            if self._thread is None and not self._closed:
+                self._thread = start_thread(self._loop, name="placer")
 
     def close(self) -> None:
-        """Stop deciding; fail whatever still waits (the pool is shutting down)."""
+        """Stop deciding (the pool is shutting down; it fails what waits in the lines)."""
         with self._cv:
             self._closed = True
-            demands, self._demands = list(self._demands.values()), {}
+            self._pending = {}
             self._cv.notify_all()
-        for demand in demands:
-            self._fail(demand, ModelUnloading("the pool is shutting down", model=demand.entry.name))
 
     # -- the requests' side (greenlets; brief lock) ------------------------------------
-    def wants(self, entry: ModelEntry) -> bool:
-        """Whether a job for `entry` must wait here rather than enter its queue."""
-        if entry.swap_out:
-            return True
+    def wake(self) -> None:
+        """A job joined the line of a model that does not serve: look now."""
+        self.start()
         with self._cv:
-            return entry.name in self._demands
-
-    def enqueue(self, entry: ModelEntry, job: Job) -> None:
-        """Let `job` wait for its model's load; QueueFull past the model's max_queue."""
-        with self._cv:
-            if self._closed:
-                raise ModelUnloading("the pool is shutting down", model=entry.name)
-            demand = self._demands.get(entry.name)
-            if demand is None:
-                demand = self._demands[entry.name] = Demand(entry, time.monotonic())
-            if len(demand.jobs) >= entry.spec.max_queue:
-                raise QueueFull(
-                    f"queue of model '{entry.name}' is full ({entry.spec.max_queue} waiting for its load)",
-                    model=entry.name,
-                )
-            demand.jobs.append(job)
             self._cv.notify_all()
 
-    def remove(self, job: Job) -> bool:
-        """The client left: drop `job` if it waits here (True), else False."""
+    def waiting(self, entry: ModelEntry) -> Waiting:
+        """Where the jobs in the line of `entry`, which does not serve, stand: its load
+        runs or is about to ("loading"), or it waits for memory ("memory", with its place
+        among the loads waiting on its device)."""
+        now = time.monotonic()
         with self._cv:
-            demand = self._demands.get(job.model)
-            if demand is None or job not in demand.jobs:
-                return False
-            demand.jobs.remove(job)
-            if job.status is JobStatus.QUEUED:
-                job.drop(None)
-            self._cv.notify_all()
-            return True
-
-    def waiting(self, job: Job) -> Waiting | None:
-        with self._cv:
-            demand = self._demands.get(job.model)
-            if demand is None or job not in demand.jobs:
-                return None
-            now = time.monotonic()
-            entry = demand.entry
-            if not demand.blocked:
-                started = demand.load_started or demand.since
+            pending = self._pending.get(entry.name)
+            if pending is None:  # the next pass takes it up
+                return Waiting("loading", entry.name, 0.0, entry.load_seconds)
+            if not pending.blocked:
+                started = pending.load_started or pending.since
                 return Waiting("loading", entry.name, now - started, entry.load_seconds)
+            device = entry.spec.memory_device
             place = 1 + sum(
                 1
-                for other in self._demands.values()
-                if other is not demand
-                and other.since < demand.since
+                for other in self._pending.values()
+                if other is not pending
+                and other.since < pending.since
                 and not other.loading
-                and other.entry.spec.memory_device == entry.spec.memory_device
+                and other.entry.spec.memory_device == device
             )
-            return Waiting("memory", entry.name, now - demand.since, entry.load_seconds, place)
-
-    def queued(self, model: str) -> int:
-        with self._cv:
-            demand = self._demands.get(model)
-            return len(demand.jobs) if demand else 0
+            return Waiting("memory", entry.name, now - pending.since, entry.load_seconds, place)
 
     # -- the placer thread -------------------------------------------------------------
     def _loop(self) -> None:
@@ -140,7 +107,7 @@ class Placer:
             with self._cv:
                 if self._closed:
                     return
-                self._cv.wait(BUSY_POLL_S if self._demands else IDLE_POLL_S)
+                self._cv.wait(BUSY_POLL_S if self._pending else IDLE_POLL_S)
                 if self._closed:
                     return
             try:
@@ -151,11 +118,10 @@ class Placer:
     def _pass(self, now: float) -> None:
         later: list[Callable[[], None]] = []
         with self._cv:
-            self._prune(later)
             models = dict(self._models())
+            self._track(models, now, later)
             # One snapshot a pass (it reads every model's estimates): the idle unloads use
-            # it too; a model handed jobs in this pass was still waited for in it, and
-            # `close_if_idle` re-checks idleness atomically anyway.
+            # it too; `close_if_idle` re-checks idleness atomically anyway.
             snapshot = self._snapshot(models, now)
             for action in policy.decide(snapshot):
                 self._apply(action, models, now, later)
@@ -163,37 +129,49 @@ class Placer:
             run()
         self._idle_unloads(policy.idle_unloads(snapshot), models)
 
-    def _prune(self, later: list[Callable[[], None]]) -> None:
-        for name, demand in list(self._demands.items()):
-            demand.jobs = [j for j in demand.jobs if j.status is JobStatus.QUEUED]
-            if demand.jobs:
-                continue
-            if demand.loading:
-                if not demand.cancelled:
-                    demand.cancelled = True
-                    later.append(functools.partial(self._cancel_load, demand.entry))
-                continue  # the load thread removes it when the load ends
-            del self._demands[name]
+    def _track(self, models: Mapping[str, ModelEntry], now: float, later: list[Callable[[], None]]) -> None:
+        """With the lock: a model with jobs in line that does not serve is pending (in
+        the order its head job arrived); one whose line emptied is not, and a load that
+        runs for nobody any more is cancelled."""
+        for name, pending in list(self._pending.items()):
+            entry = models.get(name)
+            if pending.loading:
+                if pending.entry.line.qsize() == 0:
+                    later.append(functools.partial(self._cancel_load, pending.entry))
+                continue  # the load thread ends it
+            if entry is None or entry.line.qsize() == 0 or entry.serving:
+                del self._pending[name]
+            else:
+                pending.entry = entry  # a settings reload may have redefined it
+        fresh = []
+        for name, entry in models.items():
+            if name not in self._pending and not entry.serving:
+                head = entry.line.oldest()
+                if head is not None:
+                    fresh.append((head, name, entry))
+        for head, name, entry in sorted(fresh, key=lambda f: f[0]):
+            self._pending[name] = Pending(entry, head)
 
-    def _cancel_load(self, entry: ModelEntry) -> None:
+    @staticmethod
+    def _cancel_load(entry: ModelEntry) -> None:
         if entry.cancel_load():
             log.info("load of %s cancelled: every waiting client left", entry.name)
 
     def _snapshot(self, models: Mapping[str, ModelEntry], now: float) -> policy.Snapshot:
-        """What the policy decides on (with the lock: the demands do not move meanwhile)."""
+        """What the policy decides on (with the lock: the pending loads do not move)."""
+        ordered = sorted(self._pending.values(), key=lambda p: p.since)
         return policy.Snapshot(
             budgets=self.budgets,
             models={name: _facts(entry, now) for name, entry in models.items()},
             demands=[
                 policy.DemandFacts(
-                    model=d.entry.name,
-                    waited_s=now - d.since,
-                    loading=d.loading,
-                    reserved_mib=d.reserved_mib,
-                    jobs=len(d.jobs),
-                    retired=d.entry.retired,
+                    model=p.name,
+                    waited_s=now - p.since,
+                    loading=p.loading,
+                    reserved_mib=p.reserved_mib,
+                    jobs=p.jobs,
                 )
-                for d in self._demands.values()
+                for p in ordered
             ],
             swap_max_wait_s=self.service.swap_max_wait_s,
             memory_wait_timeout_s=self.service.memory_wait_timeout_s,
@@ -210,11 +188,11 @@ class Placer:
         """Carry out one decision, with the lock; what waits on a runtime goes to `later`."""
         match action:
             case policy.HandOver(model):
-                self._hand_over(self._demands[model])
+                del self._pending[model]  # it serves: its dispatcher takes the line
             case policy.Block(model):
-                self._demands[model].blocked = True
+                self._pending[model].blocked = True
             case policy.StartLoad(model, reserve_mib):
-                self._start_load(self._demands[model], reserve_mib, now)
+                self._start_load(self._pending[model], reserve_mib, now)
             case policy.Evict(victim, for_model):
                 entry = models[victim]
                 # Atomic with the idle check: a job that arrived since the snapshot keeps it.
@@ -224,50 +202,21 @@ class Placer:
                 models[model].drain_for_swap(waiter, self.service.swap_max_wait_s)
             case policy.Release(model):
                 models[model].end_swap()
-            case policy.Rebind(model):
-                self._demands[model].entry = models[model]
-            case policy.Drop(model, reason, message, holders):
-                error: PoolError = (
-                    ModelUnloading(message, model=model)
-                    if reason == "removed"
-                    else InsufficientMemory(message, model=model, holders=list(holders) or None)
-                )
-                self._drop_demand(self._demands[model], error)
+            case policy.Drop(model, _, message, holders):
+                error = InsufficientMemory(message, model=model, holders=list(holders) or None)
+                _fail_line(self._pending.pop(model).entry, error)
 
     # -- actions -----------------------------------------------------------------------
-    def _hand_over(self, demand: Demand) -> None:
-        """With the lock: the model serves; its waiting jobs join its queue in order."""
-        del self._demands[demand.entry.name]
-        executor = demand.entry.executor
-        for job in demand.jobs:
-            if job.status is not JobStatus.QUEUED:
-                continue
-            try:
-                assert executor is not None
-                executor.submit(job)
-            except PoolError as exc:
-                job.drop(exc)
+    def _start_load(self, pending: Pending, need: float, now: float) -> None:
+        pending.loading = True
+        pending.blocked = False
+        pending.load_started = now
+        pending.reserved_mib = need
+        start_thread(self._load, pending, name=f"demand-load-{pending.name}")
 
-    def _drop_demand(self, demand: Demand, error: PoolError) -> None:
-        del self._demands[demand.entry.name]
-        self._fail(demand, error)
-
-    @staticmethod
-    def _fail(demand: Demand, error: PoolError) -> None:
-        for job in demand.jobs:
-            if job.status is JobStatus.QUEUED:
-                job.drop(error)
-
-    def _start_load(self, demand: Demand, need: float, now: float) -> None:
-        demand.loading = True
-        demand.blocked = False
-        demand.load_started = now
-        demand.reserved_mib = need
-        start_thread(self._load, demand, name=f"demand-load-{demand.entry.name}")
-
-    def _load(self, demand: Demand) -> None:
-        """Its own thread: bring the model up for its waiting jobs."""
-        entry = demand.entry
+    def _load(self, pending: Pending) -> None:
+        """Its own thread: bring the model up for the jobs in its line."""
+        entry = pending.entry
         error: PoolError | None = None
         try:
             plan = entry.check_load_request(None, None, {})
@@ -278,33 +227,32 @@ class Placer:
             begun = False
         if not begun:  # up or coming up already (an admin load): the next pass sees it
             with self._cv:
-                demand.loading = False
+                pending.loading = False
                 self._cv.notify_all()
             return
+        unwanted = False
         try:
-            entry.finish_load()
+            unwanted = not entry.finish_load()
         except ModelLoadFailed as exc:
             error = exc
         except PoolError as exc:
             error = ModelLoadFailed(exc.message, model=entry.name)
+        cancelled = error is not None and entry.state is ModelState.UNLOADED
         if self.telemetry is not None:
-            cancelled = error is not None and entry.state is ModelState.UNLOADED
-            self.telemetry.demand_load(
-                entry.name, "ok" if error is None else "cancelled" if cancelled else "failed"
-            )
-        unwanted = False
+            outcome = "ok" if error is None else "cancelled" if cancelled else "failed"
+            self.telemetry.demand_load(entry.name, outcome)
         with self._cv:
-            demand.loading = False
-            wanted = bool([j for j in demand.jobs if j.status is JobStatus.QUEUED])
-            if self._demands.get(entry.name) is demand:
-                if error is not None and wanted:
-                    self._drop_demand(demand, error)
-                elif error is None and wanted and not self._closed:
-                    self._hand_over(demand)
-                elif not wanted:
-                    del self._demands[entry.name]
-                    unwanted = error is None
+            pending.loading = False
+            wanted = entry.line.qsize() > 0
+            if self._pending.get(entry.name) is pending and (error is None or not cancelled or not wanted):
+                # Served (its dispatcher takes the line), failed, or wanted by nobody; a
+                # load cancelled while new jobs arrived stays pending and starts again.
+                del self._pending[entry.name]
+                if error is not None and not cancelled:
+                    _fail_line(entry, error)
             self._cv.notify_all()
+        # Loaded after its clients left: unload it, unless jobs came meanwhile (the idle
+        # check). Not decided by the line alone: its dispatcher may have served it already.
         if unwanted and entry.executor is not None and entry.executor.close_if_idle():
             log.info("%s loaded after every waiting client left: unloading it", entry.name)
             self._unload(entry, "cancelled")
@@ -319,7 +267,7 @@ class Placer:
 
     def _unload(self, entry: ModelEntry, reason: str) -> None:
         try:
-            entry.unload(force=False)
+            entry.unload(force=False, keep_queued=True)  # who arrives meanwhile waits for the next load
         except Exception:
             log.exception("unloading %s (%s) failed", entry.name, reason)
         with self._cv:
@@ -340,8 +288,8 @@ class Placer:
         """GET /v1/admin/memory (llmpool.placement.view)."""
         models = dict(self._models())
         with self._cv:
-            demands = list(self._demands.values())
-            return memory_view(self.budgets, models, demands, self.swaps, time.monotonic())
+            pending = sorted(self._pending.values(), key=lambda p: p.since)
+            return memory_view(self.budgets, models, pending, self.swaps, time.monotonic())
 
 
 def _facts(entry: ModelEntry, now: float) -> policy.ModelFacts:
@@ -350,15 +298,20 @@ def _facts(entry: ModelEntry, now: float) -> policy.ModelFacts:
     used = entry.last_used()
     spec = entry.spec
     default_plan = {"replicas": spec.replicas, "target_inflight": spec.target_inflight, "overrides": {}}
+    takes_jobs = entry.state is ModelState.LOADED and executor is not None and executor.dispatching
+    state = entry.state
+    if state is ModelState.LOADED and not takes_jobs:
+        # Closed for an unload that has not begun yet (or every replica died): in
+        # transition, like UNLOADING; the policy waits for it to end.
+        state = ModelState.UNLOADING
     return policy.ModelFacts(
         name=entry.name,
         device=spec.memory_device,
-        state=entry.state,
-        serving=entry.state is ModelState.LOADED and executor is not None,
+        state=state,
+        serving=takes_jobs,
         load_on_demand=spec.load_on_demand,
         pinned=spec.pinned,
         swap_out=entry.swap_out,
-        retired=entry.retired,
         idle=executor is not None and executor.idle(),
         resident_s=None if entry.loaded_at is None else now - entry.loaded_at,
         last_used=used or 0.0,
@@ -367,3 +320,9 @@ def _facts(entry: ModelEntry, now: float) -> policy.ModelFacts:
         idle_unload_s=spec.idle_unload_s,
         idle_for_s=None if used is None else now - used,
     )
+
+
+def _fail_line(entry: ModelEntry, error: PoolError) -> None:
+    """The load the jobs in `entry`'s line waited for will not come: they fail with `error`."""
+    for job in entry.line.take_all():
+        job.drop(error)

@@ -35,7 +35,6 @@ class ModelFacts:
     load_on_demand: bool
     pinned: bool
     swap_out: bool  # being drained for another model's load
-    retired: bool  # a settings reload replaced this definition
     idle: bool  # nothing queued or running
     resident_s: float | None  # since the load finished (None: not loaded)
     last_used: float  # monotonic end of the last job or the load, 0 if never
@@ -58,7 +57,6 @@ class DemandFacts:
     loading: bool
     reserved_mib: float = 0.0
     jobs: int = 1
-    retired: bool = False  # the definition it waits for was replaced by a settings reload
 
 
 @dataclass(frozen=True)
@@ -106,21 +104,14 @@ class Release:
 
 
 @dataclass(frozen=True)
-class Rebind:
-    """A settings reload replaced the model: its demand waits for the new definition."""
-
-    model: str
-
-
-@dataclass(frozen=True)
 class Drop:
     model: str
-    reason: str  # "removed" | "too_big" | "timeout"
+    reason: str  # "too_big" | "timeout"
     message: str
     holders: tuple[str, ...] = ()
 
 
-Action = HandOver | Block | StartLoad | Evict | Drain | Release | Rebind | Drop
+Action = HandOver | Block | StartLoad | Evict | Drain | Release | Drop
 
 
 @dataclass(frozen=True)
@@ -139,12 +130,8 @@ def decide(s: Snapshot) -> list[Action]:
         if demand.loading:
             continue
         model = s.models.get(demand.model)
-        if model is None or demand.retired:
-            action = _retired(demand, s.models)
-            actions.append(action)
-            if isinstance(action, Drop):
-                settled.add(demand.model)
-            continue
+        if model is None:
+            continue  # removed by a settings reload (which failed its line)
         if model.serving:
             if model.swap_out:
                 actions.append(Block(model.name))  # drained for another: waits for its next load
@@ -199,15 +186,6 @@ def decide(s: Snapshot) -> list[Action]:
             actions.append(Drop(model.name, "timeout", message, holders))
             settled.add(demand.model)
     return actions + _releases(s, settled)
-
-
-def _retired(demand: DemandFacts, models: Mapping[str, ModelFacts]) -> Action:
-    """The demand's definition was replaced or removed by a settings reload."""
-    successor = models.get(demand.model)
-    if successor is not None and not successor.retired and successor.load_on_demand:
-        return Rebind(demand.model)
-    message = "a settings reload removed this model's load on demand"
-    return Drop(demand.model, "removed", message)
 
 
 def _held(

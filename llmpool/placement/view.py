@@ -8,19 +8,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llmpool.model import ModelEntry
-from llmpool.placement.demand import Demand
+from llmpool.placement.waiting import Pending
 from llmpool.states import ModelState
 
 
 def memory_view(
     budgets: Mapping[str, float],
     models: Mapping[str, ModelEntry],
-    demands: Sequence[Demand],
+    pending: Sequence[Pending],
     swaps: int,
     now: float,
 ) -> dict[str, Any]:
     devices = sorted(set(budgets) | {e.spec.memory_device for e in models.values() if e.spec.memory_device})
-    loading = {d.entry.name: d for d in demands if d.loading}
+    loading = {p.name: p for p in pending if p.loading}
     rows = []
     for device in devices:
         loaded: list[dict[str, Any]] = []
@@ -57,12 +57,12 @@ def memory_view(
         )
     waiting = [
         {
-            "model": d.entry.name,
-            "device": d.entry.spec.memory_device,
-            "jobs": len(d.jobs),
-            "waited_s": round(now - d.since, 3),
-            "loading": d.loading,
+            "model": p.name,
+            "device": p.entry.spec.memory_device,
+            "jobs": p.jobs,
+            "waited_s": round(now - p.since, 3),
+            "loading": p.loading,
         }
-        for d in demands
+        for p in pending
     ]
     return {"devices": rows, "waiting": waiting, "swaps": swaps}

@@ -222,3 +222,105 @@ def test_the_ledger_is_kept_in_the_state_dir(
     estimate = ledger.estimate("x", next(iter(ledger._rows["x"])), None)
     assert (estimate.mib, estimate.source, estimate.how) == (77.0, "measured", "runtime")
     assert not list(tmp_path.glob("*.json.tmp"))
+
+
+# -- one line per model, loaded or not (issue 20) ------------------------------------------
+def pool_of(app: Flask) -> Any:
+    return app.extensions["llmpool"]
+
+
+def test_jobs_waiting_for_a_load_share_the_models_one_line_and_its_bound(
+    make_app: Callable[..., Flask], tmp_path: Path, weights: str
+) -> None:
+    app = make_app(settings(tmp_path, {"x": on_demand(weights, max_queue=2, scripted_load_s=0.5)}))
+    line = pool_of(app).models["x"].line
+    calls = [in_thread(lambda: ask(app.test_client(), "x")) for _ in range(2)]
+    wait_for(lambda: line.qsize() == 2)
+    assert state(app.test_client(), "x") in ("unloaded", "loading")
+    full = ask(app.test_client(), "x")  # the bound counts jobs waiting for the load too
+    assert full.status_code == 429 and full.get_json()["detail"]["code"] == "queue_full"
+    for thread, out in calls:
+        thread.join(10)
+        assert out[0].status_code == 200
+    assert line.qsize() == 0
+
+
+def test_a_job_arriving_as_the_pool_unloads_its_model_waits_for_the_next_load(
+    make_app: Callable[..., Flask], tmp_path: Path, weights: str
+) -> None:
+    app = make_app(settings(tmp_path, {"x": on_demand(weights)}))
+    assert ask(app.test_client(), "x").status_code == 200
+    entry = pool_of(app).models["x"]
+    first_load = entry.executor
+    assert first_load.close_if_idle()  # what the placer does before an idle unload or eviction
+    thread, out = in_thread(lambda: ask(app.test_client(), "x"))
+    wait_for(lambda: entry.line.qsize() == 1)  # in line: neither refused nor started
+    entry.unload(force=False, keep_queued=True)  # the placer's own unload keeps the line
+    thread.join(10)
+    assert out[0].status_code == 200  # served by the next load, which the line asked for
+    assert entry.executor is not None and entry.executor is not first_load
+
+
+def test_an_admin_unload_fails_the_jobs_in_line_with_model_unloading(
+    make_app: Callable[..., Flask], tmp_path: Path, weights: str
+) -> None:
+    app = make_app(settings(tmp_path, {"x": on_demand(weights, scripted_tokens=400, scripted_delay_s=0.01)}))
+    client = app.test_client()
+    entry = pool_of(app).models["x"]
+    running, _ = in_thread(lambda: ask(app.test_client(), "x"))
+    wait_for(lambda: entry.executor is not None and entry.executor.inflight == 1)
+    queued, out = in_thread(lambda: ask(app.test_client(), "x"))
+    wait_for(lambda: entry.line.qsize() == 1)
+    assert client.post("/v1/admin/models/x/unload?force=true").status_code == 200
+    queued.join(10)
+    running.join(10)
+    assert out[0].status_code == 409 and out[0].get_json()["detail"]["code"] == "model_unloading"
+
+
+def held_by_hand(tmp_path: Path, weights: str, big: str, x: dict[str, Any]) -> dict[str, Any]:
+    """`p` (100 MiB, loaded by hand: never evicted) leaves no room for `x` (60 MiB)."""
+    return settings(tmp_path, {"p": on_demand(big, scripted_memory_mib=100.0), "x": x})
+
+
+def test_a_settings_reload_hands_the_waiting_jobs_to_the_new_definition(
+    make_app: Callable[..., Flask],
+    write_settings: Callable[..., Path],
+    tmp_path: Path,
+    weights: str,
+    big: str,
+) -> None:
+    app = make_app(held_by_hand(tmp_path, weights, big, on_demand(weights)))
+    client = app.test_client()
+    assert client.post("/v1/admin/models/p/load").status_code == 200
+    thread, out = in_thread(lambda: ask(app.test_client(), "x"))
+    wait_for(lambda: [w["model"] for w in client.get("/v1/admin/memory").get_json()["waiting"]] == ["x"])
+    old = pool_of(app).models["x"]
+    write_settings(held_by_hand(tmp_path, weights, big, on_demand(weights, scripted_tokens=5)))
+    r = client.post("/v1/admin/settings/reload")
+    assert r.status_code == 200 and r.get_json()["updated"] == ["x"], r.get_json()
+    assert pool_of(app).models["x"] is not old and pool_of(app).models["x"].line.qsize() == 1
+    assert client.post("/v1/admin/models/p/unload").status_code == 200  # room for x now
+    thread.join(10)
+    assert out[0].status_code == 200, out[0].get_json()
+    assert "t4" in out[0].get_data(as_text=True)  # the new definition's five tokens
+
+
+def test_a_settings_reload_that_ends_the_load_on_demand_fails_the_waiting_jobs(
+    make_app: Callable[..., Flask],
+    write_settings: Callable[..., Path],
+    tmp_path: Path,
+    weights: str,
+    big: str,
+) -> None:
+    app = make_app(held_by_hand(tmp_path, weights, big, on_demand(weights)))
+    client = app.test_client()
+    assert client.post("/v1/admin/models/p/load").status_code == 200
+    thread, out = in_thread(lambda: ask(app.test_client(), "x"))
+    wait_for(lambda: pool_of(app).models["x"].line.qsize() == 1)
+    write_settings(held_by_hand(tmp_path, weights, big, {**on_demand(weights), "load_on_demand": False}))
+    assert client.post("/v1/admin/settings/reload").status_code == 200
+    thread.join(10)
+    detail = out[0].get_json()["detail"]
+    assert out[0].status_code == 409 and detail["code"] == "model_unloading"
+    assert "removed this model's load on demand" in detail["message"]
+    assert pool_of(app).models["x"].line.qsize() == 0

@@ -76,6 +76,11 @@ def executor(pool: Pool, name: str = "m") -> Executor:
     return ex
 
 
+def line_length(pool: Pool, name: str = "m") -> int:
+    """Jobs in the model's line while it serves (its admin row's queue_depth)."""
+    return pool.models[name].waiting()[0]
+
+
 def runtimes(pool: Pool, name: str = "m") -> list[ScriptedAdapter]:
     out = []
     for replica in executor(pool, name).replicas:
@@ -185,7 +190,7 @@ def test_target_inflight_slots_run_concurrently_on_one_replica(make_pool: Callab
     (runtime,) = runtimes(pool)
     assert wait_until(lambda: runtime.active == 3)
     assert executor(pool).inflight == 3
-    assert executor(pool).queue_depth == 1
+    assert line_length(pool) == 1
     assert [j.status for j in jobs] == [JobStatus.RUNNING] * 3 + [JobStatus.QUEUED]
     time.sleep(0.03)
     assert runtime.active == 3  # never more than the slots
@@ -206,16 +211,16 @@ def test_queue_full_raises_429_with_retry_after_and_takes_no_place(make_pool: Ca
     pool = loaded(make_pool, max_queue=2, scripted_tokens=LONG)
     first = pool.submit("m", request(pool))
     assert running(first)
-    assert executor(pool).queue_depth == 0  # the running job is not waiting
+    assert line_length(pool) == 0  # the running job is not waiting
     waiting = [pool.submit("m", request(pool)) for _ in range(2)]
-    assert executor(pool).queue_depth == 2
+    assert line_length(pool) == 2
     with pytest.raises(QueueFull) as info:
         pool.submit("m", request(pool))
     assert info.value.status == 429
     assert info.value.code == "queue_full"
     assert "Retry-After" in info.value.headers
     assert int(info.value.headers["Retry-After"]) >= 1
-    assert executor(pool).queue_depth == 2
+    assert line_length(pool) == 2
     assert [pool.position(j) for j in waiting] == [1, 2]
 
 
@@ -237,9 +242,8 @@ def test_jobs_cancelled_while_queued_leave_the_fifo_too(make_pool: Callable[...,
     assert running(pool.submit("m", request(pool)))
     for _ in range(50):
         pool.cancel(pool.submit("m", request(pool)))
-    ex = executor(pool)
-    assert ex.queue_depth == 0
-    assert ex._line.qsize() == 0
+    assert line_length(pool) == 0
+    assert pool.models["m"].line.qsize() == 0
 
 
 def test_places_in_line_follow_every_change(make_pool: Callable[..., Pool]) -> None:
@@ -296,9 +300,9 @@ def test_cancel_of_a_queued_job_drops_it_before_the_runtime(make_pool: Callable[
     first = pool.submit("m", request(pool))
     assert running(first)
     queued = pool.submit("m", request(pool))
-    assert executor(pool).queue_depth == 1
+    assert line_length(pool) == 1
     pool.cancel(queued)
-    assert executor(pool).queue_depth == 0
+    assert line_length(pool) == 0
     assert pool.position(queued) == 0
     assert queued.status is JobStatus.CANCELLED
     # A later job runs after the first: had the cancelled one reached the runtime, it
@@ -559,7 +563,7 @@ def test_image_to_a_text_only_model_is_modality_unsupported(make_pool: Callable[
     with pytest.raises(ModalityUnsupported) as info:
         pool.submit("m", request(pool, input=IMAGE_INPUT))
     assert info.value.status == 400
-    assert executor(pool).queue_depth == 0
+    assert line_length(pool) == 0
 
 
 def test_image_to_a_model_configured_for_images_is_admitted(make_pool: Callable[..., Pool]) -> None:
@@ -572,7 +576,7 @@ def test_thinking_mode_the_model_does_not_offer_is_rejected(make_pool: Callable[
     with pytest.raises(ThinkingUnsupported) as info:
         pool.submit("m", request(pool, thinking="enabled"))
     assert info.value.code == "thinking_unsupported"
-    assert executor(pool).queue_depth == 0
+    assert line_length(pool) == 0
 
 
 def test_max_tokens_above_the_model_limit_is_a_field_error(make_pool: Callable[..., Pool]) -> None:
@@ -652,14 +656,13 @@ def test_the_last_replica_dying_fails_queued_jobs_with_model_failed(make_pool: C
 def test_a_queued_job_cancelled_by_its_client_leaves_no_trace(make_pool: Callable[..., Pool]) -> None:
     pool = loaded(make_pool, scripted_tokens=LONG)
     assert running(pool.submit("m", request(pool)))
-    ex = executor(pool)
     gone = []
     for _ in range(20):
         job = pool.submit("m", request(pool, input="x" * 100_000))
         pool.cancel(job)
         gone.append(weakref.ref(job))
     del job
-    assert ex.queue_depth == 0 and ex._line.qsize() == 0 and ex._next is None
+    assert line_length(pool) == 0 and pool.models["m"].line.qsize() == 0
     gc.collect()
     assert all(ref() is None for ref in gone)  # nothing holds the job or its prompt
 

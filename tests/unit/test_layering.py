@@ -50,10 +50,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "core",
         (
+            "llmpool.waiting_line",
             "llmpool.executor",
             "llmpool.crashes",
             "llmpool.model",
             "llmpool.model_view",
+            "llmpool.model_plan",
             "llmpool.load_plan",
             "llmpool.telemetry",
             "llmpool.placement",
