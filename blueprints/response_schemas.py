@@ -153,6 +153,14 @@ class ModelCardSchema(_Open):
     id = fields.String(required=True)
     object = fields.String(required=True)
     owned_by = fields.String(required=True)
+    capabilities = fields.Dict(
+        required=True,
+        metadata={
+            "description": "what requests the model takes: modalities, multi_turn, "
+            "thinking_modes, streaming, structured_output, structured_after_thinking"
+        },
+    )
+    loaded = fields.Boolean(metadata={"description": "false: a request would load it (load_on_demand)"})
 
 
 class ModelListSchema(_Open):

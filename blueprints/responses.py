@@ -37,9 +37,16 @@ def list_models() -> dict[str, Any]:
     # OpenAI's list also names the models a request would load (load_on_demand), marked
     # `loaded: false` (loaded entries keep their old shape); `models` stays the loaded ones.
     loadable = sorted(n for n, e in p.models.items() if e.spec.load_on_demand and n not in ids)
-    data: list[dict[str, Any]] = [{"id": i, "object": "model", "owned_by": "llm-pool"} for i in ids]
-    data += [{"id": i, "object": "model", "owned_by": "llm-pool", "loaded": False} for i in loadable]
+    # Each card says what requests the model takes (structured output, thinking, images).
+    models = p.models
+    data: list[dict[str, Any]] = [_card(models[i]) for i in ids]
+    data += [{**_card(models[i]), "loaded": False} for i in loadable]
     return {"object": "list", "data": data, "models": ids}
+
+
+def _card(entry: Any) -> dict[str, Any]:
+    caps = entry.capabilities.row()
+    return {"id": entry.name, "object": "model", "owned_by": "llm-pool", "capabilities": caps}
 
 
 @bp.get("/healthz")

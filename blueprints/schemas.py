@@ -18,7 +18,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from blueprints.content import Content, ResponsesInput, Strict
-from blueprints.fields import Count, Flag, Only, OnlyEmpty, OnlyValue, Prompt, Stop, refuse
+from blueprints.fields import Count, Flag, Only, OnlyEmpty, Prompt, Stop, refuse
 from llmpool.config.fields import StrictBool, StrictInt
 from llmpool.config.schema import DecodingSchema, decoding_fields
 
@@ -55,21 +55,19 @@ class ReasoningSchema(Strict):
 
 
 class TextFormatSchema(Strict):
-    type = fields.String(
-        required=True,
-        validate=[
-            validate.OneOf(("text", "json_object", "json_schema")),
-            Only(
-                ["text"],
-                "Structured output (json_object, json_schema) is not supported here.",
-                param="text.format",
-            ),
-        ],
-    )
+    """OpenAI Responses' `text.format`: plain text, any JSON object, or JSON valid against
+    `schema` (llmpool.structured checks the schema, and every answer against it)."""
+
+    type = fields.String(required=True, validate=validate.OneOf(("text", "json_object", "json_schema")))
     name = fields.String(load_default=None)
     schema = fields.Dict(load_default=None)
     description = fields.String(load_default=None)
     strict = StrictBool(load_default=None, allow_none=True)
+
+    @validates_schema
+    def _schema_with_json_schema(self, data: dict[str, Any], **_: Any) -> None:
+        if data["type"] == "json_schema" and data.get("schema") is None:
+            raise ValidationError("Required for type 'json_schema'.", "schema")
 
 
 class TextSchema(Strict):
@@ -220,17 +218,33 @@ class _OpenAISampling(RequestBody, _Lenient):
 NO_TOOLS = "Tool and function calling are not supported."
 
 
+class JsonSchemaSpec(Strict):
+    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    schema = fields.Dict(required=True)
+    strict = StrictBool(load_default=None, allow_none=True)
+    description = fields.String(load_default=None, allow_none=True)
+
+
+class ResponseFormatSchema(Strict):
+    """Chat Completions' `response_format`: text, any JSON object, or JSON valid against
+    `json_schema.schema` (llmpool.structured checks both)."""
+
+    type = fields.String(required=True, validate=validate.OneOf(("text", "json_object", "json_schema")))
+    json_schema = fields.Nested(JsonSchemaSpec, load_default=None)
+
+    @validates_schema
+    def _spec_with_json_schema(self, data: dict[str, Any], **_: Any) -> None:
+        if data["type"] == "json_schema" and data.get("json_schema") is None:
+            raise ValidationError("Required for type 'json_schema'.", "json_schema")
+
+
 class ChatCompletionsRequestSchema(_OpenAISampling):
     messages = fields.List(fields.Nested(ChatMessageSchema), required=True, validate=validate.Length(min=1))
     max_completion_tokens = _optional_decoding("max_tokens")
     tools = fields.List(fields.Raw(), load_default=None, allow_none=True, validate=OnlyEmpty(NO_TOOLS))
     functions = fields.List(fields.Raw(), load_default=None, allow_none=True, validate=OnlyEmpty(NO_TOOLS))
     logprobs = StrictBool(load_default=None, allow_none=True, validate=Only([False], NO_LOGPROBS))
-    response_format = fields.Raw(
-        load_default=None,
-        allow_none=True,
-        validate=OnlyValue({"type": "text"}, "Only response_format {'type': 'text'} is supported."),
-    )
+    response_format = fields.Nested(ResponseFormatSchema, load_default=None, allow_none=True)
 
 
 class CompletionsRequestSchema(_OpenAISampling):

@@ -169,6 +169,14 @@ class BackendError(PoolError):
     code = "backend_error"
 
 
+class OutputSchemaViolation(PoolError):
+    """The answer of a request for structured output is not what was asked (not JSON, or
+    invalid against its schema): it is never passed on as a valid answer."""
+
+    status = 502
+    code = "output_schema_violation"
+
+
 class BackendTimeout(PoolError):
     status = 504
     code = "backend_timeout"

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmpool import structured
 from llmpool.backends.base import Adapter
 from llmpool.crashes import Recorder
 from llmpool.errors import BackendError, InternalError, ModelFailed, ModelUnloading, PoolError
@@ -205,6 +206,10 @@ class Executor:
             if not job.stop_requested:
                 final = self._generate(job, runtime)
             job.times.backend_finished = time.monotonic()
+            fmt = job.request.output_format
+            if fmt is not None and not job.stop_requested:  # never an invalid answer as valid
+                finish = final.finish_reason if final is not None else "stop"
+                error = structured.violation(fmt, job.output_text, finish, self.model)
         except PoolError as exc:
             error = exc
         except runtime.runtime_errors as exc:

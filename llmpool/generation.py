@@ -40,6 +40,35 @@ class Message:
 
 
 @dataclass(frozen=True)
+class OutputFormat:
+    """A structured answer the client asked for: any JSON object (`json_object`), or JSON
+    valid against `schema` (`json_schema`). `param` names the request field it came from
+    (`response_format`, `text.format`), so every refusal and violation can name it."""
+
+    kind: str  # "json_object" | "json_schema"
+    param: str
+    schema: dict[str, Any] | None = None  # json_schema only
+    name: str | None = None
+    strict: bool = False
+
+    def json_schema(self) -> dict[str, Any]:
+        """The schema the answer must satisfy (a JSON object's, for json_object)."""
+        return self.schema if self.kind == "json_schema" and self.schema is not None else {"type": "object"}
+
+    def openai(self) -> dict[str, Any]:
+        """As OpenAI's Chat Completions `response_format` (what OpenAI-compatible servers,
+        llama-server and vLLM's among them, take)."""
+        if self.kind == "json_object":
+            return {"type": "json_object"}
+        spec: dict[str, Any] = {
+            "name": self.name or "answer",
+            "schema": self.json_schema(),
+            "strict": self.strict,
+        }
+        return {"type": "json_schema", "json_schema": spec}
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     """One inference job as a backend sees it; exactly one of input/messages/prompt is set.
 
@@ -56,6 +85,7 @@ class GenerationRequest:
     thinking: str = "default"
     decoding: Decoding = field(default_factory=Decoding)
     prompt: str | None = None
+    output_format: OutputFormat | None = None  # a structured answer (checked before it is returned)
 
     @property
     def has_images(self) -> bool:

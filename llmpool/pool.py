@@ -18,6 +18,7 @@ from llmpool.backends import registry
 from llmpool.config.spec import ModelSpec, Settings
 from llmpool.crashes import CrashWatch
 from llmpool.errors import (
+    InvalidParam,
     ModalityUnsupported,
     ModelFailed,
     ModelUnloading,
@@ -136,6 +137,7 @@ class Pool:
                 f"(offered: {', '.join(caps.thinking_modes)})",
                 model=model,
             )
+        self._admit_format(entry, request)
         prompts.check(entry.spec, request)  # format rules, e.g. TranslateGemma's target language
         limit = entry.adapter_cls.max_tokens_limit(entry.active_spec)
         if limit is not None and request.decoding.max_tokens > limit:
@@ -143,6 +145,24 @@ class Pool:
                 ["body", "decoding", "max_tokens"],
                 f"Must be less than or equal to {limit} for model '{model}'.",
                 "value_error.number.not_le",
+            )
+
+    @staticmethod
+    def _admit_format(entry: ModelEntry, request: GenerationRequest) -> None:
+        """Structured output only where the model's runtime constrains it, and with
+        thinking on only where the constraint starts after the thoughts."""
+        fmt, caps, model = request.output_format, entry.capabilities, entry.name
+        if fmt is None:
+            return
+        backend = f"model '{model}' (backend '{entry.spec.backend}')"
+        if not caps.structured_output:
+            message = f"{fmt.param}: structured output ({fmt.kind}) is not supported by {backend}"
+            raise InvalidParam(fmt.param, message)
+        if not caps.structured_after_thinking and prompts.thinks(entry.active_spec, request):
+            raise InvalidParam(
+                "thinking",
+                f"{fmt.param} with thinking on is not supported by {backend}: its constraint would "
+                "bind the thoughts too; send thinking: 'disabled'",
             )
 
     def position(self, job: Job) -> int:

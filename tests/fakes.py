@@ -62,11 +62,23 @@ class ScriptedAdapter(Adapter):
             # A single-turn input containing this text makes the runtime really fault in C
             # (a NULL read: SIGSEGV), killing the process it runs in (issue 19).
             "scripted_fault_marker": fields.String(load_default=None, allow_none=True),
+            # The answer is this text (in 4-character deltas) instead of "t0 t1 ...", and
+            # the model says it does structured output: what a runtime answering a schema
+            # sends, valid or not (the pool's check after generation is under test).
+            "scripted_text": fields.String(load_default=None, allow_none=True),
+            "scripted_structured": StrictBool(load_default=False),
         }
 
     @classmethod
     def capabilities(cls, spec: ModelSpec) -> Capabilities:
-        return Capabilities(modalities=("text", "image"), multi_turn=True, thinking_modes=("default",))
+        structured = bool(spec.options["scripted_structured"])
+        return Capabilities(
+            modalities=("text", "image"),
+            multi_turn=True,
+            thinking_modes=("default",),
+            structured_output=structured,
+            structured_after_thinking=structured,
+        )
 
     @classmethod
     def max_tokens_limit(cls, spec: ModelSpec) -> int:
@@ -103,6 +115,12 @@ class ScriptedAdapter(Adapter):
             bug_after = self.spec.options["scripted_bug_after"]
             for i in range(self.spec.options["scripted_reasoning"]):
                 yield Chunk(reasoning=f"r{i} ")
+            text = self.spec.options["scripted_text"]
+            if text is not None:
+                for i in range(0, len(text), 4):
+                    yield Chunk(text=text[i : i + 4])
+                yield Chunk(final=Final(finish_reason="stop", prompt_tokens=3, output_tokens=n))
+                return
             for i in range(n):
                 if fail_after is not None and i == fail_after:
                     raise RuntimeError("scripted runtime crashed")

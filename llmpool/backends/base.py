@@ -29,6 +29,12 @@ class Capabilities:
     multi_turn: bool
     thinking_modes: tuple[str, ...]
     streaming: bool = True
+    # Whether the runtime constrains an answer to a JSON schema (`OutputFormat`); a request
+    # for structured output to a model without it is a 400 naming the field.
+    structured_output: bool = False
+    # Whether the constraint starts where the thoughts end, so a thinking request may ask
+    # for structured output too (else that pair is a 400: it would bind the thoughts).
+    structured_after_thinking: bool = False
 
     def row(self) -> dict[str, Any]:
         return {
@@ -36,6 +42,8 @@ class Capabilities:
             "multi_turn": self.multi_turn,
             "thinking_modes": list(self.thinking_modes),
             "streaming": self.streaming,
+            "structured_output": self.structured_output,
+            "structured_after_thinking": self.structured_after_thinking,
         }
 
 

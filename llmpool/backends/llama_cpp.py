@@ -32,11 +32,12 @@ from typing import Any
 from marshmallow import fields, validate
 
 from llmpool import prompts
+from llmpool.backends import llama_grammar
 from llmpool.backends.base import Adapter, Capabilities
 from llmpool.backends.llama_cpp_stream import Outcome, eog_test, stream_text
 from llmpool.config.fields import LIVE, StrictBool, StrictInt
 from llmpool.config.spec import ModelSpec
-from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
+from llmpool.errors import BackendError, InvalidParam, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest
 from llmpool.reasoning import ReasoningSplitter
 
@@ -84,6 +85,8 @@ class LlamaCppAdapter(Adapter):
             modalities=("text",),
             multi_turn=bool(fmt.MULTI_TURN),
             thinking_modes=tuple(fmt.THINKING_MODES),
+            structured_output=True,  # a grammar from the schema (llama_grammar)
+            structured_after_thinking=True,  # the grammar leaves the thoughts free
         )
 
     @classmethod
@@ -176,6 +179,25 @@ class LlamaCppAdapter(Adapter):
         rendered = prompts.Rendered(text, (*template_stop, *fmt.STOP))
         return rendered.text, prompts.stops(rendered, request)
 
+    def _grammar(self, request: GenerationRequest, splitter: ReasoningSplitter | None) -> Any:
+        """The grammar for a structured answer; free thoughts first where the request may
+        think (llmpool.backends.llama_grammar)."""
+        import llama_cpp
+
+        assert request.output_format is not None
+        text = llama_grammar.gbnf(
+            request.output_format,
+            prompts.reasoning_markers(self.spec.prompt_format),
+            thinking=prompts.resolve_thinking(self.spec, request) == "enabled",
+            inside=splitter is not None and splitter.in_reasoning,
+        )
+        try:
+            return llama_cpp.LlamaGrammar.from_string(text, verbose=False)
+        except ValueError as exc:  # a schema feature llama.cpp's converter cannot express
+            raise InvalidParam(
+                request.output_format.param, f"the schema cannot be turned into a grammar: {exc}"
+            ) from exc
+
     def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
         llm = self._llm
         if llm is None:
@@ -200,22 +222,25 @@ class LlamaCppAdapter(Adapter):
         # else llama.cpp's default), now for every request: sampling is reproducible.
         llm.set_seed(random.Random(self._seed).randint(0, 2**32))
         outcome = Outcome()
+        # A raw prompt (/v1/completions) gets the text as generated, markers included.
+        splitter = prompts.request_splitter(self.spec, request, prompt)
+        sampling: dict[str, Any] = {
+            "temp": d.temperature,
+            "top_p": d.top_p,
+            "top_k": d.top_k,
+            "repeat_penalty": d.repetition_penalty,
+        }
+        if request.output_format is not None:
+            sampling["grammar"] = self._grammar(request, splitter)
         stream = stream_text(
             llm,
             tokens,
             max_tokens=min(d.max_tokens, n_ctx - len(tokens)),
             stop=stop,
-            sampling={
-                "temp": d.temperature,
-                "top_p": d.top_p,
-                "top_k": d.top_k,
-                "repeat_penalty": d.repetition_penalty,
-            },
+            sampling=sampling,
             is_eog=self._is_eog,
             outcome=outcome,
         )
-        # A raw prompt (/v1/completions) gets the text as generated, markers included.
-        splitter = prompts.request_splitter(self.spec, request, prompt)
         first: float | None = None
         try:
             for text in stream:

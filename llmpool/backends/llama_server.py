@@ -91,6 +91,7 @@ class LlamaServerAdapter(ManagedServerAdapter):
             modalities=("text", "image") if vision else ("text",),
             multi_turn=True,
             thinking_modes=prompts.chat_thinking_modes(spec),
+            structured_output=True,  # response_format: llama-server builds a grammar from it
         )
 
     @classmethod

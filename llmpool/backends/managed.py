@@ -102,7 +102,10 @@ class ManagedServerAdapter(Adapter):
     @classmethod
     def capabilities(cls, spec: ModelSpec) -> Capabilities:
         return Capabilities(
-            modalities=spec.modalities, multi_turn=True, thinking_modes=prompts.chat_thinking_modes(spec)
+            modalities=spec.modalities,
+            multi_turn=True,
+            thinking_modes=prompts.chat_thinking_modes(spec),
+            structured_output=True,  # response_format, passed on (llama-server, vLLM)
         )
 
     def option(self, key: str) -> Any:

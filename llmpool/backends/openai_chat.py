@@ -165,7 +165,12 @@ def prompt_body(request: GenerationRequest) -> dict[str, Any]:
     """The prompt part of the body for `endpoint(request)`."""
     if request.prompt is not None:
         return {"prompt": request.prompt}
-    return {"messages": chat_messages(request)}
+    body: dict[str, Any] = {"messages": chat_messages(request)}
+    if request.output_format is not None:
+        # llama-server (a grammar from the schema) and vLLM (structured outputs) constrain
+        # the answer themselves; a remote API gets what the client sent.
+        body["response_format"] = request.output_format.openai()
+    return body
 
 
 def _final(

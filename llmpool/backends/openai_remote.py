@@ -161,6 +161,8 @@ class OpenAIRemoteAdapter(Adapter):
             modalities=spec.modalities,
             multi_turn=True,
             thinking_modes=THINKING if thinking else ("default",),
+            structured_output=True,  # response_format passed on; the answer is checked here
+            structured_after_thinking=True,  # the upstream's own affair; the answer is checked
         )
 
     # -- helpers ---------------------------------------------------------------------

@@ -40,7 +40,7 @@ from llmpool.backends.event_loop import LoopThread
 from llmpool.backends.openai_chat import chat_messages
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
-from llmpool.generation import Chunk, Final, GenerationRequest
+from llmpool.generation import Chunk, Final, GenerationRequest, OutputFormat
 from llmpool.media import decode_data_url
 from llmpool.reasoning import ReasoningSplitter
 
@@ -133,6 +133,16 @@ def sampling_kwargs(request: GenerationRequest, max_model_len: int | None) -> di
         "max_tokens": max_tokens,
         "stop": list(d.stop) or None,
     }
+
+
+def structured_outputs(fmt: OutputFormat) -> Any:
+    """vLLM's structured-output parameters for `fmt` (its guided decoding backend builds
+    the grammar; the pool checks the answer afterwards all the same)."""
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if fmt.kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    return StructuredOutputsParams(json=fmt.json_schema())
 
 
 class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
@@ -254,7 +264,10 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
             raise BackendError("runtime is not loaded", model=self.spec.name)
         started = time.perf_counter()
         prompt = self.prompt(request)
-        params = self._sampling_params(**sampling_kwargs(request, self.max_tokens_limit(self.spec)))
+        kwargs = sampling_kwargs(request, self.max_tokens_limit(self.spec))
+        if request.output_format is not None:
+            kwargs["structured_outputs"] = structured_outputs(request.output_format)
+        params = self._sampling_params(**kwargs)
         prepared = time.perf_counter()
         outputs: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._in_flight[id(request)] = outputs

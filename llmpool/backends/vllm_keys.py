@@ -199,7 +199,10 @@ class VllmModelFacts:
     @classmethod
     def capabilities(cls, spec: ModelSpec) -> Capabilities:
         return Capabilities(
-            modalities=spec.modalities, multi_turn=True, thinking_modes=prompts.chat_thinking_modes(spec)
+            modalities=spec.modalities,
+            multi_turn=True,
+            thinking_modes=prompts.chat_thinking_modes(spec),
+            structured_output=True,  # in-process: structured_outputs; vllm_serve: response_format
         )
 
     @classmethod

@@ -112,6 +112,11 @@ def resolve_thinking(spec: ModelSpec, request: GenerationRequest) -> str:
     return request.thinking
 
 
+def thinks(spec: ModelSpec, request: GenerationRequest) -> bool:
+    """Whether the request may produce thoughts: a reasoning format, thinking on."""
+    return reasoning_markers(spec.prompt_format) is not None and resolve_thinking(spec, request) == "enabled"
+
+
 def render(spec: ModelSpec, request: GenerationRequest) -> Rendered:
     """The raw prompt for `request` in the model's format, thinking resolved.
 

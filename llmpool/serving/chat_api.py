@@ -4,8 +4,9 @@
   the rest the conversation, which must end with a user message. A single remaining turn
   goes to a model without multi-turn support as `input`, so single-turn runtimes serve
   plain chat too. `max_completion_tokens` wins over `max_tokens`; omitted decoding fields
-  come from `engine.decoding`. n > 1, tools, logprobs and structured output are a 400
-  naming the field (refused by the request schema, before this module sees the body).
+  come from `engine.decoding`; `response_format` asks for structured output
+  (llmpool.serving.formats). n > 1, tools and logprobs are a 400 naming the field
+  (refused by the request schema, before this module sees the body).
 - JSON: a `chat.completion` with `usage` (null counts where the backend does not know
   them) and the pool's `metrics` under a key clients ignore.
 - stream: a role chunk, one chunk per delta (`content`, or `reasoning_content`), a chunk
@@ -21,6 +22,7 @@ from typing import Any
 from llmpool.generation import GenerationRequest
 from llmpool.job import Delta, Done, Job
 from llmpool.pool import Pool
+from llmpool.serving import formats
 from llmpool.serving.api import Api, Call, Encoder
 from llmpool.serving.messages import split_system
 from llmpool.serving.openai_common import OpenAIChunks, finish_reason, usage
@@ -59,6 +61,7 @@ class ChatApi(Api):
             messages=None if single_turn else tuple(turns),
             instructions="\n\n".join(system) if system else None,
             decoding=pool.settings.decoding.merged({**decoding, "max_tokens": max_tokens}),
+            output_format=formats.from_response_format(body["response_format"]),
         )
 
     def answer(self, call: Call, done: Done) -> dict[str, Any]:

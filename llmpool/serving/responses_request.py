@@ -25,6 +25,7 @@ from typing import Any
 from llmpool.errors import InvalidParam
 from llmpool.generation import Content, GenerationRequest, Message
 from llmpool.pool import Pool
+from llmpool.serving import formats
 from llmpool.serving.messages import split_system
 
 
@@ -56,6 +57,7 @@ def to_generation_request(body: dict[str, Any], p: Pool) -> GenerationRequest:
         target_lang_code=body["target_lang_code"],
         thinking=_thinking(body),
         decoding=p.settings.decoding.merged(_decoding(body)),
+        output_format=formats.from_text_format(body.get("text")),
     )
 
 

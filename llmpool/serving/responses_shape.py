@@ -4,7 +4,8 @@ Two kinds of clients read the same answer, and both keep working:
 
 - the pool's own clients read top-level `output_text`, `reasoning_text`, `finish_reason`,
   `usage.input_tokens/output_tokens`, `metrics` and `output[0]`, which stays the item it
-  always was, `{"type": "output_text", "text": ...}`;
+  always was, `{"type": "output_text", "text": ...}` (except on a request for structured
+  output, which is new: OpenAI's items only, see `output_items`);
 - the official `openai` SDK reads OpenAI items from `output`: its `Response.output_text`
   joins the `output_text` parts of `message` items and ignores item types it does not
   use, such as our legacy first item. So the OpenAI items follow it: a `reasoning` item
@@ -29,6 +30,7 @@ from typing import Any
 
 from llmpool.generation import Final
 from llmpool.job import Delta, Done, Job
+from llmpool.serving.formats import text_format_echo
 
 Event = tuple[str, dict[str, Any]]
 
@@ -80,9 +82,12 @@ def item_id(job: Job, kind: str) -> str:
 
 
 def output_items(job: Job, done: Done) -> list[dict[str, Any]]:
-    """`output` of a finished response: the legacy item, then OpenAI's items."""
+    """`output` of a finished response: the legacy item, then OpenAI's items. A request
+    for structured output (`text.format`, which the pool never took before) gets OpenAI's
+    items only: the SDK's `responses.parse` re-validates the whole output, and the legacy
+    item is no item it can model."""
     status = status_of(done.finish_reason)
-    out = [legacy_item(done.output_text)]
+    out = [] if job.request.output_format is not None else [legacy_item(done.output_text)]
     if done.reasoning_text:
         out.append(reasoning_item(item_id(job, "rs"), done.reasoning_text, status))
     out.append(message_item(item_id(job, "msg"), done.output_text, status))
@@ -121,7 +126,7 @@ def response_object(
         "parallel_tool_calls": False,
         "tool_choice": "none",
         "tools": [],
-        "text": {"format": {"type": "text"}},
+        "text": {"format": text_format_echo(job.request.output_format)},
         "store": False,
         "truncation": "disabled",
         "usage": usage(final) if status not in ("in_progress", "failed") else None,

@@ -46,6 +46,8 @@ def test_rows_in_config_order_with_every_field(client: FlaskClient) -> None:
         "multi_turn": True,
         "thinking_modes": ["default"],
         "streaming": True,
+        "structured_output": True,
+        "structured_after_thinking": True,
     }
     constraints = {c["key"]: c for c in smol["load_constraints"]}
     assert constraints["gguf_n_ctx"]["min"] == 256 and constraints["gguf_n_ctx"]["default"] == 1024

@@ -155,7 +155,11 @@ def test_models_lists_loaded_ids_in_both_shapes(client: FlaskClient) -> None:
     expected = sorted([SMOLLM2_ID, "scripted-crash", "scripted-slow"])  # scripted-idle not loaded
     assert body["object"] == "list"
     assert body["models"] == expected
-    assert body["data"] == [{"id": i, "object": "model", "owned_by": "llm-pool"} for i in expected]
+    assert [{k: c[k] for k in ("id", "object", "owned_by")} for c in body["data"]] == [
+        {"id": i, "object": "model", "owned_by": "llm-pool"} for i in expected
+    ]
+    caps = {c["id"]: c["capabilities"] for c in body["data"]}  # what each takes (issue 21)
+    assert caps[SMOLLM2_ID]["structured_output"] and not caps["scripted-slow"]["structured_output"]
 
 
 def test_health_and_readiness(client: FlaskClient) -> None:

@@ -64,9 +64,20 @@ def test_readme_example_runs_as_written(readme_server: Server, index: int) -> No
     assert expected in out, out
 
 
-def test_readme_python_example_runs_as_written(readme_server: Server) -> None:
-    [block] = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
-    assert README_URL in block and "responses.stream" in block
+def readme_python_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_readme_has_the_python_examples() -> None:
+    streaming, structured = readme_python_blocks()
+    assert "responses.stream" in streaming
+    assert "chat.completions.parse" in structured and "responses.parse" in structured
+
+
+@pytest.mark.parametrize("index", range(2))
+def test_readme_python_example_runs_as_written(readme_server: Server, index: int) -> None:
+    block = readme_python_blocks()[index]
+    assert README_URL in block
     result = subprocess.run(
         [sys.executable, "-c", block.replace(README_URL, readme_server.url)],
         capture_output=True,
@@ -74,7 +85,10 @@ def test_readme_python_example_runs_as_written(readme_server: Server) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert len(result.stdout.strip().splitlines()) >= 2, result.stdout
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) >= 2, result.stdout
+    if index == 1:  # two parsed City objects (pydantic's repr: name='...' country='...')
+        assert all("name=" in line and "population=" in line for line in lines), result.stdout
 
 
 def test_readme_quick_start_names_the_two_make_targets() -> None:

@@ -41,6 +41,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmpool.media",
             "llmpool.prompts",
             "llmpool.job",
+            "llmpool.structured",
             "llmpool.supervisor",
             "llmpool.native",
         ),
