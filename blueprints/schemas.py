@@ -18,7 +18,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from blueprints.content import Content, ResponsesInput, Strict
-from blueprints.fields import Count, Flag, Only, OnlyEmpty, Prompt, Stop, refuse
+from blueprints.fields import Count, Flag, Only, OnlyEmpty, Prompt, Stop, ToolChoice, refuse
 from llmpool.config.fields import StrictBool, StrictInt
 from llmpool.config.schema import DecodingSchema, decoding_fields
 
@@ -88,6 +88,26 @@ def _optional_decoding(name: str) -> fields.Field:
     return type(model)(load_default=None, allow_none=True, validate=model.validators)
 
 
+class ResponsesToolSchema(Strict):
+    """A function tool as the Responses API writes it (flat: name beside type)."""
+
+    type = fields.String(
+        required=True,
+        validate=Only(["function"], "Only function tools are supported: the pool runs no built-in tools."),
+    )
+    # Required of a function tool only: a built-in tool (which has none) is refused by its
+    # type, after the 422 rules (blueprints.fields.refuse).
+    name = fields.String(load_default=None, validate=validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$"))
+    description = fields.String(load_default=None, allow_none=True)
+    parameters = fields.Dict(load_default=None, allow_none=True)
+    strict = StrictBool(load_default=None, allow_none=True)
+
+    @validates_schema
+    def _named(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("type") == "function" and data.get("name") is None:
+            raise ValidationError("Missing data for required field.", "name")
+
+
 class ResponsesRequestSchema(RequestBody, Strict):
     model = fields.String(required=True, validate=validate.Length(min=1))
     input = ResponsesInput(load_default=None)
@@ -113,20 +133,17 @@ class ResponsesRequestSchema(RequestBody, Strict):
     safety_identifier = fields.String(load_default=None, allow_none=True)
     prompt_cache_key = fields.String(load_default=None, allow_none=True)
     service_tier = fields.String(load_default=None, allow_none=True)
-    parallel_tool_calls = StrictBool(load_default=None, allow_none=True)
-    max_tool_calls = StrictInt(load_default=None, allow_none=True, validate=validate.Range(min=1))
     stream_options = fields.Dict(load_default=None, allow_none=True)
+    # Function tools (llmpool.serving.tool_use): the model's calls come back as
+    # function_call items; built-in tools are refused by type.
+    tools = fields.List(fields.Nested(ResponsesToolSchema), load_default=None, allow_none=True)
+    tool_choice = ToolChoice(flat=True, load_default=None, allow_none=True)
+    parallel_tool_calls = StrictBool(load_default=None, allow_none=True)
     # Honoured only at the values their validators name; anything else is a 400 naming it.
-    tools = fields.List(
-        fields.Raw(),
+    max_tool_calls = StrictInt(
         load_default=None,
         allow_none=True,
-        validate=OnlyEmpty("Tools are not supported: the pool runs no tools."),
-    )
-    tool_choice = fields.Raw(
-        load_default=None,
-        allow_none=True,
-        validate=Only(["none", "auto"], "Only tool_choice 'none' or 'auto' (no tools) is supported."),
+        validate=Only([], "max_tool_calls is not supported; parallel_tool_calls: false allows one call."),
     )
     store = StrictBool(
         load_default=None,
@@ -175,7 +192,7 @@ class ResponsesRequestSchema(RequestBody, Strict):
             raise ValidationError("The last message must have role 'user'.", "messages")
 
 
-CHAT_ROLES = ("system", "developer", "user", "assistant")
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 class _Lenient(Schema):
@@ -183,10 +200,50 @@ class _Lenient(Schema):
         unknown = EXCLUDE
 
 
+FUNCTION_NAME = validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$", error="1 to 64 letters, digits, '_' or '-'.")
+
+
+class CalledFunctionSchema(Strict):
+    name = fields.String(required=True, validate=FUNCTION_NAME)
+    arguments = fields.String(required=True)
+
+
+class ToolCallSchema(Strict):
+    """A call in an assistant turn of the history (as the API returned it)."""
+
+    id = fields.String(required=True, validate=validate.Length(min=1))
+    type = fields.String(required=True, validate=validate.OneOf(("function",)))
+    function = fields.Nested(CalledFunctionSchema, required=True)
+
+
 class ChatMessageSchema(_Lenient):
     # `developer` is OpenAI's newer name for `system`; extra keys such as `name` are dropped.
     role = fields.String(required=True, validate=validate.OneOf(CHAT_ROLES))
-    content = Content(required=True)
+    content = Content(load_default=None, allow_none=True)
+    tool_calls = fields.List(fields.Nested(ToolCallSchema), load_default=None, allow_none=True)
+    tool_call_id = fields.String(load_default=None, allow_none=True)
+
+    @validates_schema
+    def _turn_shape(self, data: dict[str, Any], **_: Any) -> None:
+        role = data["role"]
+        if data.get("tool_calls") and role != "assistant":
+            raise ValidationError("Only an assistant message makes tool calls.", "tool_calls")
+        if role == "tool" and not data.get("tool_call_id"):
+            raise ValidationError("A tool message names the call it answers.", "tool_call_id")
+        if data.get("content") is None and not (role == "assistant" and data.get("tool_calls")):
+            raise ValidationError("Missing data for required field.", "content")
+
+
+class FunctionSchema(Strict):
+    name = fields.String(required=True, validate=FUNCTION_NAME)
+    description = fields.String(load_default=None, allow_none=True)
+    parameters = fields.Dict(load_default=None, allow_none=True)
+    strict = StrictBool(load_default=None, allow_none=True)
+
+
+class ToolSchema(Strict):
+    type = fields.String(required=True, validate=validate.OneOf(("function",)))
+    function = fields.Nested(FunctionSchema, required=True)
 
 
 class StreamOptionsSchema(_Lenient):
@@ -215,7 +272,7 @@ class _OpenAISampling(RequestBody, _Lenient):
     n = _only_one("n")
 
 
-NO_TOOLS = "Tool and function calling are not supported."
+NO_TOOLS = "The legacy functions field is not supported; send tools."
 
 
 class JsonSchemaSpec(Strict):
@@ -241,7 +298,10 @@ class ResponseFormatSchema(Strict):
 class ChatCompletionsRequestSchema(_OpenAISampling):
     messages = fields.List(fields.Nested(ChatMessageSchema), required=True, validate=validate.Length(min=1))
     max_completion_tokens = _optional_decoding("max_tokens")
-    tools = fields.List(fields.Raw(), load_default=None, allow_none=True, validate=OnlyEmpty(NO_TOOLS))
+    tools = fields.List(fields.Nested(ToolSchema), load_default=None, allow_none=True)
+    tool_choice = ToolChoice(load_default=None, allow_none=True)
+    parallel_tool_calls = StrictBool(load_default=None, allow_none=True)
+    # The legacy `functions` / `function_call` of the API before tools: not taken.
     functions = fields.List(fields.Raw(), load_default=None, allow_none=True, validate=OnlyEmpty(NO_TOOLS))
     logprobs = StrictBool(load_default=None, allow_none=True, validate=Only([False], NO_LOGPROBS))
     response_format = fields.Nested(ResponseFormatSchema, load_default=None, allow_none=True)

@@ -206,10 +206,8 @@ class Executor:
             if not job.stop_requested:
                 final = self._generate(job, runtime)
             job.times.backend_finished = time.monotonic()
-            fmt = job.request.output_format
-            if fmt is not None and not job.stop_requested:  # never an invalid answer as valid
-                finish = final.finish_reason if final is not None else "stop"
-                error = structured.violation(fmt, job.output_text, finish, self.model)
+            if not job.stop_requested:  # never an invalid answer passed on as valid
+                error = structured.check_answer(job, final, self.model)
         except PoolError as exc:
             error = exc
         except runtime.runtime_errors as exc:
@@ -247,6 +245,8 @@ class Executor:
                     final = chunk.final
                 if chunk.text or chunk.reasoning:
                     job.emit_delta(chunk.text, chunk.reasoning)
+                if chunk.tool_call is not None:
+                    job.emit_tool_call(chunk.tool_call)
         finally:
             close = getattr(stream, "close", None)
             if close is not None:

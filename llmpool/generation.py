@@ -34,9 +34,77 @@ class Decoding:
 
 
 @dataclass(frozen=True)
+class Tool:
+    """A function the client offers the model (OpenAI's `tools[].function`)."""
+
+    name: str
+    parameters: dict[str, Any]  # a JSON schema for the arguments object
+    description: str | None = None
+
+    def openai(self) -> dict[str, Any]:
+        function: dict[str, Any] = {"name": self.name, "parameters": self.parameters}
+        if self.description:
+            function["description"] = self.description
+        return {"type": "function", "function": function}
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """The tools a request offers and what it lets the model do with them: `auto` (call
+    any or none), `required` (call at least one), `function` (call `function`). A request
+    whose tool_choice is `none` carries no ToolUse: the model answers in text."""
+
+    tools: tuple[Tool, ...]
+    choice: str = "auto"  # "auto" | "required" | "function"
+    function: str | None = None
+    parallel: bool = True  # more than one call in one answer
+
+    def tool(self, name: str) -> Tool | None:
+        return next((t for t in self.tools if t.name == name), None)
+
+    def allowed(self) -> tuple[Tool, ...]:
+        """The tools a call may name."""
+        return tuple(t for t in self.tools if self.choice != "function" or t.name == self.function)
+
+    def openai_choice(self) -> Any:
+        if self.choice == "function":
+            return {"type": "function", "function": {"name": self.function}}
+        return self.choice
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made: `arguments` is the JSON text of the arguments object."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def openai(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call, as OpenAI streams them: the piece that opens call
+    `index` names its id and function (both set), later ones add argument text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class Message:
-    role: str  # "user" | "assistant"
+    role: str  # "user" | "assistant" | "tool"
     content: Content
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool turn: the call it answers
 
 
 @dataclass(frozen=True)
@@ -86,6 +154,7 @@ class GenerationRequest:
     decoding: Decoding = field(default_factory=Decoding)
     prompt: str | None = None
     output_format: OutputFormat | None = None  # a structured answer (checked before it is returned)
+    tools: ToolUse | None = None  # functions the model may call (checked likewise)
 
     @property
     def has_images(self) -> bool:
@@ -125,3 +194,4 @@ class Chunk:
     text: str = ""
     reasoning: str = ""
     final: Final | None = None
+    tool_call: ToolCallDelta | None = None

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from llmpool.errors import PoolError
-from llmpool.generation import Final, GenerationRequest
+from llmpool.generation import Final, GenerationRequest, ToolCall, ToolCallDelta
 from llmpool.greenbridge import Channel, Home
 from llmpool.metrics import JobTimes, build_metrics
 
@@ -49,14 +49,16 @@ class IllegalJobTransition(RuntimeError):
 class Delta:
     text: str = ""
     reasoning: str = ""
+    tool_call: ToolCallDelta | None = None
 
 
 @dataclass(frozen=True)
 class Done:
     output_text: str
     reasoning_text: str | None
-    finish_reason: str
+    finish_reason: str  # "stop" | "length" | "tool_calls"
     final: Final | None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class Job:
     final: Final | None = None
     _text: list[str] = field(default_factory=list)
     _reasoning: list[str] = field(default_factory=list)
+    _calls: dict[int, list[str]] = field(default_factory=dict)  # index -> [id, name, arguments...]
 
     @property
     def finished(self) -> bool:
@@ -131,8 +134,9 @@ class Job:
             self._move(JobStatus.DONE)
             self.final = final
             reasoning = "".join(self._reasoning) or None
-            finish = final.finish_reason if final else "stop"
-            self.events.put(Done("".join(self._text), reasoning, finish, final))
+            calls = self.tool_calls
+            finish = "tool_calls" if calls else final.finish_reason if final else "stop"
+            self.events.put(Done("".join(self._text), reasoning, finish, final, calls))
 
     # -- the runner's side -----------------------------------------------------------
     def emit_delta(self, text: str, reasoning: str) -> None:
@@ -145,6 +149,19 @@ class Job:
     @property
     def output_text(self) -> str:
         return "".join(self._text)
+
+    def emit_tool_call(self, delta: ToolCallDelta) -> None:
+        call = self._calls.setdefault(delta.index, ["", ""])
+        if delta.id:
+            call[0] = delta.id
+        if delta.name:
+            call[1] = delta.name
+        call.append(delta.arguments)
+        self.events.put(Delta(tool_call=delta))
+
+    @property
+    def tool_calls(self) -> tuple[ToolCall, ...]:
+        return tuple(ToolCall(call[0], call[1], "".join(call[2:])) for _, call in sorted(self._calls.items()))
 
     @property
     def outcome(self) -> str:

@@ -149,12 +149,23 @@ class Pool:
 
     @staticmethod
     def _admit_format(entry: ModelEntry, request: GenerationRequest) -> None:
-        """Structured output only where the model's runtime constrains it, and with
-        thinking on only where the constraint starts after the thoughts."""
+        """Tools only where the model's runtime is shown them and its calls are parsed;
+        structured output only where the runtime constrains it, and with thinking on only
+        where the constraint starts after the thoughts."""
         fmt, caps, model = request.output_format, entry.capabilities, entry.name
+        backend = f"model '{model}' (backend '{entry.spec.backend}')"
+        tools = request.tools
+        if tools is not None and tools.choice != "auto" and caps.tool_calls and not caps.forced_tool_calls:
+            message = f"tool_choice '{tools.choice}' is not held by {backend}; send 'auto' or 'none'"
+            raise InvalidParam("tool_choice", message)
+        if not caps.tool_calls:
+            if tools is not None:
+                raise InvalidParam("tools", f"tools: tool calls are not supported by {backend}")
+            if any(m.tool_calls or m.role == "tool" for m in request.messages or ()):
+                message = f"messages: tool calls and tool results are not supported by {backend}"
+                raise InvalidParam("messages", message)
         if fmt is None:
             return
-        backend = f"model '{model}' (backend '{entry.spec.backend}')"
         if not caps.structured_output:
             message = f"{fmt.param}: structured output ({fmt.kind}) is not supported by {backend}"
             raise InvalidParam(fmt.param, message)

@@ -16,7 +16,8 @@ from typing import Any
 import jsonschema
 
 from llmpool.errors import InvalidParam, OutputSchemaViolation
-from llmpool.generation import OutputFormat
+from llmpool.generation import Final, OutputFormat, ToolCall, ToolUse
+from llmpool.job import Job
 
 # The draft a schema without "$schema" is read as (OpenAI's and llama.cpp's converters
 # follow the same keywords).
@@ -52,3 +53,45 @@ def violation(fmt: OutputFormat, answer: str, finish_reason: str, model: str) ->
     return OutputSchemaViolation(
         f"{fmt.param}: the answer does not match its schema at {where}: {error.message}{cut}", model=model
     )
+
+
+def check_answer(job: Job, final: Final | None, model: str) -> OutputSchemaViolation | None:
+    """What is wrong with a finished job's answer, given what its request asked for."""
+    request = job.request
+    finish = final.finish_reason if final is not None else "stop"
+    if request.tools is not None:
+        problem = tool_violation(request.tools, job.tool_calls, finish, model)
+        if problem is not None or job.tool_calls:
+            return problem  # an answer of tool calls has no text to check
+    if request.output_format is not None:
+        return violation(request.output_format, job.output_text, finish, model)
+    return None
+
+
+def tool_violation(
+    use: ToolUse, calls: tuple[ToolCall, ...], finish_reason: str, model: str
+) -> OutputSchemaViolation | None:
+    """Why the model's tool calls are not what the request allowed, or None."""
+    cut = " (the answer was cut short by max_tokens)" if finish_reason == "length" else ""
+    if not calls and use.choice != "auto":
+        wanted = "a call" if use.choice == "required" else f"a call of '{use.function}'"
+        return OutputSchemaViolation(
+            f"tools: tool_choice asked for {wanted}; none was made{cut}", model=model
+        )
+    if len(calls) > 1 and not use.parallel:
+        return OutputSchemaViolation(
+            f"tools: {len(calls)} calls, but parallel_tool_calls is false{cut}", model=model
+        )
+    allowed = {t.name: t for t in use.allowed()}
+    for i, call in enumerate(calls):
+        tool = allowed.get(call.name)
+        if tool is None:
+            return OutputSchemaViolation(
+                f"tools: call {i} names '{call.name}', not an allowed tool ({', '.join(allowed)}){cut}",
+                model=model,
+            )
+        fmt = OutputFormat("json_schema", f"tools: call {i} ('{call.name}') arguments", tool.parameters)
+        problem = violation(fmt, call.arguments, finish_reason, model)
+        if problem is not None:
+            return problem
+    return None

@@ -9,6 +9,7 @@ and stops as soon as its iterator is closed.
 from __future__ import annotations
 
 import ctypes
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from llmpool.backends.base import Adapter, Capabilities
 from llmpool.config.fields import LIVE, StrictBool, StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import ModelLoadFailed
-from llmpool.generation import Chunk, Final, GenerationRequest
+from llmpool.generation import Chunk, Final, GenerationRequest, ToolCallDelta
 
 
 class ScriptedAdapter(Adapter):
@@ -67,6 +68,11 @@ class ScriptedAdapter(Adapter):
             # sends, valid or not (the pool's check after generation is under test).
             "scripted_text": fields.String(load_default=None, allow_none=True),
             "scripted_structured": StrictBool(load_default=False),
+            # The model is shown tools, and answers with this call (JSON {"name",
+            # "arguments"}) when a request offers tools, streamed as runtimes stream calls:
+            # the id and name first, then the arguments text in 5-character pieces.
+            "scripted_tools": StrictBool(load_default=False),
+            "scripted_call": fields.String(load_default=None, allow_none=True),
         }
 
     @classmethod
@@ -78,6 +84,8 @@ class ScriptedAdapter(Adapter):
             thinking_modes=("default",),
             structured_output=structured,
             structured_after_thinking=structured,
+            tool_calls=bool(spec.options["scripted_tools"]),
+            forced_tool_calls=bool(spec.options["scripted_tools"]),
         )
 
     @classmethod
@@ -115,6 +123,15 @@ class ScriptedAdapter(Adapter):
             bug_after = self.spec.options["scripted_bug_after"]
             for i in range(self.spec.options["scripted_reasoning"]):
                 yield Chunk(reasoning=f"r{i} ")
+            call = self.spec.options["scripted_call"]
+            if call is not None and request.tools is not None:
+                value = json.loads(call)
+                arguments = json.dumps(value["arguments"])
+                yield Chunk(tool_call=ToolCallDelta(0, "call_scripted", value["name"], ""))
+                for i in range(0, len(arguments), 5):
+                    yield Chunk(tool_call=ToolCallDelta(0, arguments=arguments[i : i + 5]))
+                yield Chunk(final=Final(finish_reason="stop", prompt_tokens=3, output_tokens=n))
+                return
             text = self.spec.options["scripted_text"]
             if text is not None:
                 for i in range(0, len(text), 4):

@@ -35,6 +35,10 @@ class Capabilities:
     # Whether the constraint starts where the thoughts end, so a thinking request may ask
     # for structured output too (else that pair is a 400: it would bind the thoughts).
     structured_after_thinking: bool = False
+    # Whether the model is shown `tools` and its calls come back as tool calls; and
+    # whether a `required` or named tool_choice is held (else that choice is a 400).
+    tool_calls: bool = False
+    forced_tool_calls: bool = False
 
     def row(self) -> dict[str, Any]:
         return {
@@ -44,6 +48,8 @@ class Capabilities:
             "streaming": self.streaming,
             "structured_output": self.structured_output,
             "structured_after_thinking": self.structured_after_thinking,
+            "tool_calls": self.tool_calls,
+            "forced_tool_calls": self.forced_tool_calls,
         }
 
 

@@ -24,6 +24,7 @@ time (`can_batch = False`).
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -38,13 +39,14 @@ from llmpool.backends.llama_cpp_stream import Outcome, eog_test, stream_text
 from llmpool.config.fields import LIVE, StrictBool, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidParam, InvalidRequest, ModelLoadFailed
-from llmpool.generation import Chunk, Final, GenerationRequest
+from llmpool.generation import Chunk, Final, GenerationRequest, content_text
 from llmpool.reasoning import ReasoningSplitter
+from llmpool.tool_calls import read_calls
 
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN = ("on", "off", "auto")
 # Formats whose single-turn input also goes through the GGUF's chat template.
-GGUF_TEMPLATE_FIRST = ("gemma4_template",)
+GGUF_TEMPLATE_FIRST = ("gemma4_template", "hermes_template")
 DEFAULT_N_CTX = 4096
 
 
@@ -81,12 +83,17 @@ class LlamaCppAdapter(Adapter):
     def capabilities(cls, spec: ModelSpec) -> Capabilities:
         # Text only: GGUF vision goes through llama_server (mmproj), not the Python binding.
         fmt = prompts.get(spec.prompt_format)
+        tools = prompts.tool_call_markers(spec.prompt_format) is not None
         return Capabilities(
             modalities=("text",),
             multi_turn=bool(fmt.MULTI_TURN),
             thinking_modes=tuple(fmt.THINKING_MODES),
             structured_output=True,  # a grammar from the schema (llama_grammar)
             structured_after_thinking=True,  # the grammar leaves the thoughts free
+            # The GGUF's template renders the tools; the format says how calls are written,
+            # and a grammar holds required and named calls.
+            tool_calls=tools,
+            forced_tool_calls=tools,
         )
 
     @classmethod
@@ -163,42 +170,61 @@ class LlamaCppAdapter(Adapter):
         """(prompt text with special-token markup, stop strings incl. the request's)."""
         fmt = prompts.get(self.spec.prompt_format)
         chat = request.prompt is None and (
-            request.messages is not None or self.spec.prompt_format in GGUF_TEMPLATE_FIRST
+            request.messages is not None
+            or request.tools is not None
+            or self.spec.prompt_format in GGUF_TEMPLATE_FIRST
         )
+        if (not chat or self._formatter is None) and request.tools is not None:
+            raise InvalidParam("tools", "tools need the model's own chat template; its GGUF has none")
         if not chat or self._formatter is None:
             rendered = prompts.render(self.spec, request)
             return rendered.text, prompts.stops(rendered, request)
-        messages: list[dict[str, str]] = []
-        if request.instructions:
-            messages.append({"role": "system", "content": request.instructions})
-        messages += [{"role": role, "content": text} for role, text in prompts.turns(request)]
         thinking = prompts.resolve_thinking(self.spec, request) == "enabled"
-        out = self._formatter(messages=messages, enable_thinking=thinking)
+        tools = [t.openai() for t in request.tools.tools] if request.tools is not None else None
+        out = self._formatter(messages=template_messages(request), enable_thinking=thinking, tools=tools)
         text = prompts.close_thinking(self.spec, request, out.prompt)
         template_stop = out.stop if isinstance(out.stop, list) else [out.stop] if out.stop else []
         rendered = prompts.Rendered(text, (*template_stop, *fmt.STOP))
         return rendered.text, prompts.stops(rendered, request)
 
     def _grammar(self, request: GenerationRequest, splitter: ReasoningSplitter | None) -> Any:
-        """The grammar for a structured answer; free thoughts first where the request may
-        think (llmpool.backends.llama_grammar)."""
+        """The grammar for what the request demands of the answer (a format, a required
+        or named tool call), free thoughts first where it may think; None for none
+        (llmpool.backends.llama_grammar)."""
         import llama_cpp
 
-        assert request.output_format is not None
-        text = llama_grammar.gbnf(
-            request.output_format,
-            prompts.reasoning_markers(self.spec.prompt_format),
-            thinking=prompts.resolve_thinking(self.spec, request) == "enabled",
-            inside=splitter is not None and splitter.in_reasoning,
-        )
         try:
-            return llama_cpp.LlamaGrammar.from_string(text, verbose=False)
-        except ValueError as exc:  # a schema feature llama.cpp's converter cannot express
-            raise InvalidParam(
-                request.output_format.param, f"the schema cannot be turned into a grammar: {exc}"
-            ) from exc
+            text = llama_grammar.grammar_for(
+                request.output_format,
+                request.tools,
+                prompts.tool_call_markers(self.spec.prompt_format),
+                prompts.reasoning_markers(self.spec.prompt_format),
+                thinking=prompts.resolve_thinking(self.spec, request) == "enabled",
+                inside=splitter is not None and splitter.in_reasoning,
+            )
+        except (AssertionError, ValueError, KeyError, TypeError, NotImplementedError, RecursionError) as exc:
+            # llama-cpp-python's converter on a schema it does not handle (a valid one:
+            # the schema was checked on arrival); it reports some with `assert`.
+            param = request.output_format.param if request.output_format is not None else "tools"
+            raise InvalidParam(param, f"{param}: the schema cannot be turned into a grammar: {exc}") from exc
+        if text is None:
+            return None
+        # llama.cpp parses the grammar only when the sampler is made, and a grammar it
+        # cannot parse then kills the process (SIGSEGV in llama-cpp-python's sampler):
+        # parse it here first, on the model's vocabulary, and refuse it by name.
+        assert self._llm is not None
+        parsed = llama_cpp.llama_sampler_init_grammar(self._llm._model.vocab, text.encode(), b"root")
+        if not parsed:
+            param = request.output_format.param if request.output_format is not None else "tools"
+            raise InvalidParam(param, f"{param}: llama.cpp cannot turn this schema into a grammar")
+        llama_cpp.llama_sampler_free(parsed)
+        return llama_cpp.LlamaGrammar.from_string(text, verbose=False)
 
     def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
+        # With tools, the calls the model writes in its answer are read out of the text.
+        return read_calls(self._generate_text(request), prompts.request_tool_markers(self.spec, request))
+
+    def _generate_text(self, request: GenerationRequest) -> Iterator[Chunk]:
         llm = self._llm
         if llm is None:
             raise BackendError("runtime is not loaded", model=self.spec.name)
@@ -230,8 +256,7 @@ class LlamaCppAdapter(Adapter):
             "top_k": d.top_k,
             "repeat_penalty": d.repetition_penalty,
         }
-        if request.output_format is not None:
-            sampling["grammar"] = self._grammar(request, splitter)
+        sampling["grammar"] = self._grammar(request, splitter)
         stream = stream_text(
             llm,
             tokens,
@@ -286,6 +311,38 @@ def free_sampler(llm: Any) -> None:
     close = getattr(sampler, "close", None)
     if close is not None:
         close()
+
+
+def template_messages(request: GenerationRequest) -> list[dict[str, Any]]:
+    """The conversation for the GGUF's chat template, with the calls of assistant turns
+    (arguments as objects, as Hugging Face templates expect) and the tool turns' ids."""
+    messages: list[dict[str, Any]] = []
+    if request.instructions:
+        messages.append({"role": "system", "content": request.instructions})
+    if request.messages is None:
+        return messages + [{"role": role, "content": text} for role, text in prompts.turns(request)]
+    for message in request.messages:
+        entry: dict[str, Any] = {"role": message.role, "content": content_text(message.content)}
+        if message.tool_calls:
+            entry["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": _object(c.arguments)},
+                }
+                for c in message.tool_calls
+            ]
+        if message.tool_call_id is not None:
+            entry["tool_call_id"] = message.tool_call_id
+        messages.append(entry)
+    return messages
+
+
+def _object(arguments: str) -> Any:
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments  # not JSON: the template gets the text as it was sent
 
 
 def _chunks(splitter: ReasoningSplitter | None, text: str) -> Iterator[Chunk]:

@@ -19,31 +19,94 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
-from llmpool.generation import OutputFormat
+from llmpool.generation import OutputFormat, ToolUse
 from llmpool.reasoning import Markers
 
 ANSWER = "pool-answer"
 _RULE_NAME = re.compile(r"[A-Za-z0-9-]+")
+_DEFINITION = re.compile(r"^([A-Za-z0-9-]+)\s*::=", re.M)
 
 
 def gbnf(fmt: OutputFormat, markers: Markers | None, *, thinking: bool, inside: bool) -> str:
-    """The whole grammar (its start rule is `root`, as llama.cpp requires)."""
-    from llama_cpp.llama_grammar import json_schema_to_gbnf  # lazy: only this backend has it
+    """The grammar of a structured answer (its start rule is `root`, as llama.cpp requires)."""
+    grammar = grammar_for(fmt, None, None, markers, thinking=thinking, inside=inside)
+    assert grammar is not None
+    return grammar
 
-    answer = rename_rule(json_schema_to_gbnf(json.dumps(fmt.json_schema())), "root", ANSWER)
+
+def grammar_for(
+    fmt: OutputFormat | None,
+    tools: ToolUse | None,
+    tool_markers: Markers | None,
+    markers: Markers | None,
+    *,
+    thinking: bool,
+    inside: bool,
+) -> str | None:
+    """The grammar for what a request demands of the answer, None when it demands nothing
+    a grammar must hold (tools on `auto` without a format: calls are read afterwards).
+
+    - a format: the answer is JSON that fits it;
+    - tools on `required`, or a named one: the answer is calls, in the format's tags;
+    - both, tools on `auto`: calls, or the JSON answer.
+    """
+    rules: list[str] = []
+    choices: list[str] = []
+    if tools is not None and tool_markers is not None and (tools.choice != "auto" or fmt is not None):
+        rules += _calls(tools, tool_markers)
+        choices.append("pool-calls")
+    if fmt is not None and (tools is None or tools.choice == "auto"):
+        rules.append(_converted(fmt.json_schema(), ANSWER))
+        choices.append(ANSWER)
+    if not choices:
+        return None
+    body = " | ".join(choices)
     if markers is None or not (thinking or inside):
-        return f"root ::= {ANSWER}\n{answer}"
-    rules = [
+        return "\n".join([f"root ::= {body}", *rules])
+    rules += [
         f"pool-thoughts ::= pool-free* {literal(markers.close)}",
         f"pool-free ::= {_not_starting(markers.close)}",
         "pool-ws ::= [ \\t\\n]*",
     ]
     if inside:
-        root = f"root ::= pool-thoughts pool-ws {ANSWER}"
+        root = f"root ::= pool-thoughts pool-ws ({body})"
     else:
-        root = f"root ::= ({literal(markers.open)} pool-thoughts pool-ws)? {ANSWER}"
-    return "\n".join([root, *rules, answer])
+        root = f"root ::= ({literal(markers.open)} pool-thoughts pool-ws)? ({body})"
+    return "\n".join([root, *rules])
+
+
+def _calls(tools: ToolUse, markers: Markers) -> list[str]:
+    """One call, or several when the request allows parallel calls: each a JSON object
+    naming an allowed tool and giving arguments that fit that tool's schema."""
+    one_of = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in tools.allowed()
+    ]
+    schema = one_of[0] if len(one_of) == 1 else {"anyOf": one_of}
+    repeat = ' ("\\n" pool-call)*' if tools.parallel else ""
+    return [
+        f"pool-calls ::= pool-call{repeat}",
+        f'pool-call ::= {literal(markers.open)} "\\n"? pool-call-json "\\n"? {literal(markers.close)}',
+        _converted(schema, "pool-call-json"),
+    ]
+
+
+def _converted(schema: dict[str, Any], name: str) -> str:
+    """llama-cpp-python's grammar for `schema`, every rule prefixed so that grammars of
+    several schemas live side by side, its root named `name`."""
+    from llama_cpp.llama_grammar import json_schema_to_gbnf  # lazy: only this backend has it
+
+    text = json_schema_to_gbnf(json.dumps(schema))
+    for rule in sorted(set(_DEFINITION.findall(text)), key=len, reverse=True):
+        text = rename_rule(text, rule, name if rule == "root" else f"{name}-{rule}")
+    return text
 
 
 def _not_starting(marker: str) -> str:

@@ -92,6 +92,8 @@ class LlamaServerAdapter(ManagedServerAdapter):
             multi_turn=True,
             thinking_modes=prompts.chat_thinking_modes(spec),
             structured_output=True,  # response_format: llama-server builds a grammar from it
+            tool_calls=True,  # tools through the template (--jinja); calls parsed there or here
+            forced_tool_calls=False,  # it takes no named choice and does not hold `required`
         )
 
     @classmethod
@@ -128,6 +130,9 @@ class LlamaServerAdapter(ManagedServerAdapter):
             # context one request gets (and the pool's max_tokens limit), so multiply.
             "--ctx-size",
             str(self.option("n_ctx") * self.spec.target_inflight),
+            # The model's own template renders tools and parses their calls (this build's
+            # default, said out loud: tool calls depend on it).
+            "--jinja",
         ]
         for key, flag in FLAG_OF.items():
             value = self.option(key)

@@ -32,6 +32,7 @@ from llmpool.faults import describe_exit
 from llmpool.generation import Chunk, GenerationRequest
 from llmpool.secrets import secret_values
 from llmpool.supervisor import ChildFailed, ChildProcess, ChildSpec, pick_port
+from llmpool.tool_calls import read_calls
 
 PORT_ATTEMPTS = 3
 
@@ -222,7 +223,7 @@ class ManagedServerAdapter(Adapter):
         if self._upstream is None or self.port is None or self.child is None:
             raise BackendError("runtime is not loaded", model=self.spec.name)
         try:
-            yield from stream_chat(
+            chunks = stream_chat(
                 self._upstream,
                 self._url(self.port, "/v1" + endpoint(request)),
                 self.payload(request),
@@ -232,6 +233,9 @@ class ManagedServerAdapter(Adapter):
                 # whatever it leaves inline in `content`.
                 splitter=prompts.request_splitter(self.spec, request),
             )
+            # Calls the runtime parsed pass as they are; calls it left in `content` (a
+            # template its parser does not know) are read out here, for a known format.
+            yield from read_calls(chunks, prompts.request_tool_markers(self.spec, request))
         except UpstreamFailure as exc:
             raise self._local_error(exc) from exc
 

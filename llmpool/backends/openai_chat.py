@@ -20,8 +20,9 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
-from llmpool.generation import Chunk, Final, GenerationRequest
+from llmpool.generation import Chunk, Final, GenerationRequest, ToolCallDelta
 from llmpool.reasoning import ReasoningSplitter
+from llmpool.tool_calls import call_id
 
 
 class UpstreamFailure(Exception):
@@ -145,15 +146,31 @@ def read_capped(response: urllib3.BaseHTTPResponse, limit: int = 1 << 20) -> byt
 
 
 def chat_messages(request: GenerationRequest) -> list[dict[str, Any]]:
-    """Our request as OpenAI chat messages; content arrays (text, image_url) pass through."""
+    """Our request as OpenAI chat messages; content arrays (text, image_url) pass through,
+    and so do an assistant turn's tool calls and a tool turn's call id."""
     messages: list[dict[str, Any]] = []
     if request.instructions:
         messages.append({"role": "system", "content": request.instructions})
-    if request.messages is not None:
-        messages += [{"role": m.role, "content": m.content} for m in request.messages]
-    else:
-        messages.append({"role": "user", "content": request.input})
+    if request.messages is None:
+        return [*messages, {"role": "user", "content": request.input}]
+    for m in request.messages:
+        entry: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            entry["tool_calls"] = [call.openai() for call in m.tool_calls]
+        if m.tool_call_id is not None:
+            entry["tool_call_id"] = m.tool_call_id
+        messages.append(entry)
     return messages
+
+
+def _tool_call_piece(piece: dict[str, Any]) -> ToolCallDelta:
+    """An OpenAI `delta.tool_calls` entry. The piece that names the function opens the
+    call (with the server's id, or one of ours where it sent none); later pieces add
+    argument text, whatever else a server repeats in them."""
+    function = piece.get("function") or {}
+    name = function.get("name") or None
+    call = (piece.get("id") or call_id()) if name else None
+    return ToolCallDelta(int(piece.get("index") or 0), call, name, function.get("arguments") or "")
 
 
 def endpoint(request: GenerationRequest) -> str:
@@ -170,6 +187,10 @@ def prompt_body(request: GenerationRequest) -> dict[str, Any]:
         # llama-server (a grammar from the schema) and vLLM (structured outputs) constrain
         # the answer themselves; a remote API gets what the client sent.
         body["response_format"] = request.output_format.openai()
+    if request.tools is not None:
+        body["tools"] = [tool.openai() for tool in request.tools.tools]
+        body["tool_choice"] = request.tools.openai_choice()
+        body["parallel_tool_calls"] = request.tools.parallel
     return body
 
 
@@ -311,6 +332,9 @@ def stream_chat(
                 if text or reasoning:
                     first = first or time.perf_counter()
                     yield from _split(splitter, text, reasoning)
+                for piece in delta.get("tool_calls") or ():
+                    first = first or time.perf_counter()
+                    yield Chunk(tool_call=_tool_call_piece(piece))
                 if choice.get("finish_reason"):
                     finish, ended = choice["finish_reason"], True
         if not ended:

@@ -54,6 +54,7 @@ from llmpool.errors import (
 )
 from llmpool.generation import Chunk, GenerationRequest
 from llmpool.secrets import ENV_NAME
+from llmpool.tool_calls import read_calls
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,8 @@ class OpenAIRemoteAdapter(Adapter):
             thinking_modes=THINKING if thinking else ("default",),
             structured_output=True,  # response_format passed on; the answer is checked here
             structured_after_thinking=True,  # the upstream's own affair; the answer is checked
+            tool_calls=True,  # tools passed on, calls read back; checked here all the same
+            forced_tool_calls=True,  # the upstream's to hold; a call that is missing is a 502
         )
 
     # -- helpers ---------------------------------------------------------------------
@@ -295,7 +298,7 @@ class OpenAIRemoteAdapter(Adapter):
         attempt = 0
         while True:
             try:
-                yield from stream_chat(
+                chunks = stream_chat(
                     upstream,
                     self._url(endpoint(request)),
                     payload,
@@ -305,6 +308,7 @@ class OpenAIRemoteAdapter(Adapter):
                     # parser there) are split out here, for a reasoning format.
                     splitter=prompts.request_splitter(self.spec, request),
                 )
+                yield from read_calls(chunks, prompts.request_tool_markers(self.spec, request))
                 return
             except UpstreamFailure as exc:
                 if attempt >= retries or not retryable(exc):

@@ -28,10 +28,11 @@ __all__ = ["Rendered", "turns"]  # with the functions below: what backends use
 
 
 def _formats() -> dict[str, ModuleType]:
-    from llmpool.prompts import gemma4, generic, mistral, qwen3, translategemma
+    from llmpool.prompts import gemma4, generic, hermes, mistral, qwen3, translategemma
 
     return {
         "generic": generic,
+        "hermes_template": hermes,
         "qwen3_template": qwen3,
         "mistral_template": mistral,
         "gemma4_template": gemma4,
@@ -53,6 +54,18 @@ def reasoning_markers(name: str) -> Markers | None:
     """The thought markers of a prompt format, None for formats without reasoning."""
     markers: Markers | None = getattr(get(name), "REASONING", None)
     return markers
+
+
+def tool_call_markers(name: str) -> Markers | None:
+    """The markers a prompt format's model writes its tool calls between (the Hermes
+    convention), None for formats the pool cannot read tool calls of."""
+    markers: Markers | None = getattr(get(name), "TOOL_CALLS", None)
+    return markers
+
+
+def request_tool_markers(spec: ModelSpec, request: GenerationRequest) -> Markers | None:
+    """`tool_call_markers` for a request that offers tools, else None (no calls to read)."""
+    return tool_call_markers(spec.prompt_format) if request.tools is not None else None
 
 
 # What a request may ask of a model that reasons in a format the pool knows the markers of,

@@ -40,6 +40,8 @@ THINKING_MODES: tuple[str, ...] = ("default", "enabled", "disabled")
 NO_THINK = "/no_think "
 EMPTY_THINK = "<think>\n\n</think>\n\n"
 REASONING = Markers("<think>", "</think>")
+# Qwen's tool calls (the Hermes convention): a JSON {"name", "arguments"} in these tags.
+TOOL_CALLS = Markers("<tool_call>", "</tool_call>")
 
 
 def render(request: GenerationRequest, thinking: str = "disabled") -> Rendered:

@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from llmpool.generation import GenerationRequest
+from llmpool.generation import GenerationRequest, ToolCallDelta
 from llmpool.job import Delta, Done, Job
 from llmpool.pool import Pool
-from llmpool.serving import formats
+from llmpool.serving import formats, tool_use
 from llmpool.serving.api import Api, Call, Encoder
 from llmpool.serving.messages import split_system
 from llmpool.serving.openai_common import OpenAIChunks, finish_reason, usage
@@ -34,9 +34,13 @@ def completion_id(job: Job) -> str:
 
 
 def completion(job: Job, done: Done) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": done.output_text}
+    # OpenAI's content is null on an answer that is tool calls only.
+    content = done.output_text if done.output_text or not done.tool_calls else None
+    message: dict[str, Any] = {"role": "assistant", "content": content}
     if done.reasoning_text:
         message["reasoning_content"] = done.reasoning_text
+    if done.tool_calls:
+        message["tool_calls"] = [call.openai() for call in done.tool_calls]
     return {
         "id": completion_id(job),
         "object": "chat.completion",
@@ -62,6 +66,7 @@ class ChatApi(Api):
             instructions="\n\n".join(system) if system else None,
             decoding=pool.settings.decoding.merged({**decoding, "max_tokens": max_tokens}),
             output_format=formats.from_response_format(body["response_format"]),
+            tools=tool_use.from_chat(body),
         )
 
     def answer(self, call: Call, done: Done) -> dict[str, Any]:
@@ -84,13 +89,24 @@ class ChatChunks(OpenAIChunks):
         yield self.chunk(self._choice({"role": "assistant", "content": ""}))
 
     def delta(self, delta: Delta) -> Iterator[str]:
-        out = {}
+        out: dict[str, Any] = {}
         if delta.reasoning:
             out["reasoning_content"] = delta.reasoning
         if delta.text:
             out["content"] = delta.text
+        if delta.tool_call is not None:
+            out["tool_calls"] = [_tool_call_delta(delta.tool_call)]
         if out:
             yield self.chunk(self._choice(out))
 
     def done(self, done: Done) -> Iterator[str]:
         return self.finish(self._choice({}, finish_reason(done)), done)
+
+
+def _tool_call_delta(piece: ToolCallDelta) -> dict[str, Any]:
+    """As OpenAI streams a call: index, id, type and the function's name first (with empty
+    arguments), then argument text under the same index."""
+    if piece.id is not None:
+        function = {"name": piece.name, "arguments": piece.arguments}
+        return {"index": piece.index, "id": piece.id, "type": "function", "function": function}
+    return {"index": piece.index, "function": {"arguments": piece.arguments}}

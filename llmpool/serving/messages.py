@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from llmpool.errors import InvalidParam
-from llmpool.generation import Message, content_text
+from llmpool.generation import Message, ToolCall, content_text
 
 SYSTEM_ROLES = ("system", "developer")
 
@@ -27,7 +27,18 @@ def split_system(
                 raise InvalidParam(content_param(index), "System and developer messages take text only.")
             system.append(content_text(content))
         else:
-            turns.append(Message(entry["role"], content))
-    if not turns or turns[-1].role != "user":
-        raise InvalidParam(field, f"The last message of '{field}' must have role 'user'.", "invalid_value")
+            turns.append(_turn(entry))
+    if not turns or turns[-1].role not in ("user", "tool"):
+        message = f"The last message of '{field}' must have role 'user' (or 'tool', answering a call)."
+        raise InvalidParam(field, message, "invalid_value")
     return system, turns
+
+
+def _turn(entry: dict[str, Any]) -> Message:
+    """A user, assistant or tool turn; an assistant's calls and a tool's call id kept."""
+    calls = tuple(
+        ToolCall(call["id"], call["function"]["name"], call["function"]["arguments"])
+        for call in entry.get("tool_calls") or ()
+    )
+    content = entry["content"] if entry["content"] is not None else ""
+    return Message(entry["role"], content, calls, entry.get("tool_call_id"))

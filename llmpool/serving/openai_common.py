@@ -32,7 +32,7 @@ def openai_pool_error(exc: PoolError) -> dict[str, Any]:
 
 
 def finish_reason(done: Done) -> str:
-    return "length" if done.finish_reason == "length" else "stop"
+    return done.finish_reason if done.finish_reason in ("length", "tool_calls") else "stop"
 
 
 def usage(final: Final | None) -> dict[str, int | None]:

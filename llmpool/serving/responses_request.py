@@ -25,7 +25,7 @@ from typing import Any
 from llmpool.errors import InvalidParam
 from llmpool.generation import Content, GenerationRequest, Message
 from llmpool.pool import Pool
-from llmpool.serving import formats
+from llmpool.serving import formats, tool_use
 from llmpool.serving.messages import split_system
 
 
@@ -58,6 +58,7 @@ def to_generation_request(body: dict[str, Any], p: Pool) -> GenerationRequest:
         thinking=_thinking(body),
         decoding=p.settings.decoding.merged(_decoding(body)),
         output_format=formats.from_text_format(body.get("text")),
+        tools=tool_use.from_responses(body),
     )
 
 

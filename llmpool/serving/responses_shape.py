@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmpool.generation import Final
+from llmpool.generation import Final, Tool, ToolCall, ToolCallDelta
 from llmpool.job import Delta, Done, Job
 from llmpool.serving.formats import text_format_echo
 
@@ -76,22 +76,41 @@ def reasoning_item(item_id: str, text: str | None, status: str) -> dict[str, Any
     return {"type": "reasoning", "id": item_id, "summary": [], "content": content, "status": status}
 
 
+def function_call_item(item: str, call: ToolCall, status: str) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": item,
+        "call_id": call.id,
+        "name": call.name,
+        "arguments": call.arguments,
+        "status": status,
+    }
+
+
 def item_id(job: Job, kind: str) -> str:
     """`msg_<hex>` / `rs_<hex>`: the job's own hex, so logs name a request one way."""
     return f"{kind}_" + job.id.removeprefix("resp_")
 
 
 def output_items(job: Job, done: Done) -> list[dict[str, Any]]:
-    """`output` of a finished response: the legacy item, then OpenAI's items. A request
-    for structured output (`text.format`, which the pool never took before) gets OpenAI's
-    items only: the SDK's `responses.parse` re-validates the whole output, and the legacy
-    item is no item it can model."""
+    """`output` of a finished response: the legacy item (see `openai_only`), then OpenAI's
+    items: reasoning, the message (left out when the answer is calls only), the calls."""
     status = status_of(done.finish_reason)
-    out = [] if job.request.output_format is not None else [legacy_item(done.output_text)]
+    out = [] if openai_only(job) else [legacy_item(done.output_text)]
     if done.reasoning_text:
         out.append(reasoning_item(item_id(job, "rs"), done.reasoning_text, status))
-    out.append(message_item(item_id(job, "msg"), done.output_text, status))
+    if done.output_text or not done.tool_calls:
+        out.append(message_item(item_id(job, "msg"), done.output_text, status))
+    for i, call in enumerate(done.tool_calls):
+        out.append(function_call_item(f"{item_id(job, 'fc')}_{i}", call, "completed"))
     return out
+
+
+def openai_only(job: Job) -> bool:
+    """Requests the pool never took before (structured output, tools) get OpenAI's items
+    only: the SDK's `responses.parse` and its tool helpers re-validate the whole output,
+    and the legacy item is no item they can model."""
+    return job.request.output_format is not None or job.request.tools is not None
 
 
 def response_object(
@@ -108,7 +127,7 @@ def response_object(
 
     `echo` holds the request fields the job does not carry (metadata, reasoning, ...).
     """
-    d = job.request.decoding
+    d, tools = job.request.decoding, job.request.tools
     return {
         "id": job.id,
         "object": "response",
@@ -123,9 +142,9 @@ def response_object(
         "max_output_tokens": d.max_tokens,
         "temperature": d.temperature,
         "top_p": d.top_p,
-        "parallel_tool_calls": False,
-        "tool_choice": "none",
-        "tools": [],
+        "parallel_tool_calls": tools.parallel if tools is not None else False,
+        "tool_choice": tools.openai_choice() if tools is not None else "none",
+        "tools": [responses_tool(t) for t in tools.tools] if tools is not None else [],
         "text": {"format": text_format_echo(job.request.output_format)},
         "store": False,
         "truncation": "disabled",
@@ -134,12 +153,24 @@ def response_object(
     }
 
 
+def responses_tool(tool: Tool) -> dict[str, Any]:
+    """A tool as the Responses API writes it (flat, unlike Chat Completions')."""
+    return {
+        "type": "function",
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.parameters,
+    }
+
+
 @dataclass
 class _Item:
-    kind: str  # "reasoning" | "message"
+    kind: str  # "reasoning" | "message" | "function_call"
     id: str
     index: int
-    text: list[str] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)  # the text, or a call's arguments
+    call_id: str = ""
+    name: str = ""
 
 
 class ResponseEvents:
@@ -153,9 +184,10 @@ class ResponseEvents:
         self.job = job
         self.echo = echo
         self.sequence = 0
-        self.items: dict[str, _Item] = {}
+        self.items: dict[str, _Item] = {}  # reasoning and message, by kind
+        self.calls: dict[int, _Item] = {}  # function calls, by the call's index
 
-    def event(self, name: str, **data: Any) -> Event:
+    def event(self, name: str, /, **data: Any) -> Event:
         numbered = {"type": name, "sequence_number": self.sequence, **data}
         self.sequence += 1
         return name, numbered
@@ -174,7 +206,33 @@ class ResponseEvents:
             self._append("reasoning", "response.reasoning_text.delta", delta.reasoning, out)
         if delta.text:
             self._append("message", "response.output_text.delta", delta.text, out, logprobs=[])
+        if delta.tool_call is not None:
+            self._call(delta.tool_call, out)
         return out
+
+    def _call(self, piece: ToolCallDelta, out: list[Event]) -> None:
+        """A function_call item opened by the piece that names it; argument deltas after."""
+        item = self.calls.get(piece.index)
+        if item is None:
+            item = _Item("function_call", f"{item_id(self.job, 'fc')}_{piece.index}", self._next_index())
+            item.call_id, item.name = piece.id or "", piece.name or ""
+            self.calls[piece.index] = item
+            call = ToolCall(item.call_id, item.name, "")
+            added = function_call_item(item.id, call, "in_progress")
+            out.append(self.event("response.output_item.added", output_index=item.index, item=added))
+        if piece.arguments:
+            item.text.append(piece.arguments)
+            out.append(
+                self.event(
+                    "response.function_call_arguments.delta",
+                    item_id=item.id,
+                    output_index=item.index,
+                    delta=piece.arguments,
+                )
+            )
+
+    def _next_index(self) -> int:
+        return len(self.items) + len(self.calls)
 
     def _append(self, kind: str, name: str, text: str, out: list[Event], **extra: Any) -> None:
         """One delta event for the open item of `kind` (opened first if need be)."""
@@ -198,7 +256,7 @@ class ResponseEvents:
         if item is not None:
             return item
         prefix = "rs" if kind == "reasoning" else "msg"
-        item = self.items[kind] = _Item(kind, item_id(self.job, prefix), len(self.items))
+        item = self.items[kind] = _Item(kind, item_id(self.job, prefix), self._next_index())
         build = reasoning_item if kind == "reasoning" else message_item
         part = reasoning_part("") if kind == "reasoning" else message_part("")
         out.append(
@@ -223,11 +281,23 @@ class ResponseEvents:
         """The events that close every item (a message item is opened first if the model
         said nothing), and the final `output` list (OpenAI's items only)."""
         out: list[Event] = []
-        self._item("message", out)
+        if not self.calls:
+            self._item("message", out)
         status = status_of(done.finish_reason)
         output: list[dict[str, Any]] = []
-        for item in sorted(self.items.values(), key=lambda i: i.index):
+        for item in sorted([*self.items.values(), *self.calls.values()], key=lambda i: i.index):
             text = "".join(item.text)
+            if item.kind == "function_call":
+                full = function_call_item(item.id, ToolCall(item.call_id, item.name, text), "completed")
+                where = {"item_id": item.id, "output_index": item.index}
+                out.append(
+                    self.event(
+                        "response.function_call_arguments.done", **where, name=item.name, arguments=text
+                    )
+                )
+                out.append(self.event("response.output_item.done", output_index=item.index, item=full))
+                output.append(full)
+                continue
             where = {"item_id": item.id, "output_index": item.index, "content_index": 0}
             if item.kind == "reasoning":
                 full = reasoning_item(item.id, text, status)

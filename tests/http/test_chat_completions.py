@@ -264,7 +264,8 @@ def test_model_not_loaded_is_409(client: FlaskClient) -> None:
         ({"stream": "yes"}, "stream", "invalid_value"),
         ({"messages": []}, "messages", "invalid_value"),
         ({"messages": None}, "messages", "invalid_value"),
-        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role", "invalid_value"),
+        ({"messages": [{"role": "function", "content": "x"}]}, "messages.0.role", "invalid_value"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.tool_call_id", "invalid_value"),
         ({"messages": [{"role": "user"}]}, "messages.0.content", "missing_required_parameter"),
         ({"model": None}, "model", "invalid_value"),
         ({"max_tokens": 5000}, "max_tokens", "validation_error"),  # the model's context limit

@@ -282,18 +282,29 @@ def held_by_hand(tmp_path: Path, weights: str, big: str, x: dict[str, Any]) -> d
     return settings(tmp_path, {"p": on_demand(big, scripted_memory_mib=100.0), "x": x})
 
 
+@pytest.fixture
+def x_waiting(
+    make_app: Callable[..., Flask], tmp_path: Path, weights: str, big: str
+) -> tuple[Flask, threading.Thread, list[Any]]:
+    """A request for `x` waiting for memory that `p` holds: (app, its thread, its answer)."""
+    app = make_app(held_by_hand(tmp_path, weights, big, on_demand(weights)))
+    assert app.test_client().post("/v1/admin/models/p/load").status_code == 200
+    thread, out = in_thread(lambda: ask(app.test_client(), "x"))
+    wait_for(
+        lambda: [w["model"] for w in app.test_client().get("/v1/admin/memory").get_json()["waiting"]] == ["x"]
+    )
+    return app, thread, out
+
+
 def test_a_settings_reload_hands_the_waiting_jobs_to_the_new_definition(
-    make_app: Callable[..., Flask],
+    x_waiting: tuple[Flask, threading.Thread, list[Any]],
     write_settings: Callable[..., Path],
     tmp_path: Path,
     weights: str,
     big: str,
 ) -> None:
-    app = make_app(held_by_hand(tmp_path, weights, big, on_demand(weights)))
+    app, thread, out = x_waiting
     client = app.test_client()
-    assert client.post("/v1/admin/models/p/load").status_code == 200
-    thread, out = in_thread(lambda: ask(app.test_client(), "x"))
-    wait_for(lambda: [w["model"] for w in client.get("/v1/admin/memory").get_json()["waiting"]] == ["x"])
     old = pool_of(app).models["x"]
     write_settings(held_by_hand(tmp_path, weights, big, on_demand(weights, scripted_tokens=5)))
     r = client.post("/v1/admin/settings/reload")
@@ -306,19 +317,15 @@ def test_a_settings_reload_hands_the_waiting_jobs_to_the_new_definition(
 
 
 def test_a_settings_reload_that_ends_the_load_on_demand_fails_the_waiting_jobs(
-    make_app: Callable[..., Flask],
+    x_waiting: tuple[Flask, threading.Thread, list[Any]],
     write_settings: Callable[..., Path],
     tmp_path: Path,
     weights: str,
     big: str,
 ) -> None:
-    app = make_app(held_by_hand(tmp_path, weights, big, on_demand(weights)))
-    client = app.test_client()
-    assert client.post("/v1/admin/models/p/load").status_code == 200
-    thread, out = in_thread(lambda: ask(app.test_client(), "x"))
-    wait_for(lambda: pool_of(app).models["x"].line.qsize() == 1)
+    app, thread, out = x_waiting
     write_settings(held_by_hand(tmp_path, weights, big, {**on_demand(weights), "load_on_demand": False}))
-    assert client.post("/v1/admin/settings/reload").status_code == 200
+    assert app.test_client().post("/v1/admin/settings/reload").status_code == 200
     thread.join(10)
     detail = out[0].get_json()["detail"]
     assert out[0].status_code == 409 and detail["code"] == "model_unloading"

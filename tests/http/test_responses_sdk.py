@@ -377,7 +377,9 @@ REFUSED = [
     ({"truncation": "auto"}, "truncation"),
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"reasoning": {"summary": "detailed"}}, "reasoning.summary"),
-    ({"input": [{"type": "function_call_output", "call_id": "c", "output": "x"}]}, "input[0].type"),
+    ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
+    ({"tools": [{"type": "web_search"}]}, "tools.0.type"),
+    ({"max_tool_calls": 1}, "max_tool_calls"),
     (
         {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
         "input[0].content[0].type",

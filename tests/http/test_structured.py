@@ -18,8 +18,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.conftest import SMOLLM2_ID
 from tests.fakes import scripted_model
-from tests.http.conftest import sse_events
+from tests.http.conftest import base_settings, sse_events
 
 PERSON = {
     "type": "object",
@@ -162,3 +163,63 @@ def test_models_say_whether_they_do_structured_output(client: FlaskClient) -> No
     assert cards["plain"]["capabilities"]["structured_output"] is False
     row = client.get("/v1/admin/models/plain").get_json()
     assert row["capabilities"]["structured_output"] is False
+
+
+# -- through the real in-process runtime (SmolLM2 on llama_cpp) ----------------------------
+@pytest.fixture
+def smol(make_app: Callable[..., Flask]) -> FlaskClient:
+    return make_app(base_settings()).test_client()
+
+
+def test_llama_cpps_grammar_makes_the_answer_fit(smol: FlaskClient) -> None:
+    body = {
+        "model": SMOLLM2_ID,
+        "messages": HI,
+        "response_format": CHAT_FORMAT,
+        "max_tokens": 48,
+        "temperature": 0,
+    }
+    r = smol.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.get_json()
+    person = json.loads(r.get_json()["choices"][0]["message"]["content"])
+    assert set(person) == {"name", "age"} and isinstance(person["age"], int)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "pattern": "^(?=a)b$"},  # llama-cpp-python's converter asserts on it
+        {"$ref": "#/$defs/missing"},
+        {"type": "object", "properties": {"self": {"$ref": "#"}}},
+    ],
+)
+def test_a_schema_llama_cpp_cannot_hold_is_a_400_not_a_dead_worker(
+    smol: FlaskClient, schema: dict[str, Any]
+) -> None:
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    r = smol.post("/v1/chat/completions", json={"model": SMOLLM2_ID, "messages": HI, "response_format": fmt})
+    assert r.status_code == 400, r.get_json()
+    err = r.get_json()["error"]
+    assert err["param"] == "response_format" and "grammar" in err["message"]
+    assert (
+        smol.post(
+            "/v1/chat/completions", json={"model": SMOLLM2_ID, "messages": HI, "max_tokens": 4}
+        ).status_code
+        == 200
+    )
+
+
+def test_a_grammar_llama_cpp_cannot_parse_is_refused_before_it_reaches_the_sampler(
+    smol: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # llama.cpp kills the process on a grammar it cannot parse (SIGSEGV): the pool parses
+    # each one first. Here the converter is made to write one.
+    from llmpool.backends import llama_grammar
+
+    monkeypatch.setattr(llama_grammar, "grammar_for", lambda *a, **k: "root ::= [")
+    r = smol.post(
+        "/v1/chat/completions", json={"model": SMOLLM2_ID, "messages": HI, "response_format": CHAT_FORMAT}
+    )
+    assert (
+        r.status_code == 400 and "cannot turn this schema into a grammar" in r.get_json()["error"]["message"]
+    )

@@ -6,6 +6,7 @@ vLLM's test helper does it: SIGTERM, wait, then SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,6 +38,26 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def template_copy(env: str, name: str) -> str:
+    """A copy of SmolLM2 with another chat template that `make test` builds
+    (tests/runtimes/make_template_copies.sh): its path from `env`, else `.cache/NAME`; a
+    GGUF file, or an HF directory with its chat_template.jinja. Missing: a failure."""
+    path = Path(os.environ.get(env) or ROOT / ".cache" / name)
+    found = path.is_file() if name.endswith(".gguf") else (path / "chat_template.jinja").is_file()
+    assert found, f"no {name} at {path}: run `make test`, which builds it"
+    return str(path)
+
+
+@contextlib.contextmanager
+def openai_client(server: Server, timeout_s: float = 120) -> Iterator[Any]:
+    """The official client on `server`, without retries: an error surfaces at once as the
+    exception its status maps to. (`openai` imported here: the vLLM env has none.)"""
+    import openai
+
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=timeout_s) as c:
+        yield c
 
 
 def free_port() -> int:

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import SMOLLM2_ID
-from tests.integration.conftest import Server, integration_settings, start_server, stop_server
+from tests.integration.conftest import Server, integration_settings, openai_client, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +35,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, smollm2_path: str) -> Itera
 
 @pytest.fixture(scope="module")
 def client(server: Server) -> Iterator[openai.OpenAI]:
-    # No retries: an error must surface as the exception the status maps to, at once.
-    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=60) as c:
+    with openai_client(server, timeout_s=60) as c:
         yield c
 
 

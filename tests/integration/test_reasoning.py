@@ -5,7 +5,7 @@ SmolLM2 is no reasoning model, but greedy decoding copies a pattern: two earlier
 whose answers are `<think>\\n…\\n</think>\\n\\nHi there!` make it write the same (FEW_SHOT).
 Two copies of the model:
 - the stock GGUF (ChatML template): the model writes `<think>` itself, inline;
-- `.cache/smollm2-think.gguf` (tests/runtimes/make_think_models.sh, built by `make test`,
+- `.cache/smollm2-think.gguf` (tests/runtimes/make_template_copies.sh, built by `make test`,
   path in LLM_POOL_TEST_THINK_GGUF): its template opens `<think>` in the prompt, so the
   output starts inside the block and only `</think>` appears ("forced open"), and
   enable_thinking=false closes an empty block instead.
@@ -18,7 +18,6 @@ stream), and with thinking "disabled" where the template (or the pool) can switc
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +25,7 @@ import pytest
 import requests
 
 from tests.conftest import SMOLLM2_REF
-from tests.integration.conftest import ROOT, Server, sse_events, start_server, stop_server
+from tests.integration.conftest import Server, sse_events, start_server, stop_server, template_copy
 
 pytestmark = pytest.mark.integration
 
@@ -39,9 +38,7 @@ MODELS = ("cpp-inline", "cpp-forced", "server-inline", "server-forced")
 
 @pytest.fixture(scope="module")
 def think_gguf() -> str:
-    path = os.environ.get("LLM_POOL_TEST_THINK_GGUF") or str(ROOT / ".cache" / "smollm2-think.gguf")
-    assert os.path.isfile(path), f"no think-template GGUF at {path}: run `make test`, which builds it"
-    return path
+    return template_copy("LLM_POOL_TEST_THINK_GGUF", "smollm2-think.gguf")
 
 
 def model(backend: str, path: str) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from tests.conftest import SMOLLM2_REF
-from tests.integration.conftest import Server, start_server, stop_server
+from tests.integration.conftest import Server, openai_client, start_server, stop_server
 from tests.integration.test_reasoning import FEW_SHOT, model, think_gguf  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.integration
@@ -64,7 +64,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, think_gguf: str) -> Iterato
 
 @pytest.fixture(scope="module")
 def client(server: Server) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=120) as c:
+    with openai_client(server) as c:
         yield c
 
 

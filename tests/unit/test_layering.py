@@ -42,6 +42,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "llmpool.prompts",
             "llmpool.job",
             "llmpool.structured",
+            "llmpool.tool_calls",
             "llmpool.supervisor",
             "llmpool.native",
         ),

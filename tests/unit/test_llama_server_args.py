@@ -146,7 +146,8 @@ def test_every_mapped_key_becomes_its_flag_once(make_spec: MakeSpec) -> None:
     for flag in ("--model", "--host", "--port", "--alias"):
         flag_value(argv, flag)
     assert argv[-len(EXTRA) :] == EXTRA, "extra_args come last, in order"
-    assert len(argv) == 11 + 2 * len(MAPPED) + len(EXTRA), "nothing else is added"
+    assert "--jinja" in argv  # tools go through the model's template (issue 21)
+    assert len(argv) == 12 + 2 * len(MAPPED) + len(EXTRA), "nothing else is added"
 
 
 @pytest.mark.parametrize(
@@ -173,7 +174,7 @@ def test_flash_attn_modes(make_spec: MakeSpec, mode: str) -> None:
 def test_unset_optional_keys_add_no_flags(make_spec: MakeSpec) -> None:
     spec = make_spec()
     argv = argv_of(spec)
-    assert argv[11:] == ["--ctx-size", "4096"], "only n_ctx has a default"
+    assert argv[11:] == ["--ctx-size", "4096", "--jinja"], "only n_ctx has a default"
     for key, flag in EXPECTED_FLAGS.items():
         if key != "n_ctx":
             assert flag not in argv

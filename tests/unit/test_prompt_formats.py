@@ -63,6 +63,7 @@ def test_format_capabilities() -> None:
     }
     assert table == {
         "generic": (True, ("default",)),
+        "hermes_template": (True, ("default",)),
         "mistral_template": (True, ("default",)),
         "qwen3_template": (True, ("default", "enabled", "disabled")),
         "gemma4_template": (True, ("default", "enabled", "disabled")),
@@ -76,6 +77,8 @@ def test_llama_cpp_capabilities_follow_the_format() -> None:
         assert caps.multi_turn is prompts.get(name).MULTI_TURN
         assert caps.thinking_modes == prompts.get(name).THINKING_MODES
         assert caps.modalities == ("text",)
+        # Tools where the format says how its model writes a call (the Hermes tags).
+        assert caps.tool_calls is (name in ("hermes_template", "qwen3_template")), name
 
 
 def test_default_thinking_follows_enable_thinking() -> None:

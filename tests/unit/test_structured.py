@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from llmpool.backends.llama_grammar import gbnf, rename_rule
+from llmpool.backends.llama_grammar import gbnf, grammar_for, rename_rule
 from llmpool.errors import InvalidParam
-from llmpool.generation import OutputFormat
+from llmpool.generation import OutputFormat, Tool, ToolUse
 from llmpool.reasoning import Markers
 from llmpool.structured import check_schema, violation
+from llmpool.tool_calls import ToolCallSplitter
 
 SCHEMA = {
     "type": "object",
@@ -68,11 +69,12 @@ def test_renaming_a_rule_leaves_literals_and_classes_alone() -> None:
 def test_the_grammar_starts_where_the_thoughts_end() -> None:
     answer_only = gbnf(FMT, THINK, thinking=False, inside=False)
     assert answer_only.startswith("root ::= pool-answer\n") and "pool-thoughts" not in answer_only
-    assert 'root-kv ::= "\\"root\\"" space' in answer_only  # the property and its rule, kept
+    # The property named "root" is kept as it is; its rule, like every other, is prefixed.
+    assert 'pool-answer-root-kv ::= "\\"root\\"" pool-answer-space' in answer_only
     forced = gbnf(FMT, THINK, thinking=True, inside=True)
-    assert forced.startswith("root ::= pool-thoughts pool-ws pool-answer\n")
+    assert forced.startswith("root ::= pool-thoughts pool-ws (pool-answer)\n")
     inline = gbnf(FMT, THINK, thinking=True, inside=False)
-    assert inline.startswith('root ::= ("\\u003Cthink\\u003E" pool-thoughts pool-ws)? pool-answer\n')
+    assert inline.startswith('root ::= ("\\u003Cthink\\u003E" pool-thoughts pool-ws)? (pool-answer)\n')
     assert gbnf(FMT, None, thinking=True, inside=False).startswith("root ::= pool-answer\n")
 
 
@@ -87,4 +89,73 @@ def test_each_grammar_is_one_llama_cpp_parses(smollm2_path: str, thinking: bool,
     llama_cpp.llama_sampler_free(sampler)
     broken = llama_cpp.llama_sampler_init_grammar(vocab_only._model.vocab, b"root ::= [", b"root")
     assert not broken  # the check above can fail
+    vocab_only.close()
+
+
+# -- tool calls out of the text, and the grammar that holds them ---------------------------
+HERMES = Markers("<tool_call>", "</tool_call>")
+WEATHER = Tool(
+    "get_weather", {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+)
+CLOCK = Tool("get_time", {"type": "object", "properties": {"zone": {"type": "string"}}})
+
+
+def split(deltas: list[str]) -> list[tuple[str, tuple[int, str, str] | None]]:
+    splitter = ToolCallSplitter(HERMES)
+    pieces = [p for d in deltas for p in splitter.feed(d)] + list(splitter.flush())
+    return [
+        (p.text, None if p.call is None else (p.call.index, p.call.name, p.call.arguments)) for p in pieces
+    ]
+
+
+def test_calls_are_read_out_of_the_text_wherever_the_deltas_cut_them() -> None:
+    text = (
+        'Let me look.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+    )
+    text += '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>'
+    whole = split([text])
+    assert whole == [
+        ("Let me look.", None),
+        ("", (0, "get_weather", '{"city": "Paris"}')),
+        ("", (1, "get_time", "{}")),
+    ]
+    for size in (1, 3, 7):  # the same, however the stream cuts it
+        pieces = split([text[i : i + size] for i in range(0, len(text), size)])
+        assert "".join(t for t, _ in pieces) == "Let me look."
+        assert [c for _, c in pieces if c] == [c for _, c in whole if c]
+
+
+def test_plain_answers_pass_unchanged_and_a_broken_call_is_still_a_call() -> None:
+    assert "".join(t for t, _ in split(["a < b ", "<tool", " c\n"])) == "a < b <tool c\n"
+    [(_, call)] = split(['<tool_call>{"name": "get_weather", "argu'])  # cut by max_tokens
+    assert call == (0, "", '{"name": "get_weather", "argu')  # fails its check, by name
+
+
+def test_the_grammar_holds_required_and_named_calls_and_leaves_auto_free() -> None:
+    required = ToolUse((WEATHER, CLOCK), "required", parallel=False)
+    text = grammar_for(None, required, HERMES, None, thinking=False, inside=False)
+    assert text is not None and text.startswith("root ::= pool-calls\n")
+    assert "pool-calls ::= pool-call\n" in text  # one call: parallel_tool_calls false
+    assert '\\"get_weather\\"' in text and '\\"get_time\\"' in text
+    named = grammar_for(
+        None, ToolUse((WEATHER, CLOCK), "function", "get_time"), HERMES, None, thinking=False, inside=False
+    )
+    assert named is not None and '\\"get_time\\"' in named and '\\"get_weather\\"' not in named
+    assert 'pool-calls ::= pool-call ("\\n" pool-call)*' in named
+    assert grammar_for(None, ToolUse((WEATHER,)), HERMES, None, thinking=False, inside=False) is None
+    both = grammar_for(FMT, ToolUse((WEATHER,)), HERMES, THINK, thinking=True, inside=True)
+    assert both is not None and both.startswith("root ::= pool-thoughts pool-ws (pool-calls | pool-answer)\n")
+
+
+@pytest.mark.parametrize("choice", ["required", "function"])
+def test_tool_grammars_are_ones_llama_cpp_parses(smollm2_path: str, choice: str) -> None:
+    import llama_cpp
+
+    use = ToolUse((WEATHER, CLOCK), choice, "get_time" if choice == "function" else None)
+    text = grammar_for(FMT, use, HERMES, THINK, thinking=True, inside=False)
+    assert text is not None
+    vocab_only = llama_cpp.Llama(model_path=smollm2_path, vocab_only=True, verbose=False)
+    sampler = llama_cpp.llama_sampler_init_grammar(vocab_only._model.vocab, text.encode(), b"root")
+    assert sampler, text
+    llama_cpp.llama_sampler_free(sampler)
     vocab_only.close()

@@ -205,3 +205,35 @@ def test_other_formats_run_no_reasoning_parser(write_settings: Callable[..., Pat
     assert "--reasoning-parser" not in VllmServeAdapter(spec, 0).build_argv("/bin/vllm", 1)
     assert VllmServeAdapter.capabilities(spec).thinking_modes == ("default",)
     assert "chat_template_kwargs" not in VllmServeAdapter(spec, 0).payload(GenerationRequest(input="hi"))
+
+
+# -- tool calls (issue 21) -------------------------------------------------------------------
+def argv_for(spec: ModelSpec) -> list[str]:
+    return VllmServeAdapter(spec, 0).build_argv("/bin/vllm", 1)
+
+
+@pytest.mark.parametrize("fmt", ["hermes_template", "qwen3_template"])
+def test_formats_with_hermes_calls_run_vllms_hermes_parser(
+    write_settings: Callable[..., Path], fmt: str
+) -> None:
+    spec = spec_of(write_settings, prompt_format=fmt)
+    argv = argv_for(spec)
+    assert "--enable-auto-tool-choice" in argv and flag_value(argv, "--tool-call-parser") == "hermes"
+    assert VllmServeAdapter.capabilities(spec).tool_calls is True
+    own = spec_of(write_settings, prompt_format=fmt, vllm_serve_tool_parser="llama3_json")
+    assert flag_value(argv_for(own), "--tool-call-parser") == "llama3_json"
+    off = spec_of(write_settings, prompt_format=fmt, vllm_serve_tool_parser="none")
+    assert "--tool-call-parser" not in argv_for(off) and "--enable-auto-tool-choice" not in argv_for(off)
+    assert VllmServeAdapter.capabilities(off).tool_calls is False
+
+
+def test_without_a_parser_a_model_refuses_tools_unless_the_operator_names_one(
+    write_settings: Callable[..., Path],
+) -> None:
+    plain = spec_of(write_settings)
+    assert "--tool-call-parser" not in argv_for(plain) and not VllmServeAdapter.capabilities(plain).tool_calls
+    named = spec_of(write_settings, vllm_serve_extra_args=["--tool-call-parser", "mistral"])
+    argv = argv_for(named)
+    assert VllmServeAdapter.capabilities(named).tool_calls is True
+    assert argv.count("--tool-call-parser") == 1 and argv[-2:] == ["--tool-call-parser", "mistral"]
+    assert argv.count("--enable-auto-tool-choice") == 1

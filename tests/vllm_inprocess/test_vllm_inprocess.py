@@ -167,6 +167,20 @@ def test_answers_the_capital_of_france(server: Server) -> None:
     assert ask(server, decoding={"temperature": 0})["output_text"] == body["output_text"]
 
 
+def test_a_json_schema_answer_is_held_to_its_schema(server: Server) -> None:
+    # vLLM's structured outputs constrain the tokens (issue 21); the pool checks the answer.
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 24}},
+        "required": ["city"],
+        "additionalProperties": False,
+    }
+    text = {"format": {"type": "json_schema", "name": "capital", "schema": schema}}
+    body = ask(server, text=text, decoding={"temperature": 0, "max_tokens": 48})
+    assert set(json.loads(body["output_text"])) == {"city"}, body["output_text"]
+    assert row(server)["capabilities"]["structured_output"] is True
+
+
 def test_a_raw_prompt_reaches_the_engine_as_it_is(server: Server) -> None:
     check_raw_prompt_route(server.url, MODEL)
 
