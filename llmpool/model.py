@@ -80,7 +80,7 @@ class ModelEntry(PlannedModel):
         # entry is no longer in the pool and must never start a runtime.
         self.retired = False
         self._changed = threading.Condition()
-        self._measured_mib: dict[str, float] = {}  # llmpool.model_memory
+        self._measured_mib: dict[str, float] = {}  # llmpool.model_plan
         # Placement (llmpool.placement): when the current load finished (monotonic), whether
         # the placer is draining it to make room (new jobs then wait in line for its next
         # load), and a cancel of a load on demand that nobody waits for any more.
@@ -88,20 +88,20 @@ class ModelEntry(PlannedModel):
         self.swap_out = False
         self._load_cancelled = False
         self._loading: list[Adapter] = []
-        self._artifact_bytes: dict[str, int | None] = {}  # llmpool.model_memory
+        self._artifact_bytes: dict[str, int | None] = {}  # llmpool.model_plan
 
     # -- facts -----------------------------------------------------------------------
     @property
-    def serving(self) -> bool:
-        """Loaded, with an executor that takes jobs from the line and is not being drained
-        for another model's load."""
+    def takes_jobs(self) -> bool:
+        """Loaded, with an executor that takes jobs from the line (one closed for an
+        unload that has not begun, or with every replica dead, does not)."""
         executor = self.executor
-        return (
-            self.state is ModelState.LOADED
-            and executor is not None
-            and executor.dispatching
-            and not self.swap_out
-        )
+        return self.state is ModelState.LOADED and executor is not None and executor.dispatching
+
+    @property
+    def serving(self) -> bool:
+        """Takes jobs, and is not being drained for another model's load."""
+        return self.takes_jobs and not self.swap_out
 
     def waiting(self) -> tuple[int, int]:
         """(queued for a slot, waiting for a load): the line's length, counted as the one
@@ -118,12 +118,10 @@ class ModelEntry(PlannedModel):
 
     def refusal(self) -> PoolError | None:
         """Why a job may not join the line now, if it may not."""
-        # Called by `enqueue` under the line's mutex: a drain that stops the executor takes it too, so a job
-        # is either refused here or in line before the drain decides about queued jobs.
-        if self.spec.load_on_demand:
-            return None
-        executor = self.executor
-        if self.state is ModelState.LOADED and executor is not None and executor.dispatching:
+        # Called by `enqueue` under the line's mutex: a drain that stops the executor takes
+        # it too, so a job is either refused here or in line before the drain decides
+        # about queued jobs.
+        if self.spec.load_on_demand or self.takes_jobs:
             return None
         error = _NOT_SERVING.get(self.state, ModelNotLoaded)
         return error(f"model '{self.name}' is {self.state.value}", model=self.name)

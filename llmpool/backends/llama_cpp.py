@@ -36,6 +36,7 @@ from llmpool import prompts
 from llmpool.backends import llama_grammar
 from llmpool.backends.base import Adapter, Capabilities
 from llmpool.backends.llama_cpp_stream import Outcome, eog_test, stream_text
+from llmpool.backends.openai_chat import chat_messages
 from llmpool.config.fields import LIVE, StrictBool, StrictInt
 from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidParam, InvalidRequest, ModelLoadFailed
@@ -314,27 +315,14 @@ def free_sampler(llm: Any) -> None:
 
 
 def template_messages(request: GenerationRequest) -> list[dict[str, Any]]:
-    """The conversation for the GGUF's chat template, with the calls of assistant turns
-    (arguments as objects, as Hugging Face templates expect) and the tool turns' ids."""
-    messages: list[dict[str, Any]] = []
-    if request.instructions:
-        messages.append({"role": "system", "content": request.instructions})
-    if request.messages is None:
-        return messages + [{"role": role, "content": text} for role, text in prompts.turns(request)]
-    for message in request.messages:
-        entry: dict[str, Any] = {"role": message.role, "content": content_text(message.content)}
-        if message.tool_calls:
-            entry["tool_calls"] = [
-                {
-                    "id": c.id,
-                    "type": "function",
-                    "function": {"name": c.name, "arguments": _object(c.arguments)},
-                }
-                for c in message.tool_calls
-            ]
-        if message.tool_call_id is not None:
-            entry["tool_call_id"] = message.tool_call_id
-        messages.append(entry)
+    """The conversation for the GGUF's chat template: OpenAI's messages (`chat_messages`,
+    calls and tool turns' ids included) with text content, and the calls' arguments as
+    objects, as Hugging Face templates expect."""
+    messages = chat_messages(request)
+    for message in messages:
+        message["content"] = content_text(message["content"] or "")
+        for call in message.get("tool_calls", ()):
+            call["function"]["arguments"] = _object(call["function"]["arguments"])
     return messages
 
 

@@ -298,7 +298,7 @@ def _facts(entry: ModelEntry, now: float) -> policy.ModelFacts:
     used = entry.last_used()
     spec = entry.spec
     default_plan = {"replicas": spec.replicas, "target_inflight": spec.target_inflight, "overrides": {}}
-    takes_jobs = entry.state is ModelState.LOADED and executor is not None and executor.dispatching
+    takes_jobs = entry.takes_jobs
     state = entry.state
     if state is ModelState.LOADED and not takes_jobs:
         # Closed for an unload that has not begun yet (or every replica died): in
