@@ -8,7 +8,7 @@ import os
 
 from flask import Flask, request
 
-from blueprints import admin, completions, observe, openai_compat, openapi, operations, responses
+from blueprints import admin, anthropic, completions, observe, openai_compat, openapi, operations, responses
 from blueprints.contract import make_api
 from blueprints.errors import register_error_handlers
 from llmpool.auth import Access, Credentials, credentials_from
@@ -50,7 +50,15 @@ def create_app(
     app.extensions["llmpool.pipeline"] = Pipeline(pool)
     # Each route declares its contract; the API object parses by it and documents it.
     api = app.extensions["llmpool.api"] = make_api(app)
-    for blueprint in (responses.bp, openai_compat.bp, completions.bp, admin.bp, operations.bp, openapi.bp):
+    for blueprint in (
+        responses.bp,
+        openai_compat.bp,
+        completions.bp,
+        anthropic.bp,
+        admin.bp,
+        operations.bp,
+        openapi.bp,
+    ):
         api.register_blueprint(blueprint)
     register_error_handlers(app)  # after the API's: ours render every error
     observe.setup_access_log(settings.service.log_level)
@@ -88,4 +96,4 @@ def require_credentials(app: Flask, credentials: Credentials) -> None:
     @app.before_request
     def _authenticate() -> None:
         access = access_for(request.endpoint, request.blueprint, request.path)
-        credentials.check(access, request.headers.get("Authorization"))
+        credentials.check(access, request.headers.get("Authorization"), request.headers.get("x-api-key"))

@@ -28,9 +28,10 @@ from marshmallow import Schema, ValidationError, fields, validate
 from webargs.flaskparser import FlaskParser
 
 from blueprints import response_schemas as out
+from blueprints.anthropic_schemas import Blocks
 from blueprints.body import json_body
 from blueprints.content import ITEM_SCHEMAS, MESSAGE_ITEM, Content, ResponsesInput
-from blueprints.errors import BOTH, OPENAI, ArgumentsInvalid, shape_of
+from blueprints.errors import ANTHROPIC, BOTH, OPENAI, ArgumentsInvalid, shape_of
 from blueprints.fields import OnlyEmpty, OnlyValue, Prompt, Stop
 from llmpool import __version__
 from llmpool.config.fields import IntOrString, StrictBool
@@ -38,6 +39,7 @@ from llmpool.config.fields import IntOrString, StrictBool
 # The body each error status carries, by the route's error shape: (other, 422).
 ERROR_BODIES: dict[str, tuple[type[Schema], type[Schema]]] = {
     OPENAI: (out.OpenAIErrorSchema, out.OpenAIErrorSchema),
+    ANTHROPIC: (out.AnthropicErrorSchema, out.AnthropicErrorSchema),
     BOTH: (out.ResponsesErrorSchema, out.ResponsesValidationErrorSchema),
 }
 POOL_BODIES = (out.ErrorSchema, out.ValidationErrorSchema)
@@ -155,6 +157,10 @@ class Converter(OpenAPIConverter):
             if isinstance(validator, OnlyEmpty) and isinstance(field, fields.Dict):
                 ret.pop("maxLength", None)
                 ret["maxProperties"] = 0
+        if isinstance(field, Blocks):
+            items = {"oneOf": [self.resolve_nested_schema(s) for s in field.kinds.values()]}
+            blocks = {"type": "array", "items": items, **({"minItems": 1} if field.text else {})}
+            return {"oneOf": [*([{"type": "string"}] if field.text else []), blocks, *nullable]}
         if isinstance(field, Content):
             return {"oneOf": [{"type": "string"}, *self._content_arrays(field), *nullable]}
         if isinstance(field, Prompt):

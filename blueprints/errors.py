@@ -8,7 +8,9 @@
 On the OpenAI routes (`OPENAI_PREFIXES`) the same errors, with the same statuses and
 headers, are rendered in OpenAI's shape instead: {"error": {message, type, param, code}}.
 The shape follows the path, not the matched blueprint, so errors raised before or
-instead of routing (401, 404, 405, 413) take the route's shape too.
+instead of routing (401, 404, 405, 413) take the route's shape too. On Anthropic's routes
+(`ANTHROPIC_PREFIXES`) likewise, in Anthropic's shape: {"type": "error", "error": {type,
+message}} (plus the pool's `code`).
 
 POST /v1/responses serves both the pool's own clients and OpenAI's SDK, so its errors
 carry both: the pool's `detail` and, beside it, OpenAI's `error` object (the SDK puts it
@@ -27,22 +29,27 @@ from werkzeug.exceptions import HTTPException
 
 from blueprints.observe import note_error
 from llmpool.errors import InvalidParam, PoolError, RequestFieldInvalid, bug
+from llmpool.serving.anthropic_api import anthropic_error_body
 from llmpool.serving.openai_common import openai_error_body, openai_pool_error
 
 log = logging.getLogger("llmpool.http")
 
 # Routes whose clients expect OpenAI's error body (its SDK reads `error.message`).
 OPENAI_PREFIXES = ("/v1/chat/", "/v1/completions")
+# Routes whose clients expect Anthropic's error body (its SDK reads `error.type`).
+ANTHROPIC_PREFIXES = ("/v1/messages",)
 # Routes whose errors carry both shapes (see the module docstring).
 BOTH_SHAPES = ("/v1/responses",)
 # The error shapes (`shape_of`; blueprints.contract documents each route's).
-POOL, OPENAI, BOTH = "pool", "openai", "both"
+POOL, OPENAI, ANTHROPIC, BOTH = "pool", "openai", "anthropic", "both"
 
 
 def shape_of(path: str) -> str:
     """The shape of every error answered on `path`."""
     if path.startswith(OPENAI_PREFIXES):
         return OPENAI
+    if path.startswith(ANTHROPIC_PREFIXES):
+        return ANTHROPIC
     return BOTH if path in BOTH_SHAPES else POOL
 
 
@@ -75,8 +82,16 @@ def _json(body: Any, status: int, headers: dict[str, str] | None = None) -> Resp
     return response
 
 
-def openai_route() -> bool:
-    return shape_of(request.path) == OPENAI
+def foreign(status: int, openai: dict[str, Any], headers: dict[str, str] | None = None) -> Response | None:
+    """The error (given in OpenAI's shape) in the shape of the route's client: OpenAI's or
+    Anthropic's; None on the pool's own routes, which write theirs."""
+    shape = shape_of(request.path)
+    if shape == OPENAI:
+        return _json(openai, status, headers)
+    if shape == ANTHROPIC:
+        error = openai["error"]
+        return _json(anthropic_error_body(status, error["code"], error["message"]), status, headers)
+    return None
 
 
 def _native(detail: Any, openai: dict[str, Any]) -> dict[str, Any]:
@@ -88,8 +103,8 @@ def _native(detail: Any, openai: dict[str, Any]) -> dict[str, Any]:
 
 def pool_error_response(exc: PoolError) -> Response:
     note_error(exc.code)
-    if openai_route():
-        return _json(openai_pool_error(exc), exc.status, exc.headers)
+    if (answer := foreign(exc.status, openai_pool_error(exc), exc.headers)) is not None:
+        return answer
     if isinstance(exc, RequestFieldInvalid):
         detail = [{"loc": exc.loc, "msg": exc.message, "type": exc.type}]
         return _json(_native(detail, openai_pool_error(exc)), 422)
@@ -107,9 +122,10 @@ def register_error_handlers(app: Flask) -> None:
     def _schema(exc: ValidationError) -> Response:
         note_error("validation_error")
         details = validation_details(exc.messages, exc.loc if isinstance(exc, ArgumentsInvalid) else None)
-        if openai_route():
-            return _json(_openai_validation(details), 422)
-        return _json(_native(details, _openai_validation(details)), 422)
+        openai = _openai_validation(details)
+        if (answer := foreign(422, openai)) is not None:
+            return answer
+        return _json(_native(details, openai), 422)
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:
@@ -120,8 +136,8 @@ def register_error_handlers(app: Flask) -> None:
         headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
         note_error(code)
         openai = openai_error_body(status, code, message)
-        if openai_route():
-            return _json(openai, status, headers)
+        if (answer := foreign(status, openai, headers)) is not None:
+            return answer
         return _json(_native({"code": code, "message": message, "model": None}, openai), status, headers)
 
     @app.errorhandler(Exception)

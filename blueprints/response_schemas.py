@@ -62,6 +62,17 @@ class OpenAIErrorSchema(_Out):
     error = fields.Nested(OpenAIErrorBodySchema, required=True)
 
 
+class AnthropicErrorBodySchema(_Open):
+    type = fields.String(required=True)
+    message = fields.String(required=True)
+    code = fields.String(required=True, allow_none=True)  # the pool's own
+
+
+class AnthropicErrorSchema(_Out):
+    type = fields.String(required=True, metadata={"enum": ["error"]})
+    error = fields.Nested(AnthropicErrorBodySchema, required=True)
+
+
 class ResponsesErrorSchema(_Out):
     """/v1/responses: the pool's detail and OpenAI's error, side by side."""
 
@@ -159,6 +170,35 @@ class TextCompletionSchema(_Open):
     model = fields.String(required=True)
     choices = fields.List(fields.Nested(TextChoiceSchema), required=True)
     usage = fields.Nested(ChatUsageSchema, required=True)
+
+
+class AnthropicBlockSchema(_Open):
+    """A content block: `text` (text), `thinking` (thinking, signature), `tool_use` (id,
+    name, input)."""
+
+    type = fields.String(required=True, metadata={"enum": ["text", "thinking", "tool_use"]})
+
+
+class AnthropicUsageSchema(_Open):
+    input_tokens = fields.Integer(required=True, allow_none=True)
+    output_tokens = fields.Integer(required=True, allow_none=True)
+
+
+class AnthropicMessageSchema(_Open):
+    id = fields.String(required=True)
+    type = fields.String(required=True, metadata={"enum": ["message"]})
+    role = fields.String(required=True, metadata={"enum": ["assistant"]})
+    model = fields.String(required=True)
+    content = fields.List(fields.Nested(AnthropicBlockSchema), required=True)
+    stop_reason = fields.String(
+        required=True, metadata={"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use"]}
+    )
+    stop_sequence = fields.String(required=True, allow_none=True)
+    usage = fields.Nested(AnthropicUsageSchema, required=True)
+
+
+class TokenCountSchema(_Out):
+    input_tokens = fields.Integer(required=True)
 
 
 class ModelCardSchema(_Open):

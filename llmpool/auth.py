@@ -8,6 +8,9 @@ environment variable (the values never sit in the settings files):
 - `service.api_keys_env`: comma-separated keys; the public API needs one of them. The admin
   token is accepted there too (the operator's workbench tries prompts with it).
 
+A key may come as `Authorization: Bearer <key>` or as `x-api-key: <key>` (Anthropic's
+clients send that), on every route alike.
+
 A setting that names an unset or empty variable is a start-up error: the operator asked
 for a closed API, so the pool fails closed rather than opening it. Comparison is constant
 time and never stops at the first differing key; neither tokens nor their lengths reach
@@ -49,8 +52,10 @@ class Credentials:
         keys = f"{len(self.keys)} key(s)" if self.keys is not None else "off"
         return f"Credentials(admin={admin}, api_keys={keys})"
 
-    def check(self, access: Access, authorization: str | None) -> None:
-        """Raise `Unauthorized` unless `authorization` (the header) grants `access`."""
+    def check(self, access: Access, authorization: str | None, api_key: str | None = None) -> None:
+        """Raise `Unauthorized` unless the key grants `access`: the token of `authorization`
+        (the header) or `api_key` (`x-api-key`, as Anthropic's clients send it); both
+        given, they must be the same key."""
         if access is Access.OPEN:
             return
         accepted: list[bytes] = []
@@ -65,8 +70,14 @@ class Credentials:
             if self.admin is not None:
                 accepted.append(self.admin)
         token = bearer_token(authorization)
+        key = api_key.strip() if api_key else None
+        if token is not None and key and not hmac.compare_digest(_digest(token), _digest(key)):
+            raise Unauthorized("'Authorization' and 'x-api-key' carry different keys; send one")
+        token = token or key
         if token is None:
-            raise Unauthorized("this endpoint needs 'Authorization: Bearer <token>'")
+            raise Unauthorized(
+                "this endpoint needs 'Authorization: Bearer <token>' (or 'x-api-key: <token>')"
+            )
         given = _digest(token)
         matched = False
         for candidate in accepted:  # no early exit: the time does not say which key matched

@@ -206,7 +206,9 @@ class Executor:
             if not job.stop_requested:
                 final = self._generate(job, runtime)
             job.times.backend_finished = time.monotonic()
-            if not job.stop_requested:  # never an invalid answer passed on as valid
+            if not (
+                job.stop_requested or job.request.count_only
+            ):  # never an invalid answer passed on as valid
                 error = structured.check_answer(job, final, self.model)
         except PoolError as exc:
             error = exc
@@ -236,6 +238,8 @@ class Executor:
     @staticmethod
     def _drive(job: Job, runtime: Adapter) -> Final | None:
         final: Final | None = None
+        budget = job.request.thinking_budget
+        thoughts = 0
         stream = runtime.generate(job.request)
         try:
             for chunk in stream:
@@ -243,6 +247,10 @@ class Executor:
                     break
                 if chunk.final is not None:
                     final = chunk.final
+                if chunk.reasoning and budget is not None:
+                    thoughts += 1
+                    if thoughts > budget:  # the thoughts spent their budget: cut, as max_tokens cuts
+                        return Final(finish_reason="length")
                 if chunk.text or chunk.reasoning:
                     job.emit_delta(chunk.text, chunk.reasoning)
                 if chunk.tool_call is not None:

@@ -155,6 +155,12 @@ class GenerationRequest:
     prompt: str | None = None
     output_format: OutputFormat | None = None  # a structured answer (checked before it is returned)
     tools: ToolUse | None = None  # functions the model may call (checked likewise)
+    # At most this many streamed pieces of thoughts (about a token each); the job then
+    # ends as if cut by max_tokens (Anthropic's thinking.budget_tokens; the executor counts).
+    thinking_budget: int | None = None
+    # Only the prompt's length is wanted (Anthropic's count_tokens): the runtime renders and
+    # reads the prompt as for an answer and samples one token, which nobody checks.
+    count_only: bool = False
 
     @property
     def has_images(self) -> bool:
@@ -180,6 +186,8 @@ class Final:
     """What a backend knows once generation ends. Unknown numbers stay None."""
 
     finish_reason: str = "stop"  # stop | length
+    # Which of the request's stop strings ended the text, where the runtime says so.
+    stop_sequence: str | None = None
     prompt_tokens: int | None = None
     output_tokens: int | None = None
     tokenize_ms: float | None = None

@@ -38,6 +38,7 @@ class ScriptedAdapter(Adapter):
         self.active = 0
         self.generations = 0
         self.tokens_emitted = 0
+        self.last_request: GenerationRequest | None = None
         self._cancelled = threading.Event()
         ScriptedAdapter.instances.append(self)
 
@@ -57,7 +58,7 @@ class ScriptedAdapter(Adapter):
             # Raise KeyError (not a runtime error: a bug in the pool's own code) likewise.
             "scripted_bug_after": StrictInt(load_default=None, allow_none=True),
             # Emit this many reasoning deltas ("r0 ", "r1 ", ...) before the text.
-            "scripted_reasoning": StrictInt(load_default=0, validate=validate.Range(0, 100)),
+            "scripted_reasoning": StrictInt(load_default=0, validate=validate.Range(0, 5000)),
             # False: the tokens are generated but none is answer text (a silent model).
             "scripted_answer": StrictBool(load_default=True),
             # A single-turn input containing this text makes the runtime really fault in C
@@ -73,6 +74,11 @@ class ScriptedAdapter(Adapter):
             # the id and name first, then the arguments text in 5-character pieces.
             "scripted_tools": StrictBool(load_default=False),
             "scripted_call": fields.String(load_default=None, allow_none=True),
+            # The model thinks when asked to (modes default, enabled, disabled): its
+            # `scripted_reasoning` deltas come only with thinking on.
+            "scripted_thinks": StrictBool(load_default=False),
+            # The longest answer a request may ask for (its max_tokens).
+            "scripted_max_tokens": StrictInt(load_default=1000),
         }
 
     @classmethod
@@ -81,7 +87,9 @@ class ScriptedAdapter(Adapter):
         return Capabilities(
             modalities=("text", "image"),
             multi_turn=True,
-            thinking_modes=("default",),
+            thinking_modes=("default", "enabled", "disabled")
+            if spec.options["scripted_thinks"]
+            else ("default",),
             structured_output=structured,
             structured_after_thinking=structured,
             tool_calls=bool(spec.options["scripted_tools"]),
@@ -90,7 +98,7 @@ class ScriptedAdapter(Adapter):
 
     @classmethod
     def max_tokens_limit(cls, spec: ModelSpec) -> int:
-        return 1000
+        return int(spec.options["scripted_max_tokens"])
 
     def load(self) -> None:
         if self._cancelled.wait(self.spec.options["scripted_load_s"]):
@@ -114,6 +122,7 @@ class ScriptedAdapter(Adapter):
         with self.lock:
             self.active += 1
             self.generations += 1
+            self.last_request = request
         try:
             marker = self.spec.options["scripted_fault_marker"]
             if marker and isinstance(request.input, str) and marker in request.input:
@@ -121,7 +130,8 @@ class ScriptedAdapter(Adapter):
             n = min(self.spec.options["scripted_tokens"], request.decoding.max_tokens)
             fail_after = self.spec.options["scripted_fail_after"]
             bug_after = self.spec.options["scripted_bug_after"]
-            for i in range(self.spec.options["scripted_reasoning"]):
+            thinks = not self.spec.options["scripted_thinks"] or request.thinking != "disabled"
+            for i in range(self.spec.options["scripted_reasoning"] if thinks else 0):
                 yield Chunk(reasoning=f"r{i} ")
             call = self.spec.options["scripted_call"]
             if call is not None and request.tools is not None:
@@ -134,9 +144,14 @@ class ScriptedAdapter(Adapter):
                 return
             text = self.spec.options["scripted_text"]
             if text is not None:
+                # The request's stop strings end the text, as runtimes do, and are named.
+                cuts = sorted((text.find(s), s) for s in request.decoding.stop if s in text)
+                stopped = cuts[0][1] if cuts else None
+                text = text[: cuts[0][0]] if cuts else text
                 for i in range(0, len(text), 4):
                     yield Chunk(text=text[i : i + 4])
-                yield Chunk(final=Final(finish_reason="stop", prompt_tokens=3, output_tokens=n))
+                final = Final(finish_reason="stop", stop_sequence=stopped, prompt_tokens=3, output_tokens=n)
+                yield Chunk(final=final)
                 return
             for i in range(n):
                 if fail_after is not None and i == fail_after:

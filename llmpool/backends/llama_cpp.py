@@ -282,6 +282,8 @@ class LlamaCppAdapter(Adapter):
         yield Chunk(
             final=Final(
                 finish_reason="length" if outcome.finish == "length" else "stop",
+                # The chat template's own stops (end of turn) are no stop sequence.
+                stop_sequence=outcome.stop if outcome.stop in d.stop else None,
                 prompt_tokens=len(tokens),
                 output_tokens=outcome.tokens,
                 tokenize_ms=round((tokenized - started) * 1000, 3),

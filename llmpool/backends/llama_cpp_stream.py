@@ -26,6 +26,7 @@ class Outcome:
 
     finish: str = "length"
     tokens: int = 0
+    stop: str | None = None  # the stop string that ended the text, if one did
 
 
 def stream_text(
@@ -57,9 +58,9 @@ def stream_text(
         held += decoder.decode(bytes(llm.detokenize([token], special=True)))
         cut = _first_stop(held, stops)
         if cut is not None:
-            if held[:cut]:
-                yield held[:cut]
-            outcome.finish = "stop"
+            if held[: cut[0]]:
+                yield held[: cut[0]]
+            outcome.finish, outcome.stop = "stop", cut[1]
             return
         keep = max((partial_suffix(held, s) for s in stops), default=0)
         if len(held) > keep:
@@ -72,9 +73,9 @@ def stream_text(
         yield held
 
 
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    """Where the earliest stop string in `text` begins, if any does."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+def _first_stop(text: str, stops: list[str]) -> tuple[int, str] | None:
+    """Where the earliest stop string in `text` begins, and which one it is, if any."""
+    found = [(i, s) for s, i in ((s, text.find(s)) for s in stops) if i >= 0]
     return min(found) if found else None
 
 

@@ -200,6 +200,7 @@ def _final(
     timings: dict[str, Any] | None,
     started: float,
     first: float | None,
+    stop_sequence: str | None = None,
 ) -> Final:
     done = time.perf_counter()
     usage = usage or {}
@@ -214,6 +215,7 @@ def _final(
         total = (done - started) * 1000
     return Final(
         finish_reason="length" if finish == "length" else "stop",
+        stop_sequence=stop_sequence,
         prompt_tokens=usage.get("prompt_tokens", timings.get("prompt_n")),
         output_tokens=usage.get("completion_tokens", timings.get("predicted_n")),
         time_to_first_token_ms=None if ttft is None else round(ttft, 3),
@@ -296,6 +298,8 @@ def stream_chat(
         raise UpstreamFailure("connection", f"cannot reach {label}: {exc}") from exc
     first: float | None = None
     finish, usage, timings = "stop", None, None
+    stopped_by: str | None = None  # vLLM names the stop string that ended the text
+    stops = payload.get("stop") or ()
     ended = False  # [DONE] or a finish_reason seen: anything else is a truncated stream
     reusable = False
     try:
@@ -337,6 +341,8 @@ def stream_chat(
                     yield Chunk(tool_call=_tool_call_piece(piece))
                 if choice.get("finish_reason"):
                     finish, ended = choice["finish_reason"], True
+                if choice.get("stop_reason") in stops:
+                    stopped_by = choice["stop_reason"]
         if not ended:
             raise UpstreamFailure(
                 "truncated", f"{label} closed the stream before it finished", output_started=first is not None
@@ -344,7 +350,7 @@ def stream_chat(
         reusable = _finish_body(response)
         if splitter is not None:
             yield from (Chunk(text=t, reasoning=r) for t, r in splitter.flush())
-        yield Chunk(final=_final(finish, usage, timings, started, first))
+        yield Chunk(final=_final(finish, usage, timings, started, first, stopped_by))
     except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
         raise UpstreamFailure("timeout", f"{label} stalled: {exc}", output_started=first is not None) from exc
     except (urllib3.exceptions.HTTPError, OSError) as exc:

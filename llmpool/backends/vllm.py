@@ -360,6 +360,7 @@ def stream_outputs(
     yield Chunk(
         final=Final(
             finish_reason="length" if length else "stop",
+            stop_sequence=_stop_string(completion, params),
             prompt_tokens=len(last.prompt_token_ids) if last is not None and last.prompt_token_ids else None,
             output_tokens=len(completion.token_ids) if completion is not None else 0,
             tokenize_ms=round((prepared - started) * 1000, 3),
@@ -367,3 +368,10 @@ def stream_outputs(
             generate_total_ms=round((done - prepared) * 1000, 3),
         )
     )
+
+
+def _stop_string(completion: Any, params: Any) -> str | None:
+    """The request's stop string that ended `completion` (vLLM's `stop_reason` is that
+    string, a stop token's id, or None)."""
+    reason = getattr(completion, "stop_reason", None)
+    return reason if isinstance(reason, str) and reason in (getattr(params, "stop", None) or ()) else None

@@ -19,25 +19,30 @@ from llmpool.generation import Tool, ToolUse
 NO_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
 
 
+# One offered function: {name, description, parameters} and the param path of its object.
+Offered = tuple[dict[str, Any], str]
+
+
 def from_chat(body: dict[str, Any]) -> ToolUse | None:
     """Chat Completions' tools (`{"type": "function", "function": {...}}`)."""
     functions = [
         (entry["function"], f"tools.{i}.function") for i, entry in enumerate(body.get("tools") or [])
     ]
-    return _tool_use(functions, body.get("tool_choice"), body.get("parallel_tool_calls"))
+    return tool_use(functions, body.get("tool_choice"), body.get("parallel_tool_calls"))
 
 
 def from_responses(body: dict[str, Any]) -> ToolUse | None:
     """The Responses API's tools (`{"type": "function", "name", ...}`, flat)."""
     functions = [(entry, f"tools.{i}") for i, entry in enumerate(body.get("tools") or [])]
-    return _tool_use(functions, body.get("tool_choice"), body.get("parallel_tool_calls"))
+    return tool_use(functions, body.get("tool_choice"), body.get("parallel_tool_calls"))
 
 
-def _tool_use(
-    functions: list[tuple[dict[str, Any], str]], choice: Any, parallel: bool | None
+def tool_use(
+    functions: list[Offered], choice: Any, parallel: bool | None, schema_key: str = "parameters"
 ) -> ToolUse | None:
     """The request's ToolUse from (function, its param path) pairs and a tool_choice as
-    the request schema loads it (a mode, or {"type": "function", "function": {"name"}})."""
+    the request schema loads it (a mode, or {"type": "function", "function": {"name"}}).
+    `schema_key`: the field of the arguments' schema as the API names it, for the 400."""
     if choice is None:
         choice = "auto" if functions else "none"
     if not functions:
@@ -51,7 +56,7 @@ def _tool_use(
         if any(t.name == function["name"] for t in tools):
             raise InvalidParam(f"{where}.name", f"Two tools are named '{function['name']}'.")
         parameters = function["parameters"] or NO_ARGUMENTS
-        structured.check_schema(f"{where}.parameters", parameters)
+        structured.check_schema(f"{where}.{schema_key}", parameters)
         tools.append(Tool(function["name"], parameters, function["description"]))
     use = ToolUse(tuple(tools), parallel=parallel is not False)
     if isinstance(choice, dict):

@@ -58,12 +58,20 @@ CREDENTIALS: dict[str, dict[str, str]] = {
     "user": {"Authorization": f"Bearer {USER}"},
     "user2": {"Authorization": f"bearer {USER2}"},  # the scheme is case-insensitive
     "admin": {"Authorization": f"Bearer {ADMIN}"},
+    # Anthropic's clients send the key as x-api-key: the same keys, on every route.
+    "x-api-key-user": {"x-api-key": USER},
+    "x-api-key-admin": {"x-api-key": ADMIN},
+    "x-api-key-wrong": {"x-api-key": "not-a-token"},
+    "x-api-key-and-bearer-same": {"x-api-key": USER, "Authorization": f"Bearer {USER}"},
+    "x-api-key-and-bearer-differ": {"x-api-key": USER2, "Authorization": f"Bearer {USER}"},
+    "x-api-key-wrong-beside-bearer": {"x-api-key": "not-a-token", "Authorization": f"Bearer {ADMIN}"},
 }
-ADMIN_OK = {"admin"}
-PUBLIC_OK = {"user", "user2", "admin"}
+ADMIN_OK = {"admin", "x-api-key-admin"}
+PUBLIC_OK = {"user", "user2", "admin", "x-api-key-user", "x-api-key-admin", "x-api-key-and-bearer-same"}
 
 GENERATE = {"model": MODEL, "input": "hi"}
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+MESSAGE = {**CHAT, "max_tokens": 8}
 # (method, path, json body, who may call it)
 ROUTES: list[tuple[str, str, Any, set[str] | None]] = [
     ("GET", "/v1/admin/models", None, ADMIN_OK),
@@ -75,6 +83,8 @@ ROUTES: list[tuple[str, str, Any, set[str] | None]] = [
     ("GET", "/v1/admin/no-such-route", None, ADMIN_OK),
     ("POST", "/v1/responses", GENERATE, PUBLIC_OK),
     ("POST", "/v1/chat/completions", CHAT, PUBLIC_OK),
+    ("POST", "/v1/messages", MESSAGE, PUBLIC_OK),
+    ("POST", "/v1/messages/count_tokens", CHAT, PUBLIC_OK),
     ("GET", "/v1/models", None, PUBLIC_OK),
     ("GET", "/v1/no-such-route", None, PUBLIC_OK),
     ("GET", "/healthz", None, None),
@@ -101,6 +111,9 @@ def test_auth_matrix(
         if path.startswith("/v1/chat/"):
             error = body_json["error"]  # OpenAI's shape, which its SDK reads
             assert error["code"] == "unauthorized" and error["type"] == "authentication_error"
+        elif path.startswith("/v1/messages"):
+            assert body_json["type"] == "error"  # Anthropic's shape, which its SDK reads
+            assert body_json["error"]["type"] == "authentication_error"
         else:
             assert body_json["detail"]["code"] == "unauthorized"
 

@@ -270,7 +270,8 @@ def test_without_the_token_the_cli_exits_1_and_says_what_is_missing(secured: Ser
     result = cli("status", "--url", secured.url)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [
-        "llm-pool: 401 unauthorized: this endpoint needs 'Authorization: Bearer <token>'",
+        "llm-pool: 401 unauthorized: this endpoint needs 'Authorization: Bearer <token>'"
+        " (or 'x-api-key: <token>')",
         "llm-pool: no admin token: set LLM_POOL_ADMIN_TOKEN to the pool's admin token",
     ]
     wrong = cli("unload", "fake", "--url", secured.url, env={"LLM_POOL_ADMIN_TOKEN": "not-the-token"})

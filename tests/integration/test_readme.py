@@ -69,12 +69,13 @@ def readme_python_blocks() -> list[str]:
 
 
 def test_readme_has_the_python_examples() -> None:
-    streaming, structured = readme_python_blocks()
+    streaming, structured, messages = readme_python_blocks()
     assert "responses.stream" in streaming
     assert "chat.completions.parse" in structured and "responses.parse" in structured
+    assert "messages.create" in messages and "messages.stream" in messages and "count_tokens" in messages
 
 
-@pytest.mark.parametrize("index", range(2))
+@pytest.mark.parametrize("index", range(3))
 def test_readme_python_example_runs_as_written(readme_server: Server, index: int) -> None:
     block = readme_python_blocks()[index]
     assert README_URL in block
@@ -89,6 +90,8 @@ def test_readme_python_example_runs_as_written(readme_server: Server, index: int
     assert len(lines) >= 2, result.stdout
     if index == 1:  # two parsed City objects (pydantic's repr: name='...' country='...')
         assert all("name=" in line and "population=" in line for line in lines), result.stdout
+    if index == 2:  # the anthropic SDK: an answer with its stop reason, a stream, a count
+        assert lines[0].endswith(("end_turn", "max_tokens")) and int(lines[-1]) > 0, result.stdout
 
 
 def test_readme_quick_start_names_the_two_make_targets() -> None:
