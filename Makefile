@@ -148,6 +148,7 @@ test: lint $(SELFTEST_STAMP) $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(THIN
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
 	LLM_POOL_TEST_VLM_MODEL=$(abspath $(TINY_VLM_DIR)) \
 	LLM_POOL_TEST_THINK_HF=$(abspath $(THINK_HF_DIR)) \
+	LLM_POOL_TEST_TOOL_HF=$(abspath $(TOOL_HF_DIR)) \
 		$(VLLM_VENV)/bin/python -m pytest -o addopts="-ra --strict-markers" tests/vllm_inprocess -q
 
 unit: $(SELFTEST_STAMP) systemd-tools

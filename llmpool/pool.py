@@ -164,6 +164,17 @@ class Pool:
             if any(m.tool_calls or m.role == "tool" for m in request.messages or ()):
                 message = f"messages: tool calls and tool results are not supported by {backend}"
                 raise InvalidParam("messages", message)
+        choice = tools.choice if tools is not None else "auto"
+        if (
+            choice != "auto"
+            and not caps.structured_after_thinking
+            and prompts.thinks(entry.active_spec, request)
+        ):
+            raise InvalidParam(
+                "thinking",
+                f"tool_choice '{choice}' with thinking on is not supported by {backend}: the constraint "
+                "that holds the call would bind the thoughts too; send thinking: 'disabled'",
+            )
         if fmt is None:
             return
         if not caps.structured_output:

@@ -23,8 +23,9 @@ import json
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from llmpool.generation import Chunk, ToolCallDelta
+from llmpool.generation import Chunk, ToolCallDelta, ToolUse
 from llmpool.reasoning import Markers, partial_suffix
 
 
@@ -134,3 +135,70 @@ def read_calls(chunks: Iterable[Chunk], markers: Markers | None) -> Iterator[Chu
         close = getattr(chunks, "close", None)
         if close is not None:
             close()
+
+
+# -- calls held by a JSON constraint ---------------------------------------------------
+def forced_schema(use: ToolUse) -> dict[str, Any]:
+    """The JSON a runtime is held to for a named or required choice, where its constraint
+    is a JSON schema (in-process vLLM, as vLLM's own server does it): a named call's
+    arguments object; for `required`, an array of {"name", "arguments"} calls of the
+    allowed tools (one at most without parallel calls)."""
+    if use.choice == "function":
+        tool = use.tool(use.function or "")
+        return tool.parameters if tool is not None else {"type": "object"}
+    calls = [
+        {
+            "type": "object",
+            "properties": {"name": {"enum": [tool.name]}, "arguments": tool.parameters},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in use.allowed()
+    ]
+    schema: dict[str, Any] = {"type": "array", "items": {"anyOf": calls}, "minItems": 1}
+    if not use.parallel:
+        schema["maxItems"] = 1
+    return schema
+
+
+def read_forced(chunks: Iterable[Chunk], use: ToolUse) -> Iterator[Chunk]:
+    """A runtime's chunks under `forced_schema`: the answer text is the calls' JSON, read
+    whole at the end and passed on as calls (thoughts pass as they are). JSON that does
+    not read as calls still becomes a call (name "", the text as its arguments), which its
+    check then fails by name. Closing this closes `chunks`."""
+    text: list[str] = []
+    try:
+        for chunk in chunks:
+            if chunk.final is not None:
+                for index, (name, arguments) in enumerate(_forced_calls("".join(text), use)):
+                    yield Chunk(tool_call=ToolCallDelta(index, call_id(), name, ""))
+                    yield Chunk(tool_call=ToolCallDelta(index, arguments=arguments))
+                yield chunk
+                continue
+            text.append(chunk.text)
+            if chunk.reasoning:
+                yield Chunk(reasoning=chunk.reasoning)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _forced_calls(text: str, use: ToolUse) -> list[tuple[str, str]]:
+    """(name, arguments JSON) of each call in a forced answer."""
+    if use.choice == "function":
+        return [(use.function or "", text.strip())]
+    try:
+        value = json.loads(text)
+        return [(str(call["name"]), json.dumps(call["arguments"], ensure_ascii=False)) for call in value]
+    except (ValueError, TypeError, KeyError):
+        return [("", text)]
+
+
+def arguments_object(arguments: str) -> Any:
+    """A call's arguments as the object a Hugging Face chat template expects; text that is
+    not JSON stays text (the template gets it as it was sent)."""
+    try:
+        return json.loads(arguments)
+    except ValueError:
+        return arguments

@@ -24,7 +24,6 @@ time (`can_batch = False`).
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -42,7 +41,7 @@ from llmpool.config.spec import ModelSpec
 from llmpool.errors import BackendError, InvalidParam, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest, content_text
 from llmpool.reasoning import ReasoningSplitter
-from llmpool.tool_calls import read_calls
+from llmpool.tool_calls import arguments_object, read_calls
 
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 FLASH_ATTN = ("on", "off", "auto")
@@ -324,15 +323,8 @@ def template_messages(request: GenerationRequest) -> list[dict[str, Any]]:
     for message in messages:
         message["content"] = content_text(message["content"] or "")
         for call in message.get("tool_calls", ()):
-            call["function"]["arguments"] = _object(call["function"]["arguments"])
+            call["function"]["arguments"] = arguments_object(call["function"]["arguments"])
     return messages
-
-
-def _object(arguments: str) -> Any:
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        return arguments  # not JSON: the template gets the text as it was sent
 
 
 def _chunks(splitter: ReasoningSplitter | None, text: str) -> Iterator[Chunk]:

@@ -21,6 +21,7 @@ on it ends with `backend_error`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import io
 import os
@@ -35,7 +36,7 @@ from marshmallow import fields
 
 from llmpool import prompts
 from llmpool.backends import vllm_keys
-from llmpool.backends.base import Adapter
+from llmpool.backends.base import Adapter, Capabilities
 from llmpool.backends.event_loop import LoopThread
 from llmpool.backends.openai_chat import chat_messages
 from llmpool.config.spec import ModelSpec
@@ -43,6 +44,7 @@ from llmpool.errors import BackendError, InvalidRequest, ModelLoadFailed
 from llmpool.generation import Chunk, Final, GenerationRequest, OutputFormat
 from llmpool.media import decode_data_url
 from llmpool.reasoning import ReasoningSplitter
+from llmpool.tool_calls import arguments_object, forced_schema, read_calls, read_forced
 
 # How long an abort (a cancelled job) or a shutdown may take before we move on.
 _ABORT_WAIT_S = 5.0
@@ -101,6 +103,8 @@ def template_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]],
     images: list[bytes] = []
     out: list[dict[str, Any]] = []
     for message in chat_messages(request):
+        for call in message.get("tool_calls", ()):  # Hugging Face templates take objects
+            call["function"]["arguments"] = arguments_object(call["function"]["arguments"])
         content = message["content"]
         if isinstance(content, list) and any(p.get("type") == "image_url" for p in content):
             parts: list[dict[str, Any]] = []
@@ -110,12 +114,12 @@ def template_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]],
                     parts.append({"type": "image"})
                 elif part.get("type") == "text":
                     parts.append({"type": "text", "text": str(part.get("text", ""))})
-            out.append({"role": message["role"], "content": parts})
+            out.append({**message, "content": parts})
         elif isinstance(content, list):
             text = "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
-            out.append({"role": message["role"], "content": text})
+            out.append({**message, "content": text})
         else:
-            out.append({"role": message["role"], "content": content})
+            out.append({**message, "content": content if content is not None else ""})
     return out, images
 
 
@@ -149,6 +153,13 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
     backend = "vllm"
     blocking = True
     can_batch = True
+
+    @classmethod
+    def capabilities(cls, spec: ModelSpec) -> Capabilities:
+        # Tools where the pool reads the format's calls out of the text (the model's own
+        # template shows them); a named or required call is held by a JSON constraint.
+        tools = prompts.tool_call_markers(spec.prompt_format) is not None
+        return dataclasses.replace(super().capabilities(spec), tool_calls=tools, forced_tool_calls=tools)
 
     def __init__(self, spec: ModelSpec, replica_id: int) -> None:
         super().__init__(spec, replica_id)
@@ -249,7 +260,9 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
             raise InvalidRequest("this model does not take images", model=self.spec.name)
         # A reasoning format: thinking on or off through the template's own switch
         # (`prompts.template_kwargs`), and Qwen3's empty block if it has none.
-        kwargs = prompts.template_kwargs(self.spec, request)
+        kwargs: dict[str, Any] = {**prompts.template_kwargs(self.spec, request)}
+        if request.tools is not None:  # the model's own template shows them
+            kwargs["tools"] = [tool.openai() for tool in request.tools.tools]
         text = self._tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False, **kwargs
         )
@@ -265,7 +278,13 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
         started = time.perf_counter()
         prompt = self.prompt(request)
         kwargs = sampling_kwargs(request, self.max_tokens_limit(self.spec))
-        if request.output_format is not None:
+        use = request.tools
+        forced = use is not None and use.choice != "auto"
+        if forced and use is not None:  # held as JSON, read back as calls (read_forced)
+            kwargs["structured_outputs"] = structured_outputs(
+                OutputFormat("json_schema", "tools", forced_schema(use))
+            )
+        elif request.output_format is not None:
             kwargs["structured_outputs"] = structured_outputs(request.output_format)
         params = self._sampling_params(**kwargs)
         prepared = time.perf_counter()
@@ -273,10 +292,14 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
         self._in_flight[id(request)] = outputs
         # Thoughts out of the text (a prompt that opened the block starts inside it).
         splitter = prompts.request_splitter(self.spec, request, prompt["prompt"])
+        chunks = stream_outputs(
+            loop, engine, prompt, params, prepared, started, outputs, self._client_errors, splitter
+        )
         try:
-            yield from stream_outputs(
-                loop, engine, prompt, params, prepared, started, outputs, self._client_errors, splitter
-            )
+            if forced and use is not None:
+                yield from read_forced(chunks, use)
+            else:  # with tools, the calls the model writes in its answer are read out of the text
+                yield from read_calls(chunks, prompts.request_tool_markers(self.spec, request))
         finally:
             self._in_flight.pop(id(request), None)
 

@@ -279,3 +279,40 @@ def test_a_bad_responses_tool_request_names_the_field(
     r = client.post("/v1/responses", json={"model": "caller", "input": "x", **extra})
     assert r.status_code in (400, 422), r.get_json()
     assert r.get_json()["error"]["param"] == param, r.get_json()
+
+
+def test_a_constraint_that_would_bind_the_thoughts_is_refused_by_name(make_app: Callable[..., Flask]) -> None:
+    """A runtime whose constraint starts at the first token (structured_after_thinking
+    false) refuses a held call, and a schema, while the model may think."""
+    call = json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}})
+    model = scripted_model(
+        scripted_tools=True,
+        scripted_call=call,
+        scripted_thinks=True,
+        prompt_format="qwen3_template",
+        scripted_delay_s=0.0,
+    )
+    client = make_app({"engine": {"models": {"m": model}}}).test_client()
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    for choice in ("required", named):
+        body = {"model": "m", "messages": ASK, "tools": [WEATHER], "tool_choice": choice}
+        r = client.post("/v1/responses", json={**_as_responses(body), "thinking": "enabled"})
+        assert r.status_code == 400 and r.get_json()["error"]["param"] == "thinking", r.get_json()
+        assert "would bind the thoughts" in r.get_json()["error"]["message"]
+        r = client.post("/v1/responses", json={**_as_responses(body), "thinking": "disabled"})
+        assert r.status_code == 200, r.get_json()
+    body = {"model": "m", "messages": ASK, "tools": [WEATHER], "thinking": "enabled"}
+    assert client.post("/v1/responses", json=_as_responses(body)).status_code == 200  # auto: free
+
+
+def _as_responses(body: dict[str, Any]) -> dict[str, Any]:
+    """A chat body's tools and choice in the Responses API's flat shape."""
+    out = {k: v for k, v in body.items() if k not in ("messages", "tools", "tool_choice")}
+    out["input"] = body["messages"]
+    out["tools"] = [{"type": "function", **tool["function"]} for tool in body["tools"]]
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        out["tool_choice"] = {"type": "function", "name": choice["function"]["name"]}
+    elif choice is not None:
+        out["tool_choice"] = choice
+    return out

@@ -26,55 +26,11 @@ import openai
 import pytest
 
 from tests.integration.conftest import Server, openai_client, start_server, stop_server, template_copy
+from tests.integration.tool_cases import ASK, FEW_SHOT, NAMED, TIME, WEATHER
 
 pytestmark = pytest.mark.integration
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 24}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    },
-}
-TIME = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "description": "The current time in a time zone.",
-        "parameters": {
-            "type": "object",
-            "properties": {"zone": {"type": "string", "maxLength": 24}},
-            "required": ["zone"],
-            "additionalProperties": False,
-        },
-    },
-}
-ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
-NAMED = {"type": "function", "function": {"name": "get_weather"}}
 MODELS = ("cpp", "server")
-
-
-def _shown(i: int, city: str) -> list[dict[str, Any]]:
-    call = {
-        "id": f"call_{i}",
-        "type": "function",
-        "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
-    }
-    return [
-        {"role": "user", "content": f"Weather in {city}?"},
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": f"call_{i}", "content": "18 C"},
-    ]
-
-
-FEW_SHOT = [m for i, city in enumerate(["Paris", "Berlin", "Madrid"]) for m in _shown(i, city)]
-FEW_SHOT.append({"role": "user", "content": "Weather in Rome?"})
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ import pytest
 import requests
 
 from tests.integration.conftest import Server, openai_client, start_server, stop_server, template_copy
-from tests.integration.test_tool_calls import ASK, FEW_SHOT, WEATHER
 from tests.integration.test_vllm_serve import vllm_paths
 from tests.integration.test_vllm_serve_reasoning import model
+from tests.integration.tool_cases import ASK, FEW_SHOT, WEATHER
 
 pytestmark = pytest.mark.integration
 
