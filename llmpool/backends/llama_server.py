@@ -14,6 +14,8 @@ server left in `content`.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 from marshmallow import fields, validate
@@ -21,9 +23,12 @@ from marshmallow import fields, validate
 from llmpool import prompts
 from llmpool.backends.base import Capabilities
 from llmpool.backends.managed import ManagedServerAdapter, supervision_fields
+from llmpool.backends.openai_chat import chat_messages
 from llmpool.config.fields import LIVE, IntOrString, StrictFloat, StrictInt
 from llmpool.config.spec import ModelSpec
-from llmpool.generation import GenerationRequest
+from llmpool.errors import BackendError
+from llmpool.generation import Chunk, GenerationRequest, ToolUse
+from llmpool.tool_calls import forced_schema, read_forced
 
 P = "llama_server_"
 FLASH_ATTN = ("on", "off", "auto")
@@ -93,7 +98,7 @@ class LlamaServerAdapter(ManagedServerAdapter):
             thinking_modes=prompts.chat_thinking_modes(spec),
             structured_output=True,  # response_format: llama-server builds a grammar from it
             tool_calls=True,  # tools through the template (--jinja); calls parsed there or here
-            forced_tool_calls=False,  # it takes no named choice and does not hold `required`
+            forced_tool_calls=True,  # held by the pool: see `_held`
         )
 
     @classmethod
@@ -147,3 +152,28 @@ class LlamaServerAdapter(ManagedServerAdapter):
     def payload(self, request: GenerationRequest) -> dict[str, Any]:
         # llama-server takes its native sampling knobs next to the OpenAI ones.
         return {**super().payload(request), "repeat_penalty": request.decoding.repetition_penalty}
+
+    def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
+        use = request.tools
+        if use is None or use.choice == "auto":
+            return super().generate(request)
+        return self._held(request, use)
+
+    def _held(self, request: GenerationRequest, use: ToolUse) -> Iterator[Chunk]:
+        """A named or required call. llama-server takes no named choice, holds `required`
+        only for templates its parser knows, and refuses a grammar beside tools; so the
+        pool has the model's template render the prompt with the tools (/apply-template)
+        and holds the completion of that prompt to the calls' JSON with llama-server's
+        own JSON-schema grammar, then reads the JSON back as calls (as for in-process vLLM)."""
+        body: dict[str, Any] = {"messages": chat_messages(request), "tools": [t.openai() for t in use.tools]}
+        kwargs = prompts.template_kwargs(self.spec, request)
+        if kwargs:
+            body["chat_template_kwargs"] = kwargs
+        rendered = self.fetch("/apply-template", body)
+        if not isinstance(rendered, dict) or not isinstance(rendered.get("prompt"), str):
+            raise BackendError(f"{self.label}: /apply-template answered no prompt", model=self.spec.name)
+        raw = dataclasses.replace(
+            request, input=None, messages=None, instructions=None, prompt=rendered["prompt"], tools=None
+        )
+        payload = {**self.payload(raw), "json_schema": forced_schema(use)}
+        yield from self.relay(raw, payload, lambda chunks: read_forced(chunks, use))

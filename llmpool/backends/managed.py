@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import requests
@@ -22,6 +22,7 @@ from llmpool.backends.openai_chat import (
     ChatUpstream,
     UpstreamFailure,
     endpoint,
+    fetch_json,
     prompt_body,
     stream_chat,
 )
@@ -220,22 +221,49 @@ class ManagedServerAdapter(Adapter):
 
     # -- generation ------------------------------------------------------------------
     def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
+        # Calls the runtime parsed pass as they are; calls it left in `content` (a template
+        # its parser does not know) are read out here, for a known format.
+        markers = prompts.request_tool_markers(self.spec, request)
+        return self.relay(request, self.payload(request), lambda chunks: read_calls(chunks, markers))
+
+    def relay(
+        self,
+        request: GenerationRequest,
+        payload: dict[str, Any],
+        read: Callable[[Iterator[Chunk]], Iterator[Chunk]],
+    ) -> Iterator[Chunk]:
+        """Stream `payload` to the child's endpoint for `request` and pass its chunks on
+        through `read`; the child's failures in the pool's terms."""
         if self._upstream is None or self.port is None or self.child is None:
             raise BackendError("runtime is not loaded", model=self.spec.name)
         try:
             chunks = stream_chat(
                 self._upstream,
                 self._url(self.port, "/v1" + endpoint(request)),
-                self.payload(request),
+                payload,
                 timeout=(5.0, self.option("request_timeout_s")),
                 label=self.label,
                 # The runtime splits the thoughts out (see the subclass); this catches
                 # whatever it leaves inline in `content`.
                 splitter=prompts.request_splitter(self.spec, request),
             )
-            # Calls the runtime parsed pass as they are; calls it left in `content` (a
-            # template its parser does not know) are read out here, for a known format.
-            yield from read_calls(chunks, prompts.request_tool_markers(self.spec, request))
+            yield from read(chunks)
+        except UpstreamFailure as exc:
+            raise self._local_error(exc) from exc
+
+    def fetch(self, path: str, body: dict[str, Any]) -> Any:
+        """POST `body` to the child's `path` and return its JSON answer (not streamed);
+        raises the pool's error for a failure."""
+        if self._upstream is None or self.port is None:
+            raise BackendError("runtime is not loaded", model=self.spec.name)
+        try:
+            return fetch_json(
+                self._upstream,
+                self._url(self.port, path),
+                body,
+                timeout=(5.0, self.option("request_timeout_s")),
+                label=self.label,
+            )
         except UpstreamFailure as exc:
             raise self._local_error(exc) from exc
 

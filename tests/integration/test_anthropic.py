@@ -115,16 +115,15 @@ def test_count_tokens_is_what_the_answer_reads(client: Any, model: str) -> None:
     assert counted.input_tokens == answered.usage.input_tokens > 100
 
 
-def test_a_named_tool_is_called_with_input_that_fits_its_schema(client: Any) -> None:
+@pytest.mark.parametrize("model", ["cpp", "server"])
+def test_a_named_tool_is_called_with_input_that_fits_its_schema(client: Any, model: str) -> None:
     body: dict[str, Any] = {"messages": ASK, "tools": [WEATHER], "tool_choice": NAMED}
-    message = client.messages.create(model="cpp", max_tokens=64, **body)
+    message = client.messages.create(model=model, max_tokens=64, **body)
     assert message.stop_reason == "tool_use"
     [call] = [b for b in message.content if b.type == "tool_use"]
     assert call.name == "get_weather" and set(call.input) == {"city"} and isinstance(call.input["city"], str)
     assert not any(b.type == "text" and "tool_call>" in b.text for b in message.content)
-    with client.messages.stream(
-        model="cpp", max_tokens=64, messages=ASK, tools=[WEATHER], tool_choice=NAMED
-    ) as stream:
+    with client.messages.stream(model=model, max_tokens=64, **body) as stream:
         final = stream.get_final_message()
     [streamed] = [b for b in final.content if b.type == "tool_use"]
     assert streamed.input == call.input and final.stop_reason == "tool_use"
