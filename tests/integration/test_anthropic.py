@@ -187,3 +187,17 @@ def test_errors_are_anthropics(client: Any, server: Server) -> None:
         document = [{"type": "document", "source": {}}]
         client.messages.create(model="cpp", max_tokens=8, messages=[{"role": "user", "content": document}])
     assert "document" in json.dumps(refused.value.body)
+
+
+def test_messages_parse_gives_the_pydantic_object(client: Any) -> None:
+    """The SDK's structured output (output_config.format) on the grammar-held runtime."""
+    from pydantic import BaseModel
+
+    class City(BaseModel):
+        name: str
+        country: str
+
+    ask = [{"role": "user", "content": "Describe Paris as JSON with its name and country."}]
+    message = client.messages.parse(model="cpp", max_tokens=64, messages=ask, output_format=City)
+    city = message.parsed_output
+    assert isinstance(city, City) and city.name

@@ -157,3 +157,30 @@ def test_the_models_say_they_call_tools(client: openai.OpenAI) -> None:
     caps = {card.id: (card.model_extra or {})["capabilities"] for card in client.models.list().data}
     assert caps["cpp"]["tool_calls"] and caps["cpp"]["forced_tool_calls"]
     assert caps["server"]["tool_calls"] and caps["server"]["forced_tool_calls"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_responses_create_with_function_tools(client: openai.OpenAI, model: str) -> None:
+    """The Responses API's flat function tools: the call is a function_call output item,
+    streamed with its arguments' delta and done events."""
+    tool = {"type": "function", **WEATHER["function"]}
+    named = {"type": "function", "name": "get_weather"}
+    body: dict[str, Any] = {
+        "model": model,
+        "input": ASK,
+        "tools": [tool],
+        "tool_choice": named,
+        "temperature": 0,
+    }
+    response = client.responses.create(**body)
+    [item] = [o for o in response.output if o.type == "function_call"]
+    assert item.name == "get_weather" and item.call_id
+    assert set(json.loads(item.arguments)) == {"city"}
+    events = list(client.responses.create(**body, stream=True))
+    kinds = [e.type for e in events]
+    assert (
+        "response.function_call_arguments.delta" in kinds and "response.function_call_arguments.done" in kinds
+    )
+    [done] = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert json.loads(done.arguments) == json.loads(item.arguments)
+    assert kinds[-1] == "response.completed"
