@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anthropic
+import httpx2
+import openai
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
@@ -77,3 +81,20 @@ def sse_events(body: str) -> list[tuple[str, Any]]:
         lines = dict(line.split(": ", 1) for line in block.split("\n"))
         events.append((lines["event"], json.loads(lines["data"])))
     return events
+
+
+@contextlib.contextmanager
+def openai_sdk(app: Flask) -> Iterator[openai.OpenAI]:
+    """The official `openai` client on `app` in-process (its HTTP client on a WSGI
+    transport), without retries."""
+    http = httpx2.Client(transport=httpx2.WSGITransport(app=app), base_url="http://pool")
+    with openai.OpenAI(base_url="http://pool/v1", api_key="unused", http_client=http, max_retries=0) as c:
+        yield c
+
+
+@contextlib.contextmanager
+def anthropic_sdk(app: Flask) -> Iterator[anthropic.Anthropic]:
+    """The official `anthropic` client on `app`, likewise."""
+    http = httpx2.Client(transport=httpx2.WSGITransport(app=app), base_url="http://pool")
+    with anthropic.Anthropic(base_url="http://pool", api_key="unused", http_client=http, max_retries=0) as c:
+        yield c

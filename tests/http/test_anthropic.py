@@ -14,14 +14,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import anthropic
-import httpx2
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from llmpool.generation import GenerationRequest
 from tests.fakes import ScriptedAdapter, scripted_model
-from tests.http.conftest import sse_events
+from tests.http.conftest import anthropic_sdk, sse_events
 
 WEATHER = {
     "name": "get_weather",
@@ -69,9 +68,7 @@ def client(make_app: Callable[..., Flask]) -> FlaskClient:
 
 @pytest.fixture
 def sdk(client: FlaskClient) -> Iterator[anthropic.Anthropic]:
-    transport = httpx2.WSGITransport(app=client.application)
-    http = httpx2.Client(transport=transport, base_url="http://pool")
-    with anthropic.Anthropic(base_url="http://pool", api_key="unused", http_client=http, max_retries=0) as c:
+    with anthropic_sdk(client.application) as c:
         yield c
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 from flask import Flask
@@ -15,6 +14,7 @@ from flask.testing import FlaskClient
 from llmpool import prompts
 from llmpool.generation import GenerationRequest
 from tests.conftest import SMOLLM2_ID
+from tests.http.conftest import openai_sdk
 
 GREEDY = {"model": SMOLLM2_ID, "max_tokens": 12, "temperature": 0}
 PROMPT = "The three primary colors are"
@@ -22,8 +22,7 @@ PROMPT = "The three primary colors are"
 
 @pytest.fixture
 def sdk(app: Flask) -> Iterator[openai.OpenAI]:
-    http = httpx2.Client(transport=httpx2.WSGITransport(app=app), base_url="http://pool")
-    with openai.OpenAI(base_url="http://pool/v1", api_key="unused", http_client=http, max_retries=0) as c:
+    with openai_sdk(app) as c:
         yield c
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 from flask import Flask
@@ -20,7 +19,7 @@ from flask.testing import FlaskClient
 
 from tests.conftest import SMOLLM2_ID
 from tests.fakes import scripted_model
-from tests.http.conftest import base_settings, sse_events
+from tests.http.conftest import base_settings, openai_sdk, sse_events
 
 GREEDY = {"temperature": 0.0, "top_k": 1, "max_tokens": 12}
 QUESTION = "Name three colors of the rainbow."
@@ -42,9 +41,7 @@ def app(make_app: Callable[..., Flask]) -> Flask:
 
 @pytest.fixture
 def sdk(app: Flask) -> Iterator[openai.OpenAI]:
-    transport = httpx2.WSGITransport(app=app)
-    http = httpx2.Client(transport=transport, base_url="http://pool")
-    with openai.OpenAI(base_url="http://pool/v1", api_key="unused", http_client=http, max_retries=0) as c:
+    with openai_sdk(app) as c:
         yield c
 
 

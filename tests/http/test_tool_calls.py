@@ -13,14 +13,13 @@ import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx2
 import openai
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.fakes import scripted_model
-from tests.http.conftest import sse_events
+from tests.http.conftest import openai_sdk, sse_events
 
 WEATHER = {
     "type": "function",
@@ -204,9 +203,7 @@ FLAT_WEATHER = {"type": "function", **WEATHER["function"]}
 
 @pytest.fixture
 def sdk(client: FlaskClient) -> Iterator[openai.OpenAI]:
-    transport = httpx2.WSGITransport(app=client.application)
-    http = httpx2.Client(transport=transport, base_url="http://pool")
-    with openai.OpenAI(base_url="http://pool/v1", api_key="unused", http_client=http, max_retries=0) as c:
+    with openai_sdk(client.application) as c:
         yield c
 
 
