@@ -46,6 +46,11 @@ LITELLM_VENV ?= .venv-litellm
 LITELLM_STAMP := $(LITELLM_VENV)/.ready
 LITELLM := litellm[proxy]==1.104.0
 LINT_PATHS := llmpool blueprints tests bench wsgi.py conf
+# vLLM's router (Rust, from the vLLM project), pinned, in its own env: pools behind it are
+# tested for real (tests/integration/test_router.py) and benchmarked (bench/router.py).
+ROUTER_VENV ?= .venv-router
+ROUTER_STAMP := $(ROUTER_VENV)/.ready
+VLLM_ROUTER := vllm-router==0.1.17
 
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc)
 
@@ -113,8 +118,13 @@ $(LITELLM_STAMP):
 	$(LITELLM_VENV)/bin/pip install -q '$(LITELLM)'
 	touch $@
 
+$(ROUTER_STAMP):
+	python3 -m venv $(ROUTER_VENV)
+	$(ROUTER_VENV)/bin/pip install -q '$(VLLM_ROUTER)'
+	touch $@
+
 # nginx and wrk from the distribution (one apt-get for both, only when one is missing).
-bench-tools: $(LITELLM_STAMP)
+bench-tools: $(LITELLM_STAMP) $(ROUTER_STAMP)
 	@if ! { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || ! command -v wrk >/dev/null; then \
 		command -v apt-get >/dev/null || { echo "need nginx and wrk (Debian: nginx-light wrk)"; exit 1; }; \
 		apt-get update -qq && apt-get install -y -qq nginx-light wrk; \
@@ -129,10 +139,12 @@ systemd-tools:
 
 # Not part of `make test` (which runs a smoke of the same harness): about 50 minutes.
 bench: $(SELFTEST_STAMP) bench-tools
-	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm $(PY) -m bench
+	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm \
+	LLM_POOL_VLLM_ROUTER=$(abspath $(ROUTER_VENV))/bin/vllm-router $(PY) -m bench
 
 test: lint $(SELFTEST_STAMP) $(VLLM_STAMP) $(CT2_STAMP) $(TINY_VLM_STAMP) $(THINK_GGUF) $(TOOL_GGUF) $(VLLM_POOL_STAMP) bench-tools systemd-tools
 	LLM_POOL_BENCH_LITELLM=$(abspath $(LITELLM_VENV))/bin/litellm \
+	LLM_POOL_VLLM_ROUTER=$(abspath $(ROUTER_VENV))/bin/vllm-router \
 	LLM_POOL_TEST_VLLM_SERVE=$(abspath $(VLLM_VENV))/bin/vllm-serve \
 	LLM_POOL_TEST_VLLM_MODEL=$(abspath $(VLLM_MODEL_DIR)) \
 	LLM_POOL_TEST_CT2_MODEL=$(abspath $(CT2_MODEL_DIR)) \
@@ -155,4 +167,4 @@ unit: $(SELFTEST_STAMP) systemd-tools
 	$(PY) -m pytest tests/unit tests/http
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) $(TINY_VLM_DIR) $(THINK_GGUF) $(THINK_HF_DIR) $(TOOL_GGUF) $(TOOL_HF_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(LITELLM_VENV) $(ROUTER_VENV) $(VLLM_MODEL_DIR) $(CT2_MODEL_DIR) $(TINY_VLM_DIR) $(THINK_GGUF) $(THINK_HF_DIR) $(TOOL_GGUF) $(TOOL_HF_DIR) .pytest_cache .mypy_cache .ruff_cache *.egg-info

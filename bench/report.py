@@ -226,6 +226,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
     lines += sections.hangups(r.get("hangups")) + sections.soak(r.get("soak"))
     lines += sections.swaps(r.get("swaps"))
     lines += sections.cpu_variants(r.get("cpu_variants"))
+    lines += sections.router(r.get("router"))
     if r.get("errors"):
         lines += ["", "## Cases that failed", ""]
         lines += [f"- **{case}**: {message}" for case, message in r["errors"].items()]

@@ -100,6 +100,37 @@ def cpu_variants(cpu: dict[str, Any] | None) -> list[str]:
     return lines + rerun_note(cpu)
 
 
+def router(r: dict[str, Any] | None) -> list[str]:
+    if not r:
+        return []
+    lines = [
+        "",
+        "## 10. Pools behind vLLM's router (vllm-router, power_of_two on /get_load), instant upstream",
+        "",
+        "Case 1's wrk runs (chat completions, keep-alive) against one pool alone, the router in front "
+        "of that one pool, and the router in front of two pools. All of them share the server CPU "
+        "here, so two pools add no CPU: this shows what routing costs, not how far it scales.",
+        "",
+        "| target | connections | req/s | p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    names = {"pool": "one pool", "router_one": "router + 1 pool", "router_two": "router + 2 pools"}
+    for key, name in names.items():
+        for conns, run in r[key].items():
+            lines.append(
+                f"| {name} | {conns} | {fmt(run['rps'])} | {fmt(run['p50_ms'])} | {fmt(run['p99_ms'])} |"
+            )
+    added = r["router_added_ms"]
+    ratio = ", ".join(f"{c}: {fmt(v)}" for c, v in r["rps_two_vs_one"].items())
+    lines += [
+        "",
+        f"The router's own latency (router + 1 pool minus the pool, one connection): p50 "
+        f"{fmt(added['p50_ms'])} ms, p99 {fmt(added['p99_ms'])} ms. Two pools' req/s over one pool's, "
+        f"by connections: {ratio}.",
+    ]
+    return lines + rerun_note(r)
+
+
 def layouts(case: dict[str, Any]) -> list[tuple[str, Any]]:
     """A per-layout case's layouts (its `rerun` note, if any, is not one)."""
     return [(k, v) for k, v in case.items() if k != "rerun"]

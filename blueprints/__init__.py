@@ -8,7 +8,17 @@ import os
 
 from flask import Flask, request
 
-from blueprints import admin, anthropic, completions, observe, openai_compat, openapi, operations, responses
+from blueprints import (
+    admin,
+    anthropic,
+    completions,
+    observe,
+    openai_compat,
+    openapi,
+    operations,
+    responses,
+    router,
+)
 from blueprints.contract import make_api
 from blueprints.errors import register_error_handlers
 from llmpool.auth import Access, Credentials, credentials_from
@@ -57,6 +67,7 @@ def create_app(
         anthropic.bp,
         admin.bp,
         operations.bp,
+        router.bp,
         openapi.bp,
     ):
         api.register_blueprint(blueprint)
@@ -73,8 +84,9 @@ def create_app(
     return app
 
 
-# Endpoints anyone may call: a load balancer's probes carry no token.
-OPEN_ENDPOINTS = frozenset({"responses.healthz", "responses.readyz"})
+# Endpoints anyone may call: a load balancer's probes carry no token, and neither do vLLM's
+# router's health checks and load polls (blueprints.router).
+OPEN_ENDPOINTS = frozenset({"responses.healthz", "responses.readyz", "router.health", "router.get_load"})
 ADMIN_PREFIXES = ("/v1/admin", "/metrics")
 
 

@@ -225,6 +225,17 @@ class HealthSchema(_Out):
     status = fields.String(required=True)
 
 
+# `load` would shadow Schema.load as an attribute: declared from a dict.
+LoadSchema = _Out.from_dict(
+    {
+        "load": fields.Integer(required=True, metadata={"description": "waiting + running"}),
+        "waiting": fields.Integer(required=True),
+        "running": fields.Integer(required=True),
+    },
+    name="LoadSchema",
+)
+
+
 class ReadySchema(_Out):
     ready = fields.Boolean(required=True)
     models = fields.Dict(keys=fields.String(), values=fields.String(), required=True)

@@ -61,6 +61,11 @@ def healthz() -> dict[str, Any]:
 @bp.alt_response(503, schema=ReadySchema, description="still loading")
 def readyz() -> tuple[dict[str, Any], int]:
     """Readiness: start-up loading finished"""
+    return readiness()
+
+
+def readiness() -> tuple[dict[str, Any], int]:
+    """Whether the start-up loads are done (200) or not (503), with each model's state."""
     p = pool()
     states = {name: entry.state.value for name, entry in p.models.items()}
     return {"ready": p.ready, "models": states}, 200 if p.ready else 503

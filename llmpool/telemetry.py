@@ -199,14 +199,12 @@ class _StateCollector(Collector):
             "KV-cache utilisation (0-1), where the runtime reports it; the fullest replica.",
             labels=["model_name"],
         )
-        total_waiting = total_running = 0
+        counts: list[tuple[int, int, int]] = []
         for name, entry in list(self._models().items()):
             ex = entry.executor
-            depth, loading = entry.waiting()
+            depth, loading, running = request_counts(entry)
+            counts.append((depth, loading, running))
             for_load.add_metric([name], loading)
-            running = ex.inflight if ex else 0
-            total_waiting += depth + loading
-            total_running += running
             queue.add_metric([name], depth)
             inflight.add_metric([name], running)
             for s in ModelState:
@@ -221,9 +219,32 @@ class _StateCollector(Collector):
         yield from (queue, for_load, inflight, state, replicas, kv)
         # The inference gateway's model-server protocol: TotalQueuedRequests and
         # TotalRunningRequests, under vLLM's names for them.
+        waiting, running = totals(counts)
         yield GaugeMetricFamily(
-            f"{NS}:num_requests_waiting", "Total jobs waiting, all models.", value=total_waiting
+            f"{NS}:num_requests_waiting", "Total jobs waiting, all models.", value=waiting
         )
         yield GaugeMetricFamily(
-            f"{NS}:num_requests_running", "Total jobs running, all models.", value=total_running
+            f"{NS}:num_requests_running", "Total jobs running, all models.", value=running
         )
+
+
+def request_counts(entry: ModelEntry) -> tuple[int, int, int]:
+    """A model's jobs: (queued for a slot, waiting for its load on demand, running)."""
+    depth, loading = entry.waiting()
+    return depth, loading, entry.executor.inflight if entry.executor else 0
+
+
+def request_totals(models: Mapping[str, ModelEntry]) -> tuple[int, int]:
+    """(waiting, running) jobs over every model, as the `num_requests_*` gauges count
+    them: waiting is the jobs queued for a slot plus those waiting for their model's load
+    (both are work this pool owes before it can start anything new), running those on a
+    replica. The router's `load` (GET /get_load) is their sum."""
+    return totals(request_counts(entry) for entry in list(models.values()))
+
+
+def totals(counts: Iterable[tuple[int, int, int]]) -> tuple[int, int]:
+    waiting = running = 0
+    for depth, loading, busy in counts:
+        waiting += depth + loading
+        running += busy
+    return waiting, running

@@ -9,21 +9,25 @@ exit, forwards requests as streamed chat completions, and reports a death to the
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import requests
+import urllib3
 from marshmallow import fields, validate
 
 from llmpool import prompts
 from llmpool.backends.base import Adapter, Capabilities
+from llmpool.backends.kv_poll import KvPoller
 from llmpool.backends.openai_chat import (
     ChatUpstream,
     UpstreamFailure,
     endpoint,
-    fetch_json,
+    error_text,
     prompt_body,
+    read_capped,
     stream_chat,
 )
 from llmpool.config.fields import StrictFloat, StrictInt
@@ -62,6 +66,8 @@ class ManagedServerAdapter(Adapter):
     ready_path: ClassVar[str] = "/health"
     # Flags this backend sets itself from the model's settings; refused in extra args.
     reserved_flags: ClassVar[tuple[str, ...]] = ()
+    # Gauges of the child's /metrics that give its KV-cache use (0-1); none: unknown.
+    kv_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: ModelSpec, replica_id: int) -> None:
         super().__init__(spec, replica_id)
@@ -69,6 +75,7 @@ class ManagedServerAdapter(Adapter):
         self.port: int | None = None
         self._upstream: ChatUpstream | None = None
         self._load_cancelled = False  # set by cancel_load, from another thread
+        self._kv: KvPoller | None = None
 
     # -- subclass hooks --------------------------------------------------------------
     def build_argv(self, binary: str, port: int) -> list[str]:
@@ -180,6 +187,10 @@ class ManagedServerAdapter(Adapter):
             self._upstream = ChatUpstream(
                 self._url(port, ""), maxsize=self.spec.target_inflight, headers=self.headers()
             )
+            if self.kv_metrics:
+                url = self._url(port, "/metrics")
+                self._kv = KvPoller(url, self.kv_metrics, self.headers(), label=self.label)
+                self._kv.start()
             return
 
         raise ModelLoadFailed("load cancelled: nobody waits for it", model=self.spec.name)
@@ -213,11 +224,18 @@ class ManagedServerAdapter(Adapter):
         )
 
     def close(self) -> None:
+        if self._kv is not None:
+            self._kv.stop()
+            self._kv = None
         if self.child is not None:
             self.child.stop()
         if self._upstream is not None:
             self._upstream.close()
             self._upstream = None
+
+    def kv_cache_usage(self) -> float | None:
+        kv = self._kv
+        return kv.value() if kv is not None else None
 
     # -- generation ------------------------------------------------------------------
     def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
@@ -279,3 +297,38 @@ class ManagedServerAdapter(Adapter):
         if exc.kind == "timeout":
             return BackendTimeout(exc.message, model=model)
         return BackendError(exc.message, model=model)
+
+
+def fetch_json(
+    upstream: ChatUpstream,
+    url: str,
+    body: dict[str, Any],
+    *,
+    timeout: tuple[float, float],
+    label: str = "runtime",
+    limit: int = 16 << 20,
+) -> Any:
+    """POST `body` and return the JSON answer (at most `limit` bytes); UpstreamFailure for
+    an error status, a lost connection, a timeout or an answer that is not JSON."""
+    try:
+        response = upstream.request("POST", url, body=body, timeout=timeout)
+    except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
+        raise UpstreamFailure("timeout", f"{label} did not answer in time: {exc}") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise UpstreamFailure("connection", f"cannot reach {label}: {exc}") from exc
+    try:
+        data = read_capped(response, limit)
+        if response.status >= 400:
+            text = error_text(data)
+            raise UpstreamFailure(
+                "status", f"{label} answered {response.status}: {text}", status=response.status
+            )
+        return json.loads(data)
+    except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
+        raise UpstreamFailure("timeout", f"{label} stalled: {exc}") from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise UpstreamFailure("connection", f"connection to {label} lost: {exc}") from exc
+    except ValueError as exc:
+        raise UpstreamFailure("parse", f"{label} sent an answer that is not JSON: {exc}") from exc
+    finally:
+        response.release_conn()

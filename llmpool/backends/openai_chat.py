@@ -223,41 +223,6 @@ def _final(
     )
 
 
-def fetch_json(
-    upstream: ChatUpstream,
-    url: str,
-    body: dict[str, Any],
-    *,
-    timeout: tuple[float, float],
-    label: str = "runtime",
-    limit: int = 16 << 20,
-) -> Any:
-    """POST `body` and return the JSON answer (at most `limit` bytes); UpstreamFailure for
-    an error status, a lost connection, a timeout or an answer that is not JSON."""
-    try:
-        response = upstream.request("POST", url, body=body, timeout=timeout)
-    except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
-        raise UpstreamFailure("timeout", f"{label} did not answer in time: {exc}") from exc
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise UpstreamFailure("connection", f"cannot reach {label}: {exc}") from exc
-    try:
-        data = read_capped(response, limit)
-        if response.status >= 400:
-            text = error_text(data)
-            raise UpstreamFailure(
-                "status", f"{label} answered {response.status}: {text}", status=response.status
-            )
-        return json.loads(data)
-    except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
-        raise UpstreamFailure("timeout", f"{label} stalled: {exc}") from exc
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise UpstreamFailure("connection", f"connection to {label} lost: {exc}") from exc
-    except ValueError as exc:
-        raise UpstreamFailure("parse", f"{label} sent an answer that is not JSON: {exc}") from exc
-    finally:
-        response.release_conn()
-
-
 def error_text(body: bytes) -> str:
     """The server's error message (OpenAI `{"error": {"message"}}` or the raw body), ≤500 chars."""
     try:

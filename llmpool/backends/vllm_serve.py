@@ -41,6 +41,9 @@ class VllmServeAdapter(vllm_keys.VllmModelFacts, ManagedServerAdapter):
     backend = "vllm_serve"
     prefix = P
     process_name = "vllm"
+    # vLLM's own gauge (0-1): `kv_cache_usage_perc` since the V1 engine, before it
+    # `gpu_cache_usage_perc`.
+    kv_metrics = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
     ready_path = "/v1/models"
     reserved_flags = (
         "--port",

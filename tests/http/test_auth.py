@@ -86,6 +86,9 @@ ROUTES: list[tuple[str, str, Any, set[str] | None]] = [
     ("POST", "/v1/messages", MESSAGE, PUBLIC_OK),
     ("POST", "/v1/messages/count_tokens", CHAT, PUBLIC_OK),
     ("GET", "/v1/models", None, PUBLIC_OK),
+    # vLLM's router polls these and sends no key (blueprints.router): open, like the probes.
+    ("GET", "/get_load", None, None),
+    ("GET", "/health", None, None),
     ("GET", "/v1/no-such-route", None, PUBLIC_OK),
     ("GET", "/healthz", None, None),
     ("GET", "/readyz", None, None),

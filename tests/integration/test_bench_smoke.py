@@ -56,6 +56,12 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     assert soak["errors"] == 0 and soak["warmup_errors"] == 0 and soak["rps"] > 0, soak
     assert soak["connections_opened"] == soak["clients"], soak  # every connection was kept alive
     assert len(soak["rss_mb_series"]) == soak["requests"] // soak["rss_mb_every"] + 1
+    routed = results["router"]
+    for target in ("pool", "router_one", "router_two"):
+        for conns in ("1", "16", "64"):
+            run = routed[target][conns]
+            assert run["requests"] > 0 and run["errors"] == 0 and run["non2xx"] == 0, (target, conns, run)
+    assert set(routed["router_added_ms"]) == {"p50_ms", "p99_ms"}
     swaps = results["swaps"]
     for policy in ("pool", "pool-eager", "naive"):
         assert swaps[policy]["requests"] == swaps["agents"] * swaps["per_agent"], swaps
@@ -67,5 +73,6 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     page = (tmp_path / "RESULTS.md").read_text()
     assert "## 8. Agents alternating" in page
     assert "## 9. llama.cpp CPU builds" in page
+    assert "## 10. Pools behind vLLM's router" in page
     assert "## Targets" in page and "smoke run" in page
     assert (tmp_path / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,26 @@ def test_stream_from_vllm_passes_deltas_through(server: Server) -> None:
     deltas = [d["delta"] for n, d in events if n == "response.output_text.delta"]
     assert len(deltas) >= 5 and "".join(deltas) == events[-1][1]["output_text"]
     assert events[-1][1]["usage"]["output_tokens"] == 24 or events[-1][1]["finish_reason"] == "stop"
+
+
+def test_the_childs_kv_cache_use_reaches_the_pools_gauge(server: Server) -> None:
+    """vLLM's own gauge, polled from the child's /metrics off the hub (issue 22): in [0, 1],
+    under the gateway's name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    requests.post(f"{server.url}/v1/responses", json={"model": MODEL, "input": "Hi"}, timeout=60)
+    found: list[float] = []
+    deadline = time.monotonic() + 20
+    while not found and time.monotonic() < deadline:
+        text = requests.get(f"{server.url}/metrics", timeout=10).text
+        found = [
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "llmpool:kv_cache_usage_perc" and s.labels.get("model_name") == MODEL
+        ]
+        time.sleep(0.5)
+    assert found and all(0.0 <= v <= 1.0 for v in found), found
 
 
 def test_a_raw_prompt_goes_through_vllms_completions(server: Server) -> None:

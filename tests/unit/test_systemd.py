@@ -131,3 +131,34 @@ def test_the_readme_records_the_exposure_score(tmp_path: Path) -> None:
         assert (score, label) == recorded.group(2, 3), "the sandbox changed: update the README's score"
     else:  # another systemd weighs the checks differently; the verdict must still hold
         assert label in ("PERFECT", "SAFE", "OK"), (version, score, label)
+
+
+ROUTER_UNIT = ROOT / "systemd" / "llm-pool-router.service"
+
+
+def test_the_router_unit_verifies_and_runs_the_tested_flags(tmp_path: Path) -> None:
+    """systemd/llm-pool-router.service (issue 22): clean under `systemd-analyze verify`
+    (its binary is made to exist in a copy), and it starts vllm-router with the flags
+    tests/integration/test_router.py runs."""
+    from tests.integration.test_router import ROUTER_FLAGS
+
+    text = ROUTER_UNIT.read_text()
+    binary = tmp_path / "vllm-router"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    env = tmp_path / "router.env"
+    env.write_text("POOLS=http://127.0.0.1:1\n")
+    copy = tmp_path / "llm-pool-router.service"
+    copy.write_text(
+        text.replace("/opt/llm-pool/.venv-router/bin/vllm-router", str(binary)).replace(
+            "/etc/llm-pool/router.env", str(env)
+        )
+    )
+    result = analyze("verify", str(copy))
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+    [start] = [v for k, v in directives(text.replace("\\\n", " ")) if k == "ExecStart"]
+    words = start.split()
+    for flag, value in zip(ROUTER_FLAGS[::2], ROUTER_FLAGS[1::2], strict=True):
+        if flag == "--worker-startup-timeout-secs":
+            continue  # a box loads for longer than a test pool
+        assert words[words.index(flag) + 1] == value, flag
