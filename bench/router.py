@@ -2,8 +2,9 @@
 
 Each pool serves `openai_remote` -> nginx (case 1's upstream), so what is measured is the
 serving path, not a model. The same wrk runs as case 1 against: one pool alone, the
-router in front of that one pool (its own added latency), and the router in front of two
-pools (power_of_two on /get_load, the flags of tests/integration/test_router.py). On this
+router in front of that one pool (its own added latency; round_robin, as power_of_two
+needs two workers), and the router in front of two pools (power_of_two on /get_load, the
+flags of tests/integration/test_router.py). On this
 machine every process shares the server CPUs, so two pools do not add CPU: the figure is
 what routing costs and keeps, not how far it scales.
 """
@@ -35,9 +36,12 @@ def router_binary() -> Path:
 def router(workers: list[str], workdir: Path) -> Iterator[str]:
     from tests.integration.test_router import ROUTER_FLAGS
 
+    flags = list(ROUTER_FLAGS)
+    if len(workers) == 1:  # power_of_two refuses to start with one worker: nothing to pick
+        flags[flags.index("--policy") + 1] = "round_robin"
     port = free_port()
     argv = [*SERVER_CPU, str(router_binary()), "--host", "127.0.0.1", "--port", str(port)]
-    argv += ["--prometheus-port", str(free_port()), "--worker-urls", *workers, *ROUTER_FLAGS]
+    argv += ["--prometheus-port", str(free_port()), "--worker-urls", *workers, *flags]
     log_path = workdir / f"router-{port}.log"
     proc = spawn(argv, log_path)
     try:
