@@ -206,9 +206,7 @@ class Executor:
             if not job.stop_requested:
                 final = self._generate(job, runtime)
             job.times.backend_finished = time.monotonic()
-            if not (
-                job.stop_requested or job.request.count_only
-            ):  # never an invalid answer passed on as valid
+            if not job.stop_requested:  # never an invalid answer passed on as valid
                 error = structured.check_answer(job, final, self.model)
         except PoolError as exc:
             error = exc

@@ -59,6 +59,11 @@ class ToolUse:
     function: str | None = None
     parallel: bool = True  # more than one call in one answer
 
+    @property
+    def held(self) -> bool:
+        """Whether the model must call (`required` or a named function), not merely may."""
+        return self.choice != "auto"
+
     def tool(self, name: str) -> Tool | None:
         return next((t for t in self.tools if t.name == name), None)
 
@@ -161,6 +166,11 @@ class GenerationRequest:
     # Only the prompt's length is wanted (Anthropic's count_tokens): the runtime renders and
     # reads the prompt as for an answer and samples one token, which nobody checks.
     count_only: bool = False
+
+    @property
+    def held_tools(self) -> ToolUse | None:
+        """The request's tools when they hold the model to a call, else None."""
+        return self.tools if self.tools is not None and self.tools.held else None
 
     @property
     def has_images(self) -> bool:

@@ -154,9 +154,9 @@ class Pool:
         where the constraint starts after the thoughts."""
         fmt, caps, model = request.output_format, entry.capabilities, entry.name
         backend = f"model '{model}' (backend '{entry.spec.backend}')"
-        tools = request.tools
-        if tools is not None and tools.choice != "auto" and caps.tool_calls and not caps.forced_tool_calls:
-            message = f"tool_choice '{tools.choice}' is not held by {backend}; send 'auto' or 'none'"
+        tools, held = request.tools, request.held_tools
+        if held is not None and caps.tool_calls and not caps.forced_tool_calls:
+            message = f"tool_choice '{held.choice}' is not held by {backend}; send 'auto' or 'none'"
             raise InvalidParam("tool_choice", message)
         if not caps.tool_calls:
             if tools is not None:
@@ -164,15 +164,14 @@ class Pool:
             if any(m.tool_calls or m.role == "tool" for m in request.messages or ()):
                 message = f"messages: tool calls and tool results are not supported by {backend}"
                 raise InvalidParam("messages", message)
-        choice = tools.choice if tools is not None else "auto"
         if (
-            choice != "auto"
+            held is not None
             and not caps.structured_after_thinking
             and prompts.thinks(entry.active_spec, request)
         ):
             raise InvalidParam(
                 "thinking",
-                f"tool_choice '{choice}' with thinking on is not supported by {backend}: the constraint "
+                f"tool_choice '{held.choice}' with thinking on is not supported by {backend}: the constraint "
                 "that holds the call would bind the thoughts too; send thinking: 'disabled'",
             )
         if fmt is None:

@@ -58,10 +58,13 @@ def violation(fmt: OutputFormat, answer: str, finish_reason: str, model: str) ->
 def check_answer(job: Job, final: Final | None, model: str) -> OutputSchemaViolation | None:
     """What is wrong with a finished job's answer, given what its request asked for."""
     request = job.request
+    if request.count_only:
+        return None  # a count of the prompt: its one sampled token is no answer
     finish = final.finish_reason if final is not None else "stop"
     if request.tools is not None:
-        problem = tool_violation(request.tools, job.tool_calls, finish, model)
-        if problem is not None or job.tool_calls:
+        calls = job.tool_calls
+        problem = tool_violation(request.tools, calls, finish, model)
+        if problem is not None or calls:
             return problem  # an answer of tool calls has no text to check
     if request.output_format is not None:
         return violation(request.output_format, job.output_text, finish, model)
@@ -73,7 +76,7 @@ def tool_violation(
 ) -> OutputSchemaViolation | None:
     """Why the model's tool calls are not what the request allowed, or None."""
     cut = " (the answer was cut short by max_tokens)" if finish_reason == "length" else ""
-    if not calls and use.choice != "auto":
+    if not calls and use.held:
         wanted = "a call" if use.choice == "required" else f"a call of '{use.function}'"
         return OutputSchemaViolation(
             f"tools: tool_choice asked for {wanted}; none was made{cut}", model=model

@@ -113,6 +113,13 @@ class ToolCallSplitter:
         return Piece(call=ToolCallDelta(index, call_id(), name, arguments))
 
 
+def _close(chunks: Iterable[Chunk]) -> None:
+    """Close a runtime's stream (a generator stops its runtime there) once we are done."""
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
 def read_calls(chunks: Iterable[Chunk], markers: Markers | None) -> Iterator[Chunk]:
     """A runtime's chunks with the tool calls written in its answer text read out (calls
     it parsed itself, and thoughts, pass as they are); `markers` None: unchanged. Closing
@@ -132,9 +139,7 @@ def read_calls(chunks: Iterable[Chunk], markers: Markers | None) -> Iterator[Chu
             if chunk.text:
                 yield from (Chunk(text=p.text, tool_call=p.call) for p in splitter.feed(chunk.text))
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        _close(chunks)
 
 
 # -- calls held by a JSON constraint ---------------------------------------------------
@@ -179,9 +184,7 @@ def read_forced(chunks: Iterable[Chunk], use: ToolUse) -> Iterator[Chunk]:
             if chunk.reasoning:
                 yield Chunk(reasoning=chunk.reasoning)
     finally:
-        close = getattr(chunks, "close", None)
-        if close is not None:
-            close()
+        _close(chunks)
 
 
 def _forced_calls(text: str, use: ToolUse) -> list[tuple[str, str]]:

@@ -54,10 +54,10 @@ def grammar_for(
     """
     rules: list[str] = []
     choices: list[str] = []
-    if tools is not None and tool_markers is not None and (tools.choice != "auto" or fmt is not None):
+    if tools is not None and tool_markers is not None and (tools.held or fmt is not None):
         rules += _calls(tools, tool_markers)
         choices.append("pool-calls")
-    if fmt is not None and (tools is None or tools.choice == "auto"):
+    if fmt is not None and (tools is None or not tools.held):
         rules.append(_converted(fmt.json_schema(), ANSWER))
         choices.append(ANSWER)
     if not choices:

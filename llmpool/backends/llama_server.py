@@ -154,10 +154,8 @@ class LlamaServerAdapter(ManagedServerAdapter):
         return {**super().payload(request), "repeat_penalty": request.decoding.repetition_penalty}
 
     def generate(self, request: GenerationRequest) -> Iterator[Chunk]:
-        use = request.tools
-        if use is None or use.choice == "auto":
-            return super().generate(request)
-        return self._held(request, use)
+        held = request.held_tools
+        return super().generate(request) if held is None else self._held(request, held)
 
     def _held(self, request: GenerationRequest, use: ToolUse) -> Iterator[Chunk]:
         """A named or required call. llama-server takes no named choice, holds `required`

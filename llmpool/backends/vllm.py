@@ -278,11 +278,10 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
         started = time.perf_counter()
         prompt = self.prompt(request)
         kwargs = sampling_kwargs(request, self.max_tokens_limit(self.spec))
-        use = request.tools
-        forced = use is not None and use.choice != "auto"
-        if forced and use is not None:  # held as JSON, read back as calls (read_forced)
+        held = request.held_tools
+        if held is not None:  # held as JSON, read back as calls (read_forced)
             kwargs["structured_outputs"] = structured_outputs(
-                OutputFormat("json_schema", "tools", forced_schema(use))
+                OutputFormat("json_schema", "tools", forced_schema(held))
             )
         elif request.output_format is not None:
             kwargs["structured_outputs"] = structured_outputs(request.output_format)
@@ -296,8 +295,8 @@ class VllmAdapter(vllm_keys.VllmModelFacts, Adapter):
             loop, engine, prompt, params, prepared, started, outputs, self._client_errors, splitter
         )
         try:
-            if forced and use is not None:
-                yield from read_forced(chunks, use)
+            if held is not None:
+                yield from read_forced(chunks, held)
             else:  # with tools, the calls the model writes in its answer are read out of the text
                 yield from read_calls(chunks, prompts.request_tool_markers(self.spec, request))
         finally:

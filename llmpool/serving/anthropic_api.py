@@ -51,12 +51,17 @@ def message_id(job: Job) -> str:
     return "msg_" + job.id.removeprefix("resp_")
 
 
-def stop_reason(done: Done) -> str:
+def stop_fields(done: Done) -> dict[str, str | None]:
+    """`stop_reason` and `stop_sequence`, as both the message and its stream's
+    message_delta carry them."""
+    sequence = done.final.stop_sequence if done.final is not None else None
     if done.finish_reason == "tool_calls":
-        return "tool_use"
-    if done.finish_reason == "length":
-        return "max_tokens"
-    return "stop_sequence" if done.final is not None and done.final.stop_sequence else "end_turn"
+        reason = "tool_use"
+    elif done.finish_reason == "length":
+        reason = "max_tokens"
+    else:
+        reason = "stop_sequence" if sequence else "end_turn"
+    return {"stop_reason": reason, "stop_sequence": sequence}
 
 
 def usage(done: Done) -> dict[str, Any]:
@@ -111,8 +116,7 @@ class MessagesApi(Api):
             "role": "assistant",
             "model": job.model,
             "content": content,
-            "stop_reason": stop_reason(done),
-            "stop_sequence": done.final.stop_sequence if done.final else None,
+            **stop_fields(done),
             "usage": usage(done),
             "metrics": job.metrics(done.final),
         }
@@ -207,12 +211,8 @@ class MessageEvents(Encoder):
 
     def done(self, done: Done) -> Iterator[str]:
         yield from self._close()
-        stop = {
-            "stop_reason": stop_reason(done),
-            "stop_sequence": done.final.stop_sequence if done.final else None,
-        }
-        counts = usage(done)
-        yield self.event("message_delta", delta=stop, usage=counts, metrics=self.job.metrics(done.final))
+        metrics = self.job.metrics(done.final)
+        yield self.event("message_delta", delta=stop_fields(done), usage=usage(done), metrics=metrics)
         yield self.event("message_stop")
 
     def failed(self, error: PoolError) -> str:
