@@ -30,7 +30,7 @@ from llmpool.backends.base import Adapter
 from llmpool.crashes import Recorder
 from llmpool.errors import BackendError, InternalError, ModelFailed, ModelUnloading, PoolError
 from llmpool.generation import Final
-from llmpool.greenbridge import assert_may_block, start_thread
+from llmpool.greenbridge import assert_may_block, on_hub, start_thread, yield_to_hub
 from llmpool.job import Job, JobStatus
 from llmpool.waiting_line import WaitingLine
 
@@ -238,6 +238,10 @@ class Executor:
         final: Final | None = None
         budget = job.request.thinking_budget
         thoughts = 0
+        # A greenlet relaying a socket steps aside after its first delta and every 64th
+        # after: its consumer writes them now, not after the whole read buffer.
+        steps_aside = not runtime.blocking and on_hub()
+        deltas = 0
         stream = runtime.generate(job.request)
         try:
             for chunk in stream:
@@ -251,6 +255,10 @@ class Executor:
                         return Final(finish_reason="length")
                 if chunk.text or chunk.reasoning:
                     job.emit_delta(chunk.text, chunk.reasoning)
+                    if steps_aside:
+                        deltas += 1
+                        if deltas & 63 == 1:
+                            yield_to_hub()
                 if chunk.tool_call is not None:
                     job.emit_tool_call(chunk.tool_call)
         finally:

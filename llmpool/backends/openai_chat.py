@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 import requests
 import urllib3
 
@@ -319,7 +320,7 @@ def stream_chat(
             if data == b"[DONE]":
                 ended = True
                 break
-            obj = json.loads(data)
+            obj = _load(data)
             if obj.get("error"):
                 error = obj["error"]
                 text = error.get("message", error) if isinstance(error, dict) else error
@@ -335,7 +336,10 @@ def stream_chat(
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
                 if text or reasoning:
                     first = first or time.perf_counter()
-                    yield from _split(splitter, text, reasoning)
+                    if splitter is None:
+                        yield Chunk(text=text, reasoning=reasoning)
+                    else:
+                        yield from _split(splitter, text, reasoning)
                 for piece in delta.get("tool_calls") or ():
                     first = first or time.perf_counter()
                     yield Chunk(tool_call=_tool_call_piece(piece))
@@ -370,10 +374,17 @@ def stream_chat(
         response.release_conn()
 
 
-def _split(splitter: ReasoningSplitter | None, text: str, reasoning: str) -> Iterator[Chunk]:
-    if splitter is None:
-        yield Chunk(text=text, reasoning=reasoning)
-        return
+def _load(data: bytes) -> Any:
+    """One event's JSON: orjson, several times faster than `json` on the relay's path; the
+    few texts orjson refuses and `json` takes (a lone surrogate escape, as a server that
+    cuts an emoji's pair in two sends; NaN) go to `json`, as before."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
+def _split(splitter: ReasoningSplitter, text: str, reasoning: str) -> Iterator[Chunk]:
     if reasoning:
         yield Chunk(reasoning=reasoning)
     for answer, thought in splitter.feed(text):

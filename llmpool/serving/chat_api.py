@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from llmpool.generation import GenerationRequest, ToolCallDelta
@@ -26,6 +26,7 @@ from llmpool.serving import formats, tool_use
 from llmpool.serving.api import Api, Call, Encoder
 from llmpool.serving.messages import split_system
 from llmpool.serving.openai_common import OpenAIChunks, finish_reason, usage
+from llmpool.serving.sse import Template
 
 
 def completion_id(job: Job) -> str:
@@ -80,6 +81,9 @@ class ChatChunks(OpenAIChunks):
     def __init__(self, job: Job, body: dict[str, Any]) -> None:
         head = {"id": completion_id(job), "object": "chat.completion.chunk", "created": job.created}
         super().__init__(job, body, {**head, "model": job.model})
+        # The two deltas nearly every event is, rendered once; the rest goes through delta().
+        self._content = Template(lambda text: self.chunk(self._choice({"content": text})), 1)
+        self._reasoning = Template(lambda text: self.chunk(self._choice({"reasoning_content": text})), 1)
 
     @staticmethod
     def _choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
@@ -88,7 +92,15 @@ class ChatChunks(OpenAIChunks):
     def open(self) -> Iterator[str]:
         yield self.chunk(self._choice({"role": "assistant", "content": ""}))
 
-    def delta(self, delta: Delta) -> Iterator[str]:
+    def delta(self, delta: Delta) -> Iterable[str]:
+        if delta.tool_call is None:
+            if not delta.reasoning:
+                return (self._content.fill_text(delta.text),) if delta.text else ()
+            if not delta.text:
+                return (self._reasoning.fill_text(delta.reasoning),)
+        return self._chunks(delta)
+
+    def _chunks(self, delta: Delta) -> Iterator[str]:
         out: dict[str, Any] = {}
         if delta.reasoning:
             out["reasoning_content"] = delta.reasoning

@@ -14,7 +14,7 @@ response.completed; or response.failed when the job fails after the stream began
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from llmpool.errors import PoolError
@@ -24,7 +24,7 @@ from llmpool.pool import Pool
 from llmpool.serving.api import Api, Call, Encoder
 from llmpool.serving.responses_request import to_generation_request
 from llmpool.serving.responses_shape import ResponseEvents, output_items, response_object, status_of, usage
-from llmpool.serving.sse import frame
+from llmpool.serving.sse import Template, frame
 
 
 def echo_fields(call: Call) -> dict[str, Any]:
@@ -79,14 +79,29 @@ class ResponsesStream(Encoder):
     def __init__(self, job: Job, echo: dict[str, Any]) -> None:
         self.job = job
         self.events = ResponseEvents(job, echo)
+        # The delta event of an open item, rendered once per item kind (sse.Template):
+        # all but its first delta are filled in, not built and encoded.
+        self._templates: dict[str, Template] = {}
 
     def open(self) -> Iterator[str]:
         for opened in self.events.open():
             yield frame(*opened)
 
-    def delta(self, delta: Delta) -> Iterator[str]:
-        for event in self.events.delta(delta):
-            yield frame(*event)
+    def delta(self, delta: Delta) -> Iterable[str]:
+        if delta.tool_call is None and bool(delta.text) != bool(delta.reasoning):
+            kind, text = ("message", delta.text) if delta.text else ("reasoning", delta.reasoning)
+            sequence = self.events.append_open(kind, text)
+            if sequence is not None:
+                return (self._template(kind).fill_numbered(sequence, text),)
+        return [frame(*event) for event in self.events.delta(delta)]
+
+    def _template(self, kind: str) -> Template:
+        template = self._templates.get(kind)
+        if template is None:
+            text_delta = self.events.text_delta
+            template = Template(lambda sequence, text: frame(*text_delta(kind, text, sequence)), 2)
+            self._templates[kind] = template
+        return template
 
     def done(self, done: Done) -> Iterator[str]:
         job, events = self.job, self.events

@@ -188,9 +188,11 @@ class ResponseEvents:
         self.calls: dict[int, _Item] = {}  # function calls, by the call's index
 
     def event(self, name: str, /, **data: Any) -> Event:
-        numbered = {"type": name, "sequence_number": self.sequence, **data}
+        return name, {"type": name, "sequence_number": self._number(), **data}
+
+    def _number(self) -> int:
         self.sequence += 1
-        return name, numbered
+        return self.sequence - 1
 
     def open(self) -> list[Event]:
         job = self.job
@@ -203,9 +205,9 @@ class ResponseEvents:
     def delta(self, delta: Delta) -> list[Event]:
         out: list[Event] = []
         if delta.reasoning:
-            self._append("reasoning", "response.reasoning_text.delta", delta.reasoning, out)
+            self._append("reasoning", delta.reasoning, out)
         if delta.text:
-            self._append("message", "response.output_text.delta", delta.text, out, logprobs=[])
+            self._append("message", delta.text, out)
         if delta.tool_call is not None:
             self._call(delta.tool_call, out)
         return out
@@ -234,21 +236,37 @@ class ResponseEvents:
     def _next_index(self) -> int:
         return len(self.items) + len(self.calls)
 
-    def _append(self, kind: str, name: str, text: str, out: list[Event], **extra: Any) -> None:
+    def _append(self, kind: str, text: str, out: list[Event]) -> None:
         """One delta event for the open item of `kind` (opened first if need be)."""
-        item = self._item(kind, out)
+        self._item(kind, out).text.append(text)
+        out.append(self.text_delta(kind, text, self._number()))
+
+    def append_open(self, kind: str, text: str) -> int | None:
+        """`text` added to the item of `kind` if it is open: the sequence number of its
+        delta event, for a stream that renders `text_delta` once (a template); None if
+        the item is not open yet (then `delta()` opens it)."""
+        item = self.items.get(kind)
+        if item is None:
+            return None
         item.text.append(text)
-        out.append(
-            self.event(
-                name,
-                id=self.job.id,
-                delta=text,
-                item_id=item.id,
-                output_index=item.index,
-                content_index=0,
-                **extra,
-            )
-        )
+        return self._number()
+
+    def text_delta(self, kind: str, text: str, sequence: int | str) -> Event:
+        """The delta event of the open reasoning or message item (`kind`)."""
+        item = self.items[kind]
+        name = "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
+        data: dict[str, Any] = {
+            "type": name,
+            "sequence_number": sequence,
+            "id": self.job.id,
+            "delta": text,
+            "item_id": item.id,
+            "output_index": item.index,
+            "content_index": 0,
+        }
+        if kind == "message":
+            data["logprobs"] = []
+        return name, data
 
     def _item(self, kind: str, out: list[Event]) -> _Item:
         """The open item of `kind`; opened (added, with its content part) on first use."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from json.encoder import encode_basestring_ascii  # what json.dumps uses for one str
 from typing import Any
 
 DONE_LINE = "data: [DONE]\n\n"  # OpenAI's end of stream
@@ -19,3 +21,45 @@ def frame(event: str, data: dict[str, Any]) -> str:
 def comment(text: str) -> str:
     """A comment line: clients ignore it, proxies see traffic."""
     return f": {text}\n\n"
+
+
+def slot(index: int) -> str:
+    """A placeholder for field `index` of a `Template`, put where the value goes."""
+    return f"\ue000slot{index}\ue000"
+
+
+class Template:
+    """One kind of event whose text is rendered once per stream, with placeholders where
+    the values that change from event to event go (a token's text, a sequence number).
+
+    A token's event is then a few string joins instead of building its dict and encoding
+    all of it (most of the relay's cost per token, bench/README.md). `render` is the code
+    that writes the whole event, called with `slot(i)` for each of the `count` values, so
+    the text filled in is the very text that rendering each event would give: strings are
+    encoded as `json.dumps` encodes them (ASCII, escapes), integers as their digits.
+    Each `fill_*` method is one shape of values, written out: this is the hot path.
+    """
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, render: Callable[..., str], count: int) -> None:
+        text = render(*(slot(i) for i in range(count)))
+        parts: list[str] = []
+        for i in range(count):
+            marker = encode_basestring_ascii(slot(i))
+            head, found, text = text.partition(marker)
+            if not found or marker in text or marker in head:
+                raise ValueError(f"placeholder {i} must appear exactly once in the rendered event")
+            parts.append(head)
+        parts.append(text)
+        self._parts = tuple(parts)
+
+    def fill_text(self, text: str) -> str:
+        """The event of a template with one value, a string."""
+        head, tail = self._parts
+        return head + encode_basestring_ascii(text) + tail
+
+    def fill_numbered(self, number: int, text: str) -> str:
+        """The event of a template with two values: an integer, then a string."""
+        head, middle, tail = self._parts
+        return head + str(number) + middle + encode_basestring_ascii(text) + tail

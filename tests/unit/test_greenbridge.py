@@ -339,3 +339,99 @@ def test_call_blocking_on_the_hub_raises_in_the_caller_without_printing_a_traceb
     assert proc.returncode == 0, proc.stderr
     assert "raised in the caller: model 'm' is still loading" in proc.stdout
     assert "Traceback" not in proc.stderr and "failed with" not in proc.stderr, proc.stderr
+
+
+RELAY_SCRIPT = r"""
+from conf.worker import patch_selectively
+
+patch_selectively()
+
+import json
+import time
+
+import gevent
+
+from llmpool.executor import Executor
+from llmpool.generation import Chunk, GenerationRequest
+from llmpool.greenbridge import Channel, ChannelTimeout, on_hub
+from llmpool.job import Delta, Done, Job
+from llmpool.metrics import JobTimes
+
+assert on_hub()
+
+
+class Instant:
+    # A socket-bound runtime whose socket always has data waiting: it never blocks.
+    blocking = False
+
+    def generate(self, request):
+        for i in range(300):
+            yield Chunk(text=f" t{i}")
+
+
+now = time.monotonic()
+job = Job(model="m", request=GenerationRequest(input="hi"), times=JobTimes(now, now))
+seen_at_first = []
+bursts = []
+
+
+def consume():
+    while True:
+        event = job.events.get(timeout=5)
+        if not seen_at_first:
+            seen_at_first.append(len(job._text))  # deltas the producer had made by then
+        burst = [event, *job.events.take_ready()]
+        bursts.append(len(burst))
+        if any(isinstance(e, Done) for e in burst):
+            return
+
+
+def produce():
+    Executor._drive(job, Instant())
+    job.events.put(Done(job.output_text, None, "stop", None))
+
+
+consumer = gevent.spawn(consume)
+gevent.sleep(0)  # the consumer waits first, as a request's greenlet does
+producer = gevent.spawn(produce)
+gevent.joinall([consumer, producer], timeout=10)
+
+quiet = Channel()
+began = time.monotonic()
+try:
+    quiet.get(timeout=0.05)
+    timed_out = False
+except ChannelTimeout:
+    timed_out = True
+print(json.dumps({
+    "seen_at_first": seen_at_first,
+    "bursts": bursts,
+    "text": job.output_text == "".join(f" t{i}" for i in range(300)),
+    "timed_out": timed_out,
+    "waited_s": time.monotonic() - began,
+}))
+"""
+
+
+def test_a_relay_greenlet_hands_over_its_first_delta_at_once_and_the_rest_in_bursts() -> None:
+    # An upstream whose data is already waiting never blocks the relaying greenlet: it
+    # must step aside after its first delta (the client gets the first token now, not
+    # after the whole read buffer) and every 64 after, and its consumer takes what is
+    # ready in one go (one socket write per burst, not per token).
+    proc = run_script(RELAY_SCRIPT)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["seen_at_first"] == [1], result
+    assert sum(result["bursts"]) == 301 and result["text"] is True, result
+    assert 4 <= len(result["bursts"]) <= 8, result  # 1, then about 64 at a time, then the rest
+    assert result["timed_out"] is True and 0.04 <= result["waited_s"] < 1.0, result
+
+
+def test_take_ready_returns_what_was_put_without_waiting() -> None:
+    channel: Channel[int] = Channel()
+    assert channel.take_ready() == []
+    for i in range(3):
+        channel.put(i)
+    assert channel.get() == 0
+    assert channel.take_ready() == [1, 2]
+    assert channel.take_ready() == []

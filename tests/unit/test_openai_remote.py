@@ -298,6 +298,17 @@ def test_generate_streams_one_chunk_per_upstream_delta(
     assert seen.body is not None and seen.body["stream"] is True and seen.body["model"] == "remote-model"
 
 
+def test_tokens_arrive_as_sent_even_a_surrogate_pair_cut_in_two(
+    make_spec: MakeSpec, upstream: MisbehavingUpstream, adapters: list[OpenAIRemoteAdapter]
+) -> None:
+    # The upstream's events are parsed with orjson, which refuses a lone surrogate escape
+    # (a server that cut an emoji between two tokens sends one); those go to `json`.
+    tokens = ("é", "中文", "\ud83d", "\ude42", ' "q"')
+    upstream.script(Reply(tokens=tokens))
+    chunks = run(loaded(make_spec(upstream), adapters))
+    assert tuple(c.text for c in chunks[:-1]) == tokens
+
+
 def test_key_is_read_at_load_not_per_request(
     make_spec: MakeSpec,
     upstream: MisbehavingUpstream,
