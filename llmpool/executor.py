@@ -167,30 +167,50 @@ class Executor:
 
     def _dispatch_loop(self) -> None:
         while (taken := self._next_start()) is not None:
-            job, replica = taken
-            if replica.runtime.blocking:
-                replica.inbox.put(job)
-            else:
-                job.home.spawn(self._run, job, replica)
+            self.hand_over(*taken)
+
+    def hand_over(self, job: Job, replica: Replica) -> None:
+        """Run a started job: on a replica thread, or as a greenlet on its hub."""
+        if replica.runtime.blocking:
+            replica.inbox.put(job)
+        else:
+            job.home.spawn(self._run, job, replica)
 
     def _next_start(self) -> tuple[Job, Replica] | None:
         """Wait for a job at the head of the line and a free slot, then start the job
         there (out of line, RUNNING); None once the executor stopped."""
         with self._lock:
             while not self._stopped:
-                job = self.line.head() if self._dispatching and self._allowance != 0 else None
-                replica = self._pick() if job is not None else None
-                if job is None or replica is None:
-                    self._lock.wait()
-                    continue
-                self.line.pop_head()
-                if self._allowance is not None:
-                    self._allowance -= 1
-                replica.inflight += 1
-                job.start(replica.id)
-                self._running.add(job)
-                return job, replica
+                if (taken := self._take_head()) is not None:
+                    return taken
+                self._lock.wait()
             return None
+
+    def take_now(self, job: Job) -> Replica | None:
+        """With the line's mutex held, by whoever just put `job` in line: start it now if
+        nothing waits before it and a slot is free (the caller then `hand_over`s it),
+        instead of waking the dispatcher thread to do it. That thread hop, and the one
+        back to the hub, were most of a relayed stream's first-token time (bench/,
+        first_token). None: it waits in line for the dispatcher, as before."""
+        if self._stopped or self._allowance is not None or self.line.head() is not job:
+            return None
+        taken = self._take_head()
+        return taken[1] if taken is not None else None
+
+    def _take_head(self) -> tuple[Job, Replica] | None:
+        """With the lock held: the job at the head of the line, started on the replica
+        `_pick` chooses, if both exist and this load takes jobs."""
+        job = self.line.head() if self._dispatching and self._allowance != 0 else None
+        replica = self._pick() if job is not None else None
+        if job is None or replica is None:
+            return None
+        self.line.pop_head()
+        if self._allowance is not None:
+            self._allowance -= 1
+        replica.inflight += 1
+        job.start(replica.id)
+        self._running.add(job)
+        return job, replica
 
     # -- running (replica threads, or greenlets for socket-bound runtimes) ----------------
     def _replica_loop(self, replica: Replica) -> None:

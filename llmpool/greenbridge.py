@@ -300,7 +300,7 @@ class Home:
     hub of the thread that made it and the hub must do that I/O.
     """
 
-    __slots__ = ("_loop",)
+    __slots__ = ("_loop", "_thread")
 
     def __init__(self) -> None:
         self._loop: Any = None
@@ -308,6 +308,7 @@ class Home:
             import gevent
 
             self._loop = gevent.get_hub().loop
+            self._thread = threading.get_ident()
 
     def spawn(self, fn: Callable[..., None], *args: Any) -> None:
         """Run `fn(*args)` as a greenlet on this hub, from any thread (a daemon thread
@@ -317,7 +318,10 @@ class Home:
             return
         import gevent
 
-        self._loop.run_callback_threadsafe(gevent.spawn, fn, *args)
+        if threading.get_ident() == self._thread:
+            gevent.spawn(fn, *args)  # a greenlet of this hub: no wake-up to send
+        else:
+            self._loop.run_callback_threadsafe(gevent.spawn, fn, *args)
 
 
 def watch_hangup(fileno: int | None, on_hangup: Callable[[], None]) -> Callable[[], None]:

@@ -114,7 +114,13 @@ class ModelEntry(PlannedModel):
         """Put `job` in the model's line: QueueFull past max_queue; a model that does not
         load on demand takes jobs only while it serves (else the error its state calls
         for). A model that loads on demand takes them in any state: they wait for its load."""
-        self.line.offer(job, self.spec.max_queue, self.refusal)
+        # The executor starts the job at once if it can (`Executor.take_now` decides
+        # under the line's mutex); else its dispatcher will.
+        executor = self.executor
+        take_now = executor.take_now if executor is not None else None
+        replica = self.line.offer(job, self.spec.max_queue, self.refusal, take_now)
+        if executor is not None and replica is not None:
+            executor.hand_over(job, replica)
 
     def refusal(self) -> PoolError | None:
         """Why a job may not join the line now, if it may not."""

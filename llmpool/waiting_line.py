@@ -21,10 +21,12 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from llmpool.errors import PoolError, QueueFull
 from llmpool.job import Job
+
+R = TypeVar("R")
 
 
 class WaitingLine(queue.Queue[Any]):
@@ -53,10 +55,20 @@ class WaitingLine(queue.Queue[Any]):
         return item
 
     # -- admission (any thread or greenlet; never waits but for the mutex) ----------------
-    def offer(self, job: Job, max_queue: int, refusal: Callable[[], PoolError | None]) -> None:
+    def offer(
+        self,
+        job: Job,
+        max_queue: int,
+        refusal: Callable[[], PoolError | None],
+        take_now: Callable[[Job], R | None] | None = None,
+    ) -> R | None:
         """Put `job` at the end of the line. Raises what `refusal()` returns (called under
         the mutex, so it is atomic with whoever changes what it reads under it: the drain
-        of an unload), the reason the line closed, or QueueFull past `max_queue`."""
+        of an unload), the reason the line closed, or QueueFull past `max_queue`.
+
+        `take_now(job)`, under the mutex, may take the job straight out of line again
+        (its executor starts it at once); what it returns is returned, and nobody
+        waiting on the line is woken, since the line is as it was."""
         with self.mutex:
             error = self.closed or refusal()
             if error is not None:
@@ -66,7 +78,10 @@ class WaitingLine(queue.Queue[Any]):
                     f"queue of model '{self.model}' is full ({max_queue} waiting)", model=self.model
                 )
             self._put(job)
+            if take_now is not None and (taken := take_now(job)) is not None:
+                return taken
             self.changed.notify_all()
+            return None
 
     def close(self, error: PoolError) -> list[Job]:
         """Refuse every later job with `error`; returns the queued ones, taken out of line

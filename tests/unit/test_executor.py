@@ -184,6 +184,18 @@ def test_fifo_order_with_one_replica_and_one_slot(make_pool: Callable[..., Pool]
         assert later.times.started >= earlier.times.finished
 
 
+def test_a_job_with_a_free_slot_and_nobody_ahead_starts_in_submit(make_pool: Callable[..., Pool]) -> None:
+    # The submitter starts it under the line's mutex (Executor.take_now): no hop through
+    # the dispatcher thread. The next one finds the only slot taken and waits in line.
+    pool = loaded(make_pool, scripted_tokens=LONG)
+    first = pool.submit("m", request(pool))
+    assert first.status is JobStatus.RUNNING and first.replica is not None
+    second = pool.submit("m", request(pool))
+    assert second.status is JobStatus.QUEUED and line_length(pool) == 1
+    pool.cancel(first)
+    assert running(second)  # the dispatcher starts what had to wait
+
+
 def test_target_inflight_slots_run_concurrently_on_one_replica(make_pool: Callable[..., Pool]) -> None:
     pool = loaded(make_pool, target_inflight=3, scripted_tokens=LONG)
     jobs = [pool.submit("m", request(pool)) for _ in range(4)]
