@@ -243,7 +243,11 @@ class Executor:
                 replica.served += 1
                 self._running.discard(job)
                 self.last_finished = time.monotonic()
-                self._lock.notify_all()
+                # Waiting on this lock: the dispatcher, for a job in line and a slot, and a
+                # drain (which stopped dispatching), for the running jobs to end. Anyone
+                # else would wake for nothing, and a wake is a thread switch per request.
+                if self.line.length_locked() or not self._dispatching:
+                    self._lock.notify_all()
 
     def _generate(self, job: Job, runtime: Adapter) -> Final | None:
         """Drive one generation, passing deltas on; ends early at a stop request (checked
