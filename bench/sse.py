@@ -1,9 +1,10 @@
 """The bench's SSE client: one streamed POST read as it arrives, http.client and nothing
 between (the streaming, relay and first-token cases).
 
-`post_stream` sends the request and returns the response with the moment the request
-began; `data_payloads` yields each `data:` payload as its line arrives; `sse_request`
-measures one stream (time to the first output, tokens, decode time).
+`post_stream` sends the request (on a new connection or a kept-alive one) and returns the
+response with the moment the request began; `data_payloads` yields each `data:` payload as
+its line arrives; `sse_request` measures one stream (time to the first output, tokens,
+decode time).
 """
 
 from __future__ import annotations
@@ -29,17 +30,29 @@ class Stream:
         return self.tokens / self.decode_s if self.decode_s > 0 else 0.0
 
 
+def connection(url: str, timeout_s: float = 300) -> http.client.HTTPConnection:
+    parts = urlsplit(url)
+    return http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s)
+
+
 def post_stream(
-    url: str, path: str, body: dict[str, Any], *, connect_first: bool = False, timeout_s: float = 300
+    url: str,
+    path: str,
+    body: dict[str, Any],
+    *,
+    conn: http.client.HTTPConnection | None = None,
+    connect_first: bool = False,
+    timeout_s: float = 300,
 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse, float]:
     """POST `body` as JSON; (connection, response, perf_counter when the request began).
 
-    With `connect_first` the TCP connection is made before the clock starts, so the time
-    runs from the request being written; without, it includes the connect."""
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s)
+    On `conn` (a kept-alive connection, whose previous response was read to its end) or on
+    a new one. With `connect_first` a connection not yet open is opened before the clock
+    starts, so the time runs from the request being written; without, it includes the
+    connect."""
+    conn = conn or connection(url, timeout_s)
     payload = json.dumps(body).encode()
-    if connect_first:
+    if connect_first and conn.sock is None:
         conn.connect()
     started = time.perf_counter()
     conn.request("POST", path, payload, {"Content-Type": "application/json"})
@@ -72,12 +85,17 @@ def sse_request(
     content_of: Callable[[dict[str, Any]], Any],
     tokens_of: Callable[[dict[str, Any]], int | None] | None,
     *,
+    conn: http.client.HTTPConnection | None = None,
     connect_first: bool = False,
 ) -> Stream:
     """POST `body`, read the SSE reply as it arrives; `content_of(event)` says whether a
     data payload carries output text, `tokens_of(event)` returns the output token count
-    where the payload has it (None: the events with output are counted instead)."""
-    conn, resp, started = post_stream(url, path, body, connect_first=connect_first)
+    where the payload has it (None: the events with output are counted instead).
+
+    A connection passed as `conn` is left open for the next request; one made here is
+    closed."""
+    keep = conn is not None
+    conn, resp, started = post_stream(url, path, body, conn=conn, connect_first=connect_first)
     first: float | None = None
     tokens: int | None = None
     seen = 0
@@ -93,7 +111,10 @@ def sse_request(
             if tokens_of is not None:
                 tokens = tokens_of(event) or tokens
         ended = time.perf_counter()
-    finally:
+    except BaseException:
+        conn.close()  # a stream cut short leaves nothing to reuse
+        raise
+    if not keep:
         conn.close()
     if tokens_of is None:
         tokens = seen
