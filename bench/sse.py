@@ -70,6 +70,9 @@ def data_payloads(resp: http.client.HTTPResponse) -> Iterator[bytes]:
     while True:
         data = resp.read1(65536)
         if not data:
+            # Read to its end: closed, so that a kept-alive connection takes the next
+            # request (read1 leaves a Content-Length body open at its last byte).
+            resp.close()
             return
         buffer += data
         *lines, buffer = buffer.split(b"\n")
