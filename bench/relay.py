@@ -12,8 +12,9 @@ more), so its load is Python clients that count each content delta as it arrives
 Per run: tokens/s relayed (completed streams x RELAY_TOKENS over wrk's duration) and the
 server's CPU per relayed token (/proc utime + stime before and after the run: the pool's
 worker; every process of LiteLLM's group). The streams wrk cuts at the end of its window
-cost CPU but count no tokens, so the pool's CPU figure is high by at most connections x
-RELAY_TOKENS tokens' worth (a few percent at 32 streams over 10 s).
+cost CPU but count no tokens, so the pool's CPU figure is an upper bound; `_low` counts
+each of them as relayed whole (wrk leaves at most one per connection), the lower bound. At
+32 streams the two differ by about 32 over the streams completed (~10 % at 300).
 
 Before any timing each API is read once by a client that checks the whole stream: the
 content deltas join to the upstream's text, in order, and the stream ends properly.
@@ -118,7 +119,10 @@ def wrk_run(
     used = cpu() - before if cpu else None
     row = {k: run[k] for k in ("connections", "requests", "errors", "non2xx", "duration_s")}
     row |= {"stream_p50_ms": run["p50_ms"], "stream_p99_ms": run["p99_ms"]}
-    return with_cpu(row, run["requests"] * RELAY_TOKENS, used)
+    row = with_cpu(row, run["requests"] * RELAY_TOKENS, used)
+    if used is not None:  # the lower bound: as if every stream cut at the end had been whole
+        row["cpu_us_per_token_low"] = round(used * 1e6 / ((run["requests"] + connections) * RELAY_TOKENS), 2)
+    return row
 
 
 def client_run(
