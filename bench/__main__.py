@@ -24,11 +24,13 @@ from typing import Any
 
 from bench import (
     cpu_variants,
+    first_token,
     hangups,
     inprocess,
     load_times,
     many_clients,
     proxy,
+    relay,
     report,
     router,
     soak,
@@ -57,6 +59,8 @@ CASES = (
     "swaps",
     "cpu_variants",
     "router",
+    "relay",
+    "first_token",
 )
 
 
@@ -122,6 +126,10 @@ def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[st
         ),
         "swaps": lambda log: swaps.run(per_agent=4 if smoke else swaps.PER_AGENT, log=log),
         "router": lambda log: router.run(seconds=2 if smoke else 10, log=log, workdir=workdir),
+        "relay": lambda log: relay.run(seconds=2 if smoke else 10, log=log, workdir=workdir),
+        "first_token": lambda log: first_token.run(
+            requests=5 if smoke else 200, real_requests=2 if smoke else 30, log=log, workdir=workdir
+        ),
         "cpu_variants": lambda log: cpu_variants.run(
             rounds=1 if smoke else 3, tokens=32 if smoke else 128, repetitions=1 if smoke else 3, log=log
         ),

@@ -115,6 +115,30 @@ def worker_pid(master: int) -> int:
     return children[0]
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat from field 3 on (the command name may hold spaces and parentheses)."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds `pid` has used, user + system (stat fields 14 and 15, in clock ticks)."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_s(pgid: int) -> float:
+    """CPU seconds used by the live processes of process group `pgid` (stat field 5)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited while we looked
+        if int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb(pid: int) -> float:
     """VmRSS in MiB (the figures call it MB; /proc reports kB)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -22,7 +22,8 @@ from typing import Any
 
 from bench import streaming
 from bench.common import LAYOUTS, ROOT, Log, pool_server
-from bench.streaming import DECODING, PROMPT, SMOLLM2, Stream
+from bench.sse import Stream
+from bench.streaming import DECODING, PROMPT, SMOLLM2
 
 MODEL = "smollm2-inprocess"
 N_CTX = 2048

@@ -50,14 +50,23 @@ def wrk_binary() -> str:
 
 
 def run_wrk(
-    url: str, *, connections: int, seconds: float, headers: dict[str, str] | None = None
+    url: str,
+    *,
+    connections: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    body: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """POST BODY to `url` from `connections` keep-alive connections for `seconds`."""
+    """POST `body` (BODY unless given) to `url` from `connections` keep-alive connections
+    for `seconds`."""
     all_headers = {"Content-Type": "application/json", **(headers or {})}
     header_lines = "\n".join(
         f"wrk.headers[ {_lua_string(k)} ] = {_lua_string(v)}" for k, v in all_headers.items()
     )
-    script = _SCRIPT % {"body": _lua_string(json.dumps(BODY)), "headers": header_lines}
+    script = _SCRIPT % {
+        "body": _lua_string(json.dumps(BODY if body is None else body)),
+        "headers": header_lines,
+    }
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
         path = Path(f.name)
@@ -87,6 +96,7 @@ def run_wrk(
         "requests": raw["requests"],
         "errors": raw["errors"],
         "non2xx": raw["non2xx"],
+        "duration_s": round(seconds_run, 3),
         "rps": round(raw["requests"] / seconds_run, 1),
         "p50_ms": raw["p50_us"] / 1000,
         "p90_ms": raw["p90_us"] / 1000,

@@ -9,7 +9,7 @@ connections. "Added" latency is a target's percentile minus nginx's.
 from __future__ import annotations
 
 import os
-import textwrap
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,14 +27,15 @@ DEFAULT_LITELLM = ROOT / ".venv-litellm" / "bin" / "litellm"
 ALLOW_REMOTE = {"X-LLM-Pool-Allow-Remote": "true"}
 
 
-def pool_settings(upstream: str) -> dict[str, Any]:
+def pool_settings(upstream: str, base: str = "/sse/v1") -> dict[str, Any]:
+    """One `openai_remote` model on the instant upstream's streaming `base`."""
     return {
         "service": {"log_level": "warning"},
         "engine": {
             "models": {
                 MODEL: {
                     "backend": "openai_remote",
-                    "remote_base_url": upstream + "/sse/v1",
+                    "remote_base_url": upstream + base,
                     "remote_model": MODEL,
                     "remote_timeout_s": 30,
                     # Never the bottleneck: 64 connections => at most 64 jobs at once.
@@ -55,24 +56,18 @@ def litellm_binary() -> Path:
 
 
 @contextmanager
-def litellm_proxy(upstream: str, workdir: Path) -> Iterator[str]:
-    config = workdir / "litellm.yaml"
-    config.write_text(
-        textwrap.dedent(
-            f"""\
-            model_list:
-              - model_name: {MODEL}
-                litellm_params:
-                  model: openai/{MODEL}
-                  api_base: {upstream}/json/v1
-                  api_key: none
-            litellm_settings:
-              telemetry: false
-            """
-        )
-    )
+def litellm_server(models: dict[str, str], workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """LiteLLM's proxy (one worker, on the server CPU) serving each model name of `models`
+    from the OpenAI-style API base it maps to; yields its URL and its process (the leader
+    of a process group of its own)."""
     port = free_port()
-    log_path = workdir / "litellm.log"
+    config = workdir / f"litellm-{port}.yaml"
+    lines = ["model_list:"]
+    for name, api_base in models.items():
+        lines += [f"  - model_name: {name}", "    litellm_params:", f"      model: openai/{name}"]
+        lines += [f"      api_base: {api_base}", "      api_key: none"]
+    config.write_text("\n".join([*lines, "litellm_settings:", "  telemetry: false", ""]))
+    log_path = workdir / f"litellm-{port}.log"
     proc = spawn(
         [
             *SERVER_CPU,
@@ -97,9 +92,16 @@ def litellm_proxy(upstream: str, workdir: Path) -> Iterator[str]:
     )
     try:
         wait_ready(f"http://127.0.0.1:{port}/health/liveliness", proc, "LiteLLM", log_path, 180)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", proc
     finally:
         stop(proc)
+
+
+@contextmanager
+def litellm_proxy(upstream: str, workdir: Path, base: str = "/json/v1") -> Iterator[str]:
+    """LiteLLM in front of the instant upstream's `base`; yields its URL."""
+    with litellm_server({MODEL: upstream + base}, workdir) as (url, _):
+        yield url
 
 
 def measure(url: str, seconds: float, headers: dict[str, str] | None, log: Log, name: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The figures of one run as a markdown page (RESULTS.md) and a chart (overhead.png).
 
 Every number comes from the JSON file the run wrote; nothing here measures anything.
-Targets are the ones issue 6 set; each row says whether this run reached it.
+Targets are the ones issue 6 set (issue 23's for the relay and the first token); each row
+says whether this run reached it.
 """
 
 from __future__ import annotations
@@ -85,6 +86,36 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
             ">= 0.95",
             cpu["chosen_vs_fastest_decode"],
             lambda v: v >= 0.95,
+        )
+    relay = r.get("relay")
+    for api, runs in (relay or {}).get("pool", {}).items():
+        if "32" in runs:
+            add(
+                f"relay ({api}): tokens/s at 32 streams",
+                ">= 100,000",
+                runs["32"]["tokens_per_s"],
+                lambda v: v >= 1e5,
+            )
+            add(
+                f"relay ({api}): worker CPU µs per token at 32 streams",
+                "<= 10",
+                runs["32"]["cpu_us_per_token"],
+                lambda v: v <= 10,
+            )
+    first = r.get("first_token")
+    if first:
+        for side in ("pool_chat", "pool_responses"):
+            add(
+                f"first token, instant upstream ({side.removeprefix('pool_')}): pool p50 (ms)",
+                "<= 2",
+                first["instant"][side]["p50_ms"],
+                lambda v: v <= 2,
+            )
+        add(
+            "first token, llama-server: pool added p50 / direct TTFT p50",
+            "<= 0.05",
+            first["llama_server"]["added_p50"]["pool"]["of_direct"],
+            lambda v: v <= 0.05,
         )
     soak = r.get("soak")
     if soak:
@@ -227,6 +258,7 @@ def markdown(r: dict[str, Any], command: str) -> str:
     lines += sections.swaps(r.get("swaps"))
     lines += sections.cpu_variants(r.get("cpu_variants"))
     lines += sections.router(r.get("router"))
+    lines += sections.relay(r.get("relay")) + sections.first_token(r.get("first_token"))
     if r.get("errors"):
         lines += ["", "## Cases that failed", ""]
         lines += [f"- **{case}**: {message}" for case, message in r["errors"].items()]

@@ -1,5 +1,6 @@
 """The sections of RESULTS.md for the cases that have one of their own (hang-ups, swaps,
-CPU variants, the soak): lines of markdown from the run's JSON, nothing measured here."""
+CPU variants, the soak, the router, the relay, the first token): lines of markdown from
+the run's JSON, nothing measured here."""
 
 from __future__ import annotations
 
@@ -172,3 +173,89 @@ def soak(soak: dict[str, Any] | None) -> list[str]:
         f"RSS after the warm-up, then every {soak['rss_mb_every']} requests (MB): {series}.",
     ]
     return lines + rerun_note(soak)
+
+
+def relay(r: dict[str, Any] | None) -> list[str]:
+    if not r:
+        return []
+    lines = [
+        "",
+        f"## 11. The relay at GPU speed: {r['tokens_per_stream']:,}-token streams from an instant upstream",
+        "",
+        f"nginx sends the whole stream at once; wrk POSTs streamed requests, {fmt(r['seconds_per_run'])} s "
+        "per run. tokens/s = streams completed x tokens per stream / duration; CPU is the server's "
+        "(the pool's worker; LiteLLM's whole process group) over the run, per relayed token; the streams "
+        "wrk cuts at the window's end cost CPU but count no tokens, so the pool's *low bound* counts "
+        "each as whole (the truth lies between the two). LiteLLM "
+        "cannot finish a stream inside wrk's window at 8 streams and more, so its load is Python "
+        "clients that count each delta as it arrives (its `streams done` are the ones completed).",
+        "",
+        "| target | API | streams | tokens/s | CPU µs/token | low bound | streams done | stream p50 ms "
+        "| errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    targets = [
+        ("nginx direct", "chat", r["direct"]),
+        *(("pool", api, runs) for api, runs in r["pool"].items()),
+        ("LiteLLM", "chat", r["litellm"]),
+    ]
+    for name, api, runs in targets:
+        for n, x in runs.items():
+            lines.append(
+                f"| {name} | {api} | {n} | {fmt(x['tokens_per_s'])} | {fmt(x.get('cpu_us_per_token'))} "
+                f"| {fmt(x.get('cpu_us_per_token_low'))} | {x['requests']} | {fmt(x.get('stream_p50_ms'))} "
+                f"| {x['errors'] + x['non2xx']} |"
+            )
+    ratio = ", ".join(f"{n}: {fmt(v)}x" for n, v in r["pool_vs_litellm"].items())
+    checked = ", ".join(f"{k} {v['content_deltas']}" for k, v in r["check"].items())
+    lines += [
+        "",
+        f"Pool (chat) tokens/s over LiteLLM's, by streams: {ratio}. Each stream was read whole once "
+        f"before timing and matched the upstream's text, token for token (content deltas: {checked}).",
+    ]
+    return lines + rerun_note(r)
+
+
+def first_token(r: dict[str, Any] | None) -> list[str]:
+    if not r:
+        return []
+    a, b = r["instant"], r["llama_server"]
+    lines = [
+        "",
+        "## 12. Time to the first content token",
+        "",
+        "(a) Instant upstream (case 11's 1,000-token stream): from the request written on a kept-alive "
+        "connection to the first content token's bytes at the client (chat: the first non-empty "
+        "`delta.content`; responses: the first `response.output_text.delta`). Sequential; direct and the "
+        "pool alternate, LiteLLM runs afterwards.",
+        "",
+        "| side | requests | p50 ms | p90 ms | p50 added over direct ms |",
+        "|---|---|---|---|---|",
+    ]
+    names = {
+        "direct": "nginx direct",
+        "pool_chat": "pool chat",
+        "pool_responses": "pool responses",
+        "litellm": "LiteLLM chat",
+    }
+    for side, name in names.items():
+        x, extra = a[side], a["added_p50"].get(side) or {}
+        lines.append(
+            f"| {name} | {x['requests']} | {fmt(x['p50_ms'])} | {fmt(x['p90_ms'])} | {fmt(extra.get('ms'))} |"
+        )
+    lines += [
+        "",
+        f"(b) llama-server (SmolLM2, layout *{b['layout']}*, `max_tokens` {b['max_tokens']}): case 2's "
+        "requests, the pool's child directly, through the pool (/v1/responses) and through LiteLLM "
+        "(chat), new connection each, sequential; direct and the pool alternate, LiteLLM afterwards.",
+        "",
+        "| side | requests | TTFT p50 ms | p90 ms | added ms (p50) | added / direct |",
+        "|---|---|---|---|---|---|",
+    ]
+    for side in ("direct", "pool", "litellm"):
+        x, extra = b[side], b["added_p50"].get(side) or {}
+        lines.append(
+            f"| {side} | {x['requests']} | {fmt(x['p50_ms'])} | {fmt(x['p90_ms'])} | {fmt(extra.get('ms'))} "
+            f"| {fmt(extra.get('of_direct'))} |"
+        )
+    return lines + rerun_note(r)

