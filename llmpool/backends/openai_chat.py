@@ -8,19 +8,15 @@ server stop generating. `ChatUpstream` holds the keep-alive connections it uses.
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
 import time
-import weakref
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
-import requests
 import urllib3
 
+from llmpool.backends.chat_upstream import ChatUpstream, read_capped
 from llmpool.generation import Chunk, Final, GenerationRequest, ToolCallDelta
 from llmpool.reasoning import ReasoningSplitter
 from llmpool.tool_calls import call_id
@@ -50,100 +46,6 @@ class UpstreamFailure(Exception):
         self.status = status
         self.output_started = output_started
         self.retry_after = retry_after
-
-
-class ChatUpstream:
-    """Keep-alive connections to one OpenAI-compatible server, for `stream_chat`.
-
-    urllib3 directly rather than a `requests.Session`: requests' per-call layer (request
-    preparation, hooks, settings merge) was about a seventh of the pool's CPU per request
-    on an instant upstream (bench/). `maxsize` connections are kept alive (more are
-    opened should more requests run at once). Default headers, proxy and CA bundle are
-    fixed here; `from_env` reads the proxy and the CA bundle from the environment the way
-    requests does (`HTTPS_PROXY`/`NO_PROXY`, `REQUESTS_CA_BUNDLE`), for remote servers;
-    local children get neither.
-    """
-
-    def __init__(
-        self, base_url: str, *, maxsize: int, headers: dict[str, str] | None = None, from_env: bool = False
-    ) -> None:
-        proxy: str | None = None
-        ca_certs = requests.utils.DEFAULT_CA_BUNDLE_PATH
-        if from_env:
-            proxies = requests.utils.get_environ_proxies(base_url)
-            proxy = proxies.get(urlsplit(base_url).scheme) or proxies.get("all")
-            ca_certs = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or ca_certs
-        self.proxy, self.ca_certs, self.maxsize = proxy, ca_certs, maxsize
-        self.headers = {"User-Agent": "llm-pool", **(headers or {})}
-        options: dict[str, Any] = {"num_pools": 4, "maxsize": maxsize, "ca_certs": ca_certs}
-        self._manager = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
-        # Responses being read, so `abort()` can break a read stalled on the server.
-        self._open: weakref.WeakSet[urllib3.BaseHTTPResponse] = weakref.WeakSet()
-
-    def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        body: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: tuple[float, float],
-    ) -> urllib3.BaseHTTPResponse:
-        """Send, return once the status line and headers are in; the body is left unread.
-
-        Raises urllib3's errors (no retries, no redirects: the caller decides).
-        """
-        sent = {**self.headers, **(headers or {})}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            sent["Content-Type"] = "application/json"
-        # A keep-alive connection the server has closed in the meantime (llama-server
-        # closes one idle for 5 s) fails the next request sent on it with "closed without
-        # response": the server never saw that request, so it goes again on a fresh
-        # connection, once per pooled connection that may be stale.
-        for attempt in range(self.maxsize + 1):
-            try:
-                response = self._manager.request(
-                    method,
-                    url,
-                    body=data,
-                    headers=sent,
-                    preload_content=False,
-                    retries=False,
-                    redirect=False,
-                    timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
-                )
-                break
-            except urllib3.exceptions.ProtocolError as exc:
-                if attempt == self.maxsize or not _stale_connection(exc):
-                    raise
-        self._open.add(response)
-        return response
-
-    def abort(self) -> None:
-        """Shut down the sockets of responses still being read: their reads end now."""
-        for response in list(self._open):
-            try:
-                response.shutdown()
-            except (OSError, ValueError, RuntimeError):
-                pass  # already finished, or back in the pool
-
-    def close(self) -> None:
-        self.abort()
-        self._manager.clear()
-
-
-def _stale_connection(exc: urllib3.exceptions.ProtocolError) -> bool:
-    """Whether a request failed because its pooled connection was already closed by the
-    server: closed without any response, or reset/broken while the request was sent."""
-    cause = exc.args[1] if len(exc.args) > 1 else exc.__context__
-    return isinstance(cause, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError)
-
-
-def read_capped(response: urllib3.BaseHTTPResponse, limit: int = 1 << 20) -> bytes:
-    """At most `limit` bytes of a body, for error messages and small JSON answers."""
-    return bytes(response.read(limit, decode_content=True))
 
 
 def chat_messages(request: GenerationRequest) -> list[dict[str, Any]]:

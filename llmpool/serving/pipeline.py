@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from llmpool.errors import ClientGone
-from llmpool.greenbridge import ChannelTimeout, watch_hangup
+from llmpool.greenbridge import ChannelTimeout, watch_hangup, yield_to_hub
 from llmpool.job import Delta, Done, Event, Failed, Job, JobStatus
 from llmpool.pool import Pool
 from llmpool.serving.api import Api, Call, Encoder
@@ -92,6 +92,10 @@ class Pipeline:
         """The stream's text, one piece per burst of events: every event that is ready
         when the greenlet wakes is encoded and written at once, so a fast upstream costs
         one socket write per wake-up instead of one per token (bench/README.md, relay)."""
+        if job.status is JobStatus.RUNNING:
+            # Started at submit on this hub: let it send its upstream request before the
+            # client gets the status line and opening events (first_token, bench/).
+            yield_to_hub()
         if opening := "".join(encoder.open()):
             yield opening
         for burst in self.bursts(job):

@@ -29,11 +29,14 @@ class FlakyManager:
             raise self.failures.pop(0)
         return urllib3.HTTPResponse(body=b"{}", status=200, preload_content=False)
 
+    urlopen = request  # as the origin's own connection pool, which requests use without a proxy
+
 
 def upstream(failures: list[BaseException], maxsize: int = 1) -> tuple[ChatUpstream, FlakyManager]:
     chat = ChatUpstream("http://127.0.0.1:9", maxsize=maxsize)
     manager = FlakyManager(failures)
     chat._manager = manager  # type: ignore[assignment]
+    chat._direct = manager  # type: ignore[assignment]
     return chat, manager
 
 
