@@ -144,8 +144,10 @@ def _lines_as_they_arrive(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]
     before yielding, which would batch tokens; `read1` returns whatever has arrived.
     """
     pending = b""
+    size = 4096  # the first read small: the first token is split out of 4 KB, not 64
     while True:
-        data = response.read1(65536)
+        data = response.read1(size)
+        size = 65536
         if not data:
             break
         pending += data
