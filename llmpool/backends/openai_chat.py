@@ -8,6 +8,7 @@ server stop generating. `ChatUpstream` holds the keep-alive connections it uses.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -137,11 +138,12 @@ def error_text(body: bytes) -> str:
         return body.decode("utf-8", "replace")[:500]
 
 
-def _lines_as_they_arrive(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-    """Split the body into lines as bytes arrive.
+def _lines_as_they_arrive(response: urllib3.BaseHTTPResponse) -> Iterator[list[bytes]]:
+    """The body's complete lines, as a list per read, as bytes arrive.
 
     `Response.iter_lines` waits for 512 bytes (or the end of a close-delimited body)
-    before yielding, which would batch tokens; `read1` returns whatever has arrived.
+    before yielding, which would batch tokens; `read1` returns whatever has arrived. A
+    list per read, not a line per resume: the relay's loop walks it in C (`chain`).
     """
     pending = b""
     size = 4096  # the first read small: the first token is split out of 4 KB, not 64
@@ -150,12 +152,13 @@ def _lines_as_they_arrive(response: urllib3.BaseHTTPResponse) -> Iterator[bytes]
         size = 65536
         if not data:
             break
-        pending += data
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            yield line.rstrip(b"\r")
+        buffer = pending + data
+        *lines, pending = buffer.split(b"\n")
+        if b"\r" in buffer:
+            lines = [line.rstrip(b"\r") for line in lines]
+        yield lines
     if pending:
-        yield pending
+        yield [pending]
 
 
 def _finish_body(response: urllib3.BaseHTTPResponse) -> bool:
@@ -217,14 +220,17 @@ def stream_chat(
                 status=response.status,
                 retry_after=response.headers.get("Retry-After"),
             )
-        for line in _lines_as_they_arrive(response):
+        for line in itertools.chain.from_iterable(_lines_as_they_arrive(response)):
             if not line.startswith(b"data:"):
                 continue  # blank separators, comments, event names
             data = line[5:].strip()
             if data == b"[DONE]":
                 ended = True
                 break
-            obj = _load(data)
+            try:  # inline: this is once per token
+                obj = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                obj = _load(data)
             if obj.get("error"):
                 error = obj["error"]
                 text = error.get("message", error) if isinstance(error, dict) else error
@@ -279,13 +285,10 @@ def stream_chat(
 
 
 def _load(data: bytes) -> Any:
-    """One event's JSON: orjson, several times faster than `json` on the relay's path; the
-    few texts orjson refuses and `json` takes (a lone surrogate escape, as a server that
-    cuts an emoji's pair in two sends; NaN) go to `json`, as before."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
+    """An event's JSON that orjson refused: `json` takes a few texts orjson does not (a
+    lone surrogate escape, as a server that cuts an emoji's pair in two sends; NaN); the
+    rest fails here as before."""
+    return json.loads(data)
 
 
 def _split(splitter: ReasoningSplitter, text: str, reasoning: str) -> Iterator[Chunk]:

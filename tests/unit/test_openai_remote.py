@@ -464,3 +464,21 @@ def test_the_readme_example_is_valid_settings(write_settings: Callable[..., Path
     write_settings(example)
     spec = load_settings().models["frontier-large"]
     assert spec.backend == "openai_remote" and spec.options["remote_max_retries"] == 2
+
+
+class _Reads:
+    """A response whose body arrives in the given pieces."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = list(pieces)
+
+    def read1(self, size: int) -> bytes:
+        return self.pieces.pop(0)[:size] if self.pieces else b""
+
+
+def test_lines_are_cut_as_they_arrive_crlf_and_split_lines_included() -> None:
+    from llmpool.backends.openai_chat import _lines_as_they_arrive
+
+    reads = _Reads(b'data: {"a":1}\r', b'\n\r\ndata: {"b"', b":2}\n\ndata: [DONE]")
+    lines = [line for batch in _lines_as_they_arrive(reads) for line in batch]  # type: ignore[arg-type]
+    assert lines == [b'data: {"a":1}', b"", b'data: {"b":2}', b"", b"data: [DONE]"]
