@@ -75,31 +75,21 @@ class ChatUpstream:
         if limits is None:
             limits = self._timeouts[timeout] = urllib3.Timeout(connect=timeout[0], read=timeout[1])
         direct = self._direct if url.startswith(self._origin + "/") else None
+        options: dict[str, Any] = {
+            "body": data,
+            "headers": sent,
+            "preload_content": False,
+            "retries": False,
+            "redirect": False,
+            "timeout": limits,
+        }
         for attempt in range(self.maxsize + 1):
             try:
                 if direct is not None:
-                    response = direct.urlopen(
-                        method,
-                        url[len(self._origin) :],
-                        body=data,
-                        headers=sent,
-                        preload_content=False,
-                        retries=False,
-                        redirect=False,
-                        assert_same_host=False,
-                        timeout=limits,
-                    )
+                    path = url[len(self._origin) :]
+                    response = direct.urlopen(method, path, assert_same_host=False, **options)
                 else:
-                    response = self._manager.request(
-                        method,
-                        url,
-                        body=data,
-                        headers=sent,
-                        preload_content=False,
-                        retries=False,
-                        redirect=False,
-                        timeout=limits,
-                    )
+                    response = self._manager.request(method, url, **options)
                 break
             except urllib3.exceptions.ProtocolError as exc:
                 if attempt == self.maxsize or not _stale_connection(exc):
