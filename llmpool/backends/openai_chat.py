@@ -230,7 +230,9 @@ def stream_chat(
             try:  # inline: this is once per token
                 obj = orjson.loads(data)
             except orjson.JSONDecodeError:
-                obj = _load(data)
+                # What orjson refuses and `json` takes: a lone surrogate escape (a server
+                # that cuts an emoji's pair in two sends one), NaN; the rest fails as before.
+                obj = json.loads(data)
             if obj.get("error"):
                 error = obj["error"]
                 text = error.get("message", error) if isinstance(error, dict) else error
@@ -282,13 +284,6 @@ def stream_chat(
         if not reusable:
             response.close()
         response.release_conn()
-
-
-def _load(data: bytes) -> Any:
-    """An event's JSON that orjson refused: `json` takes a few texts orjson does not (a
-    lone surrogate escape, as a server that cuts an emoji's pair in two sends; NaN); the
-    rest fails here as before."""
-    return json.loads(data)
 
 
 def _split(splitter: ReasoningSplitter, text: str, reasoning: str) -> Iterator[Chunk]:
