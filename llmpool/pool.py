@@ -212,6 +212,10 @@ class Pool:
             return
         if entry.line.remove(job):
             job.drop(None)  # out of line first: nobody else can start or fail it now
+            if not entry.serving:
+                # A load on demand may now run for nobody: the placer cancels it at once
+                # rather than at its next poll, which a short load can finish before.
+                self.placer.wake()
             return
         executor = entry.executor
         if executor is not None and not job.finished:

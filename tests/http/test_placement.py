@@ -245,6 +245,25 @@ def test_jobs_waiting_for_a_load_share_the_models_one_line_and_its_bound(
     assert line.qsize() == 0
 
 
+def test_the_last_client_leaving_a_load_on_demand_cancels_it_at_once(
+    make_app: Callable[..., Flask], tmp_path: Path, weights: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not at the placer's next poll: a load shorter than the poll would finish first
+    (tests/integration/test_placement.py saw it), and the model stay up for nobody."""
+    monkeypatch.setattr("llmpool.placement.placer.BUSY_POLL_S", 60.0)
+    app = make_app(settings(tmp_path, {"x": on_demand(weights, scripted_load_s=30)}))
+    entry = pool_of(app).models["x"]
+    response = app.test_client().post(
+        "/v1/responses", json={"model": "x", "input": "hi", "stream": True}, buffered=False
+    )
+    chunks = response.response
+    assert b"response.created" in next(iter(chunks))
+    wait_for(lambda: entry.state.value == "loading")
+    response.close()  # the client leaves: its job leaves the line
+    assert entry.line.qsize() == 0
+    wait_for(lambda: entry.state.value == "unloaded", timeout=5)
+
+
 def test_a_job_arriving_as_the_pool_unloads_its_model_waits_for_the_next_load(
     make_app: Callable[..., Flask], tmp_path: Path, weights: str
 ) -> None:
