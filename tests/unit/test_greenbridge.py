@@ -296,6 +296,61 @@ def test_greenlets_and_real_threads_under_the_selective_patch() -> None:
     assert result["fifty_sleeps_s"] < 2.5, result
 
 
+RESOLVER_SCRIPT = r"""
+from conf.worker import patch_selectively
+
+patch_selectively()
+
+import json
+import socket
+
+import gevent
+
+resolver = gevent.get_hub().resolver
+through_threadpool = []
+
+
+class Counting:
+    def __init__(self, pool):
+        self.pool = pool
+
+    def apply(self, func, args=(), kwds=None):
+        through_threadpool.append(args[0])
+        return self.pool.apply(func, args, kwds)
+
+
+resolver.pool = Counting(resolver.pool)
+answers = {
+    host: [info[4][0] for info in socket.getaddrinfo(host, 8080, 0, socket.SOCK_STREAM)]
+    for host in ("127.0.0.1", "::1", "localhost")
+}
+try:
+    socket.getaddrinfo("::1", 8080, socket.AF_INET)
+    mismatch = None
+except socket.gaierror as exc:
+    mismatch = exc.errno
+print(json.dumps({
+    "resolver": type(resolver).__name__,
+    "answers": answers,
+    "through_threadpool": through_threadpool,
+    "mismatch": mismatch,
+    "expected_mismatch": socket.EAI_ADDRFAMILY,
+}))
+"""
+
+
+def test_an_address_literal_is_resolved_on_the_hub_and_a_name_in_the_threadpool() -> None:
+    proc = run_script(RESOLVER_SCRIPT)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["resolver"] == "LiteralFirstResolver"
+    assert result["answers"]["127.0.0.1"] == ["127.0.0.1"]
+    assert result["answers"]["::1"] == ["::1"]
+    assert "127.0.0.1" in result["answers"]["localhost"] or "::1" in result["answers"]["localhost"]
+    assert result["through_threadpool"] == ["localhost"]  # the literals never went there
+    assert result["mismatch"] == result["expected_mismatch"]  # refused as getaddrinfo does
+
+
 FULL_PATCH_SCRIPT = r"""
 from gevent import monkey
 
