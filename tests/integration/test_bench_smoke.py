@@ -92,3 +92,18 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     assert "## 11. The relay at GPU speed" in page and "## 12. Time to the first content token" in page
     assert "## Targets" in page and "smoke run" in page
     assert (tmp_path / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_floor_measures_the_bare_stack_the_client_and_the_pool(tmp_path: Path) -> None:
+    """bench/floor.py (issue 23's request-side floor), briefly: every figure is there."""
+    out = tmp_path / "floor.json"
+    argv = [sys.executable, "-m", "bench.floor", "--seconds", "1", "--clients", "50", "--out", str(out)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    for side in ("bare", "pool"):
+        for connections in ("c1", "c64"):
+            row = figures[side][connections]
+            assert row["cpu_us_per_request"] > 0 and row["p50_ms"] > 0 and row["rps"] > 0, (side, row)
+    assert figures["client"]["cpu_us_per_request"] > 0
+    assert "floor (bare + client)" in done.stdout
