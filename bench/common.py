@@ -238,10 +238,12 @@ def pool_server(
     timeout_s: float = 120,
     cpus: list[str] | None = None,
     config: str | None = None,
+    app: str = "wsgi:app",
 ) -> Iterator[Pool]:
     """The pool as operators run it (conf/gunicorn.conf.py, wsgi:app), pinned to the server CPU.
 
-    `config` replaces the gunicorn config file (a bench-only one that adds hooks)."""
+    `config` replaces the gunicorn config file (a bench-only one that adds hooks); `app`
+    the WSGI app (bench.floor's bare one), which must answer GET /readyz."""
     workdir = Path(tempfile.mkdtemp(prefix="llmpool-bench-"))
     settings_path = workdir / "settings.json"
     settings_path.write_text(json.dumps(settings))
@@ -254,7 +256,7 @@ def pool_server(
             gunicorn,
             "-c",
             config or "conf/gunicorn.conf.py",
-            "wsgi:app",
+            app,
         ],
         log_path,
         {

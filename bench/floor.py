@@ -25,22 +25,10 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    ROOT,
-    SERVER_CPU,
-    cpu_s,
-    free_port,
-    pin_self_to_load_side,
-    pool_server,
-    spawn,
-    stop,
-    wait_ready,
-    worker_pid,
-)
+from bench.common import ROOT, SERVER_CPU, cpu_s, pin_self_to_load_side, pool_server
 from bench.loadgen import BODY, run_wrk
 from bench.proxy import ALLOW_REMOTE, pool_settings
 from bench.upstream import MODEL, static_upstream
@@ -100,19 +88,9 @@ def per_request(url: str, pid: int, seconds: float, headers: dict[str, str] | No
 
 
 def bare(seconds: float) -> dict[str, Any]:
-    workdir = Path(tempfile.mkdtemp(prefix="llmpool-floor-"))
-    port = free_port()
-    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-    # conf/gunicorn.conf.py's worker settings, without its pool settings files
-    argv = [*SERVER_CPU, gunicorn, "-w", "1", "-k", "conf.worker.SelectiveGeventWorker"]
-    argv += ["--worker-connections", "4096", "--keep-alive", "5", "-b", f"127.0.0.1:{port}"]
-    proc = spawn([*argv, "bench.floor_app:app"], workdir / "bare.log")
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_ready(url + "/healthz", proc, "the bare app", workdir / "bare.log", 60)
-        return per_request(url + "/v1/chat/completions", worker_pid(proc.pid), seconds)
-    finally:
-        stop(proc)
+    """bench/floor_app.py under the pool's own gunicorn config and worker class."""
+    with pool_server({"service": {"log_level": "warning"}}, app="bench.floor_app:app") as server:
+        return per_request(server.url + "/v1/chat/completions", server.worker_pid(), seconds)
 
 
 def client(upstream: str, count: int) -> dict[str, Any]:

@@ -26,6 +26,6 @@ def chat() -> Any:
     return jsonify(ANSWER)
 
 
-@app.get("/healthz")
-def healthz() -> Any:
+@app.get("/readyz")
+def readyz() -> Any:
     return jsonify({"status": "ok"})
