@@ -39,7 +39,7 @@ TOOL_HF_DIR ?= .cache/smollm2-tools-hf
 # This project installed into the vLLM env (--no-deps: its torch/vllm stay as pinned), for
 # the in-process `vllm` backend tests, which can only run where vLLM imports.
 VLLM_POOL_STAMP := $(VLLM_VENV)/.llmpool-installed
-VLLM_POOL_DEPS := flask marshmallow requests nvidia-ml-py gunicorn gevent pytest prometheus_client python-json-logger apispec flask-smorest==0.47.0 jsonschema==4.26.0 orjson==3.13.0
+VLLM_POOL_DEPS := flask marshmallow requests nvidia-ml-py gunicorn gevent pytest prometheus_client python-json-logger apispec flask-smorest==0.47.0 jsonschema==4.26.0 orjson==3.13.0 httptools==0.9.0
 # The benchmark's other side: LiteLLM's proxy in its own env (pinned: later releases'
 # proxy extra needs a package the registry does not serve), nginx and wrk from Debian.
 LITELLM_VENV ?= .venv-litellm

@@ -9,9 +9,10 @@ measured the same way, on the server CPU:
 
 1. `bare`: a Flask app with nothing of the pool in it (bench/floor_app.py: read the JSON
    body, answer a fixed chat completion) under the same gunicorn config and worker class.
-2. `client`: the pool's upstream client alone (`ChatUpstream`, urllib3) sending the
-   pool's upstream request to the instant upstream and reading the streamed answer, in a
-   process under the worker's selective patch; CPU per request over `--clients` requests.
+2. `client`: the pool's upstream client alone (`ChatUpstream`, which takes
+   llmpool.backends.http1 for this plain-http origin) sending the pool's upstream request
+   to the instant upstream and reading the streamed answer, in a process under the
+   worker's selective patch; CPU per request over `--clients` requests.
 3. `pool`: the pool itself (case 1's `openai_remote` model on the same upstream).
 
 Worker CPU per request comes from /proc (user + system) over a wrk run of `--seconds` at 1

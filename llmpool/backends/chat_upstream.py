@@ -14,14 +14,23 @@ import orjson
 import requests
 import urllib3
 
+from llmpool.backends.http1 import Http1Origin, Http1Response
+
+# What `ChatUpstream.request` returns: the lean client's answer for a plain-http origin
+# reached directly, urllib3's otherwise. Both offer what the adapters use of it.
+UpstreamResponse = Http1Response | urllib3.BaseHTTPResponse
+
 
 class ChatUpstream:
     """Keep-alive connections to one OpenAI-compatible server, for `stream_chat`.
 
-    urllib3 directly rather than a `requests.Session`: requests' per-call layer (request
-    preparation, hooks, settings merge) was about a seventh of the pool's CPU per request
-    on an instant upstream (bench/). `maxsize` connections are kept alive (more are
-    opened should more requests run at once). Default headers, proxy and CA bundle are
+    A plain-http origin reached without a proxy (the pool's children, a server on the
+    LAN) goes through `http1.Http1Origin`, a lean client that costs a fraction of
+    urllib3's CPU per request (bench/floor.py); HTTPS and proxies through urllib3 directly,
+    rather than a `requests.Session`, whose per-call layer (request preparation, hooks,
+    settings merge) was about a seventh of the pool's CPU per request on an instant
+    upstream (bench/). `maxsize` connections are kept alive (more are opened should more
+    requests run at once). Default headers, proxy and CA bundle are
     fixed here; `from_env` reads the proxy and the CA bundle from the environment the way
     requests does (`HTTPS_PROXY`/`NO_PROXY`, `REQUESTS_CA_BUNDLE`), for remote servers;
     local children get neither.
@@ -45,6 +54,9 @@ class ChatUpstream:
         parts = urlsplit(base_url)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._direct = None if proxy or "@" in parts.netloc else self._manager.connection_from_url(base_url)
+        self._lean: Http1Origin | None = None
+        if self._direct is not None and parts.scheme == "http" and parts.hostname:
+            self._lean = Http1Origin(parts.hostname, parts.port or 80, maxsize=maxsize)
         self._timeouts: dict[tuple[float, float], urllib3.Timeout] = {}
         # Responses being read, so `abort()` can break a read stalled on the server.
         self._open: weakref.WeakSet[urllib3.BaseHTTPResponse] = weakref.WeakSet()
@@ -57,16 +69,20 @@ class ChatUpstream:
         body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
         timeout: tuple[float, float],
-    ) -> urllib3.BaseHTTPResponse:
+    ) -> UpstreamResponse:
         """Send, return once the status line and headers are in; the body is left unread.
 
-        Raises urllib3's errors (no retries, no redirects: the caller decides).
+        Raises OSErrors (the lean client) or urllib3's errors (no retries, no redirects:
+        the caller decides).
         """
         sent = {**self.headers, **(headers or {})}
         data = None
         if body is not None:
             data = _dump(body)
             sent["Content-Type"] = "application/json"
+        if self._lean is not None and url.startswith(self._origin + "/"):
+            path = url[len(self._origin) :]
+            return self._lean.request(method, path, body=data, headers=sent, timeout=timeout)
         # A keep-alive connection the server has closed in the meantime (llama-server
         # closes one idle for 5 s) fails the next request sent on it with "closed without
         # response": the server never saw that request, so it goes again on a fresh
@@ -99,6 +115,8 @@ class ChatUpstream:
 
     def abort(self) -> None:
         """Shut down the sockets of responses still being read: their reads end now."""
+        if self._lean is not None:
+            self._lean.abort()
         for response in list(self._open):
             try:
                 response.shutdown()
@@ -107,6 +125,8 @@ class ChatUpstream:
 
     def close(self) -> None:
         self.abort()
+        if self._lean is not None:
+            self._lean.close()
         self._manager.clear()
 
 
@@ -117,7 +137,7 @@ def _stale_connection(exc: urllib3.exceptions.ProtocolError) -> bool:
     return isinstance(cause, http.client.RemoteDisconnected | ConnectionResetError | BrokenPipeError)
 
 
-def read_capped(response: urllib3.BaseHTTPResponse, limit: int = 1 << 20) -> bytes:
+def read_capped(response: UpstreamResponse, limit: int = 1 << 20) -> bytes:
     """At most `limit` bytes of a body, for error messages and small JSON answers."""
     return bytes(response.read(limit, decode_content=True))
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 import urllib3
 
-from llmpool.backends.chat_upstream import ChatUpstream, read_capped
+from llmpool.backends.chat_upstream import ChatUpstream, UpstreamResponse, read_capped
 from llmpool.generation import Chunk, Final, GenerationRequest, ToolCallDelta
 from llmpool.reasoning import ReasoningSplitter
 from llmpool.tool_calls import call_id
@@ -138,7 +138,7 @@ def error_text(body: bytes) -> str:
         return body.decode("utf-8", "replace")[:500]
 
 
-def _lines_as_they_arrive(response: urllib3.BaseHTTPResponse) -> Iterator[list[bytes]]:
+def _lines_as_they_arrive(response: UpstreamResponse) -> Iterator[list[bytes]]:
     """The body's complete lines, as a list per read, as bytes arrive.
 
     `Response.iter_lines` waits for 512 bytes (or the end of a close-delimited body)
@@ -161,7 +161,7 @@ def _lines_as_they_arrive(response: urllib3.BaseHTTPResponse) -> Iterator[list[b
         yield [pending]
 
 
-def _finish_body(response: urllib3.BaseHTTPResponse) -> bool:
+def _finish_body(response: UpstreamResponse) -> bool:
     """Read what follows `[DONE]` (normally just the chunked-encoding terminator); True
     when the body ended, so the connection can go back to the pool for the next request
     (keep-alive). Bounded, and best effort: on any trouble the connection is dropped.

@@ -1,0 +1,270 @@
+"""A lean HTTP/1.1 client for one plain-http origin: the pool's own children (llama-server,
+`vllm serve`) and an OpenAI-compatible server reached without TLS or a proxy.
+
+Why not urllib3 there: on an instant upstream its per-request layers (connection-pool
+bookkeeping, `http.client`'s status and header parsing through the `email` package, the
+response wrapper) cost the worker about 300 µs of CPU a request, a fifth of the pool's
+whole request (bench/floor.py, `client`). This one sends the request in one write and
+parses the answer with httptools (llhttp, the parser uvicorn uses), which also undoes the
+chunked encoding; what is left here is connection reuse and the read loop. HTTPS and
+proxies stay with urllib3 (`chat_upstream.ChatUpstream` picks).
+
+The response offers the part of urllib3's `HTTPResponse` the adapters use: `status`,
+`headers.get`, `read1`, `read`, `release_conn`, `close`, `shutdown`. Errors are OSErrors,
+as the adapters already catch: `TimeoutError` for a timeout, `ConnectionError` for a
+connection lost or refused, `Http1Error` (a ConnectionError) for an answer that is not
+HTTP/1.1.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import httptools
+
+RECV_BYTES = 65536
+
+
+class Http1Error(ConnectionError):
+    """The server's answer broke HTTP/1.1 (or the connection closed mid-answer)."""
+
+
+class Headers(dict[str, str]):
+    """Response headers, names lower-cased; `get` ignores case as urllib3's does."""
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+
+class Http1Origin:
+    """Keep-alive connections to one `host:port`, at most `maxsize` of them kept idle.
+
+    Idle sockets sit in a list (a LIFO: the most recently used is the least likely to have
+    been closed by the server); `pop` and `append` are atomic, so greenlets and threads
+    take and return them without a lock. Sockets are gevent's under the worker's patch,
+    so a request waits on the hub, never on the thread.
+    """
+
+    def __init__(self, host: str, port: int, *, maxsize: int) -> None:
+        self.address = (host, port)
+        self.maxsize = maxsize
+        self._host = f"Host: [{host}]:{port}\r\n" if ":" in host else f"Host: {host}:{port}\r\n"
+        self._idle: list[socket.socket] = []
+        self._open: set[Http1Response] = set()  # being read, for `abort`
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes | None,
+        headers: dict[str, str],
+        timeout: tuple[float, float],
+    ) -> Http1Response:
+        """Send, return once the status line and headers are in; the body is left unread.
+
+        A request sent on a kept-alive connection that the server had closed meanwhile
+        goes again on the next one (or a fresh one): the server never saw it. On a fresh
+        connection every error stands.
+        """
+        extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        length = f"Content-Length: {len(body)}\r\n" if body is not None else ""
+        head = f"{method} {path} HTTP/1.1\r\n{self._host}{extra}{length}\r\n".encode("latin-1")
+        data = head + body if body is not None else head
+        while True:
+            sock, reused = self._take(timeout[0])
+            try:
+                sock.settimeout(timeout[1])
+                sock.sendall(data)
+                response = Http1Response(self, sock)
+                response.begin()
+            except (ConnectionResetError, BrokenPipeError, _Unanswered) as exc:
+                sock.close()
+                if reused:
+                    continue
+                if isinstance(exc, _Unanswered):
+                    raise ConnectionResetError("the server closed the connection without answering") from None
+                raise
+            except BaseException:
+                sock.close()
+                raise
+            self._open.add(response)
+            return response
+
+    def _take(self, connect_timeout: float) -> tuple[socket.socket, bool]:
+        """A kept-alive connection that is still open, or a new one."""
+        while True:
+            try:
+                sock = self._idle.pop()
+            except IndexError:
+                break
+            if _still_open(sock):
+                return sock, True
+            sock.close()
+        sock = socket.create_connection(self.address, timeout=connect_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock, False
+
+    def give_back(self, sock: socket.socket) -> None:
+        if len(self._idle) < self.maxsize:
+            self._idle.append(sock)
+        else:
+            sock.close()
+
+    def abort(self) -> None:
+        """Shut down the sockets of responses still being read: their reads end now."""
+        for response in list(self._open):
+            response.shutdown()
+
+    def close(self) -> None:
+        """Every connection closed, idle or being read (whose reads end with an error)."""
+        self.abort()
+        for response in list(self._open):
+            response.close()
+        while self._idle:
+            self._idle.pop().close()
+
+
+def _still_open(sock: socket.socket) -> bool:
+    """Whether an idle connection is still open: a peek that never waits. Readable with no
+    data is the server's close; readable with data would be a stray answer, also unusable."""
+    sock.settimeout(0.0)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+class _Unanswered(Exception):
+    """The connection ended before any byte of an answer (a stale kept-alive connection)."""
+
+
+class Http1Response:
+    """One answer being read; its connection goes back to the origin once read to the end."""
+
+    def __init__(self, origin: Http1Origin, sock: socket.socket) -> None:
+        self._origin = origin
+        self._sock: socket.socket | None = sock
+        self._parser = httptools.HttpResponseParser(self)
+        self._body: list[bytes] = []
+        self._headers_done = False
+        self._complete = False
+        self._received = False  # any byte of the answer yet
+        self._keep_alive = False
+        self.status = 0
+        self.headers = Headers()
+
+    # -- httptools' callbacks ----------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # httptools joins a header split across reads before it calls this.
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        self.headers[key] = f"{self.headers[key]}, {text}" if key in self.headers else text
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        # Asked here: llhttp forgets the answer's keep-alive once the message is complete.
+        self._keep_alive = self._parser.should_keep_alive()
+        self._headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+
+    # -- reading -------------------------------------------------------------------------------
+    def begin(self) -> None:
+        """Read until the status line and headers are in (and whatever body came with them)."""
+        while not self._headers_done:
+            if not self._feed():
+                if not self._received:
+                    raise _Unanswered()
+                raise Http1Error("the connection closed in the answer's headers")
+
+    def _feed(self) -> bool:
+        """One read from the socket into the parser; False at the end of the connection."""
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(RECV_BYTES)
+        except ConnectionResetError:
+            if not self._received:
+                raise _Unanswered() from None
+            raise
+        if not data:
+            if self._headers_done and self._close_delimited():
+                self._complete = True  # a body without length ends with the connection
+            return False
+        self._received = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise Http1Error("the server switched protocols") from None
+        except httptools.HttpParserError as exc:
+            raise Http1Error(f"malformed HTTP answer: {exc}") from None
+        return True
+
+    def _close_delimited(self) -> bool:
+        chunked = "chunked" in self.headers.get("transfer-encoding", "")
+        return "content-length" not in self.headers and not chunked
+
+    def read1(self, amt: int = RECV_BYTES) -> bytes:
+        """Whatever body has arrived, at most `amt` bytes; waits only when nothing has.
+        b"" at the end of the body."""
+        while not self._body:
+            if self._complete or self._sock is None:
+                return b""
+            if not self._feed() and not self._body:
+                if self._complete:
+                    return b""
+                raise Http1Error("the connection closed before the answer's end")
+        return self._take_body(amt)
+
+    def read(self, amt: int, decode_content: bool = True) -> bytes:
+        """Up to `amt` bytes of the body: less only at its end. (No content coding is ever
+        asked for, so `decode_content` has nothing to undo.)"""
+        parts: list[bytes] = []
+        while amt > 0 and (data := self.read1(amt)):
+            parts.append(data)
+            amt -= len(data)
+        return b"".join(parts)
+
+    def _take_body(self, amt: int) -> bytes:
+        data = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        if len(data) > amt:
+            self._body = [data[amt:]]
+            data = data[:amt]
+        else:
+            self._body = []
+        return data
+
+    # -- the connection --------------------------------------------------------------------
+    def release_conn(self) -> None:
+        """The connection back to the origin if the answer was read to its end and the server
+        keeps it alive; closed otherwise (the server sees a client that left)."""
+        sock, self._sock = self._sock, None
+        self._origin._open.discard(self)
+        if sock is None:
+            return
+        if self._complete and not self._body and self._keep_alive:
+            self._origin.give_back(sock)
+        else:
+            sock.close()
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        self._origin._open.discard(self)
+        if sock is not None:
+            sock.close()
+
+    def shutdown(self) -> None:
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by the server
