@@ -42,11 +42,20 @@ def raw_body() -> bytes:
 
 def _read_capped() -> bytes:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if request.content_length is not None and request.content_length > limit:
+    declared = request.content_length
+    if declared is not None and declared > limit:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     try:
+        if declared is not None:
+            # A read of the whole declared length first: the usual body is done in one call,
+            # without the read-until-empty round (the loop goes on after a short read).
+            chunk = request.stream.read(declared)
+            if len(chunk) == declared:
+                return bytes(chunk)
+            chunks.append(chunk)
+            size = len(chunk)
         while True:
             chunk = request.stream.read(_READ_CHUNK)
             if not chunk:

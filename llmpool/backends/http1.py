@@ -18,6 +18,7 @@ HTTP/1.1.
 
 from __future__ import annotations
 
+import select
 import socket
 from typing import Any
 
@@ -127,16 +128,12 @@ class Http1Origin:
 
 
 def _still_open(sock: socket.socket) -> bool:
-    """Whether an idle connection is still open: a peek that never waits. Readable with no
-    data is the server's close; readable with data would be a stray answer, also unusable."""
-    sock.settimeout(0.0)
-    try:
-        sock.recv(1, socket.MSG_PEEK)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return False
+    """Whether an idle connection is still open: a poll that never waits (`select` is not
+    patched, and a zero timeout never blocks the hub). Readable means the server closed
+    it (or sent a stray answer, as unusable); so do an error and a hang-up."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return not poller.poll(0)
 
 
 class _Unanswered(Exception):

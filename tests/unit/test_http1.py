@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from llmpool.backends.chat_upstream import ChatUpstream
-from llmpool.backends.http1 import Http1Error, Http1Origin, Http1Response
+from llmpool.backends.http1 import Http1Error, Http1Origin, Http1Response, _still_open
 
 Script = Callable[[socket.socket], None]
 
@@ -288,3 +288,11 @@ def test_chat_upstream_takes_the_lean_client_only_for_plain_http_without_a_proxy
     assert ChatUpstream("http://127.0.0.1:8080/v1", maxsize=1)._lean is not None
     assert ChatUpstream("https://api.example.com/v1", maxsize=1)._lean is None
     assert ChatUpstream("http://user:pw@127.0.0.1:8080/v1", maxsize=1)._lean is None
+
+
+def test_an_idle_connection_closed_by_the_server_is_noticed_before_use() -> None:
+    mine, theirs = socket.socketpair()
+    with mine:
+        assert _still_open(mine)
+        theirs.close()
+        assert not _still_open(mine)
