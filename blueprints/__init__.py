@@ -21,6 +21,7 @@ from blueprints import (
 )
 from blueprints.contract import make_api
 from blueprints.errors import register_error_handlers
+from blueprints.json_provider import OrjsonProvider
 from llmpool.auth import Access, Credentials, credentials_from
 from llmpool.config.loader import startup_settings
 from llmpool.config.spec import Settings
@@ -55,7 +56,7 @@ def create_app(
     )
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = int(settings.service.max_body_mb * 1024 * 1024)
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = OrjsonProvider(app)
     app.extensions["llmpool"] = pool
     app.extensions["llmpool.pipeline"] = Pipeline(pool)
     # Each route declares its contract; the API object parses by it and documents it.
