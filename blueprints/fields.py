@@ -79,24 +79,42 @@ class OnlyValue(Refusal):
 def refuse(schema: Schema, data: Mapping[str, Any], path: str = "") -> None:
     """Raise InvalidParam for the first refused value of a loaded body (declaration order,
     nested objects and the objects of arrays included); null values are never refused."""
-    for name, field in schema.fields.items():
+    for name, refusals, nested, items in _checked_fields(schema):
         value = data.get(name)
         if value is None:
             continue
         dotted = f"{path}{name}"
-        for validator in field.validators:
-            if isinstance(validator, Refusal) and validator.refuses(value):
+        for validator in refusals:
+            if validator.refuses(value):
                 raise validator.refusal(value, dotted)
-        if isinstance(field, fields.Nested) and isinstance(value, Mapping):
-            refuse(field.schema, value, f"{dotted}.")
-        if (
-            isinstance(field, fields.List)
-            and isinstance(field.inner, fields.Nested)
-            and isinstance(value, list)
-        ):
+        if nested is not None and isinstance(value, Mapping):
+            refuse(nested, value, f"{dotted}.")
+        if items is not None and isinstance(value, list):
             for index, item in enumerate(value):  # items of an array of objects, one by one
                 if isinstance(item, Mapping):
-                    refuse(field.inner.schema, item, f"{dotted}.{index}.")
+                    refuse(items, item, f"{dotted}.{index}.")
+
+
+_Checked = tuple[str, tuple[Refusal, ...], Schema | None, Schema | None]
+
+
+def _checked_fields(schema: Schema) -> list[_Checked]:
+    """The fields `refuse` looks at, in declaration order: those with a refusal and those
+    holding objects (`Nested`, or a `List` of them), worked out once per schema instance
+    (a body schema has about thirty fields, most of which refuse nothing)."""
+    known: list[_Checked] | None = getattr(schema, "_llmpool_checked", None)
+    if known is not None:
+        return known
+    checked: list[_Checked] = []
+    for name, field in schema.fields.items():
+        refusals = tuple(v for v in field.validators if isinstance(v, Refusal))
+        nested = field.schema if isinstance(field, fields.Nested) else None
+        inner = field.inner if isinstance(field, fields.List) else None
+        items = inner.schema if isinstance(inner, fields.Nested) else None
+        if refusals or nested is not None or items is not None:
+            checked.append((name, refusals, nested, items))
+    schema._llmpool_checked = checked  # type: ignore[attr-defined]  # on the instance: no registry to leak
+    return checked
 
 
 class Stop(fields.Field):
