@@ -25,6 +25,9 @@ from typing import Any
 import httptools
 
 RECV_BYTES = 65536
+# The most a status line and headers may take (http.client allows 100 lines of 64 KiB):
+# a server that never ends its headers is an error, not a buffer that grows.
+MAX_HEAD_BYTES = 1 << 18
 
 
 class Http1Error(ConnectionError):
@@ -150,7 +153,7 @@ class Http1Response:
         self._body: list[bytes] = []
         self._headers_done = False
         self._complete = False
-        self._received = False  # any byte of the answer yet
+        self._fed = 0  # bytes of the answer read so far
         self._keep_alive = False
         self.status = 0
         self.headers = Headers()
@@ -178,8 +181,10 @@ class Http1Response:
     def begin(self) -> None:
         """Read until the status line and headers are in (and whatever body came with them)."""
         while not self._headers_done:
+            if self._fed >= MAX_HEAD_BYTES:
+                raise Http1Error(f"the answer's headers are longer than {MAX_HEAD_BYTES >> 10} KiB")
             if not self._feed():
-                if not self._received:
+                if not self._fed:
                     raise _Unanswered()
                 raise Http1Error("the connection closed in the answer's headers")
 
@@ -189,14 +194,14 @@ class Http1Response:
         try:
             data = self._sock.recv(RECV_BYTES)
         except ConnectionResetError:
-            if not self._received:
+            if not self._fed:
                 raise _Unanswered() from None
             raise
         if not data:
             if self._headers_done and self._close_delimited():
                 self._complete = True  # a body without length ends with the connection
             return False
-        self._received = True
+        self._fed += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:

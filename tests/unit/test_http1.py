@@ -296,3 +296,19 @@ def test_an_idle_connection_closed_by_the_server_is_noticed_before_use() -> None
         assert _still_open(mine)
         theirs.close()
         assert not _still_open(mine)
+
+
+def test_headers_that_never_end_are_an_error_not_a_growing_buffer(servers: list[Server]) -> None:
+    server = Server()
+    servers.append(server)
+
+    def endless_headers(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        line = b"X-Filler: " + b"a" * 1000 + b"\r\n"
+        for _ in range(2000):  # 2 MB of headers, never a blank line
+            conn.sendall(line)
+
+    server.scripts = [endless_headers]
+    with pytest.raises(Http1Error, match="longer than 256 KiB"):
+        post(origin(server))
