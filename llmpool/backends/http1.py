@@ -18,6 +18,9 @@ HTTP/1.1.
 
 from __future__ import annotations
 
+import _socket
+import errno
+import ipaddress
 import select
 import socket
 from typing import Any
@@ -53,6 +56,11 @@ class Http1Origin:
     def __init__(self, host: str, port: int, *, maxsize: int) -> None:
         self.address = (host, port)
         self.maxsize = maxsize
+        try:  # an address literal may be connected without a round through the hub
+            version = ipaddress.ip_address(host).version
+            self._family: int | None = socket.AF_INET if version == 4 else socket.AF_INET6
+        except ValueError:
+            self._family = None
         self._host = f"Host: [{host}]:{port}\r\n" if ":" in host else f"Host: {host}:{port}\r\n"
         self._idle: list[socket.socket] = []
         self._open: set[Http1Response] = set()  # being read, for `abort`
@@ -106,9 +114,35 @@ class Http1Origin:
             if _still_open(sock):
                 return sock, True
             sock.close()
-        sock = socket.create_connection(self.address, timeout=connect_timeout)
+        sock = self._connect_now() or socket.create_connection(self.address, timeout=connect_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock, False
+
+    def _connect_now(self) -> socket.socket | None:
+        """A connection the kernel completes within the connect call, as it does on the
+        loopback (llama-server closes each streamed connection, so the next request
+        connects again): made on a plain socket that never waits, then handed to the
+        socket class in use (gevent's in the worker). Connecting through gevent would park
+        this greenlet until the hub's next poll, and the greenlet that started the job
+        would run first, building and writing its answer's opening before this request
+        leaves (bench/README.md, first_token). None when it is not done at once, or
+        failed: the caller connects the usual way, which waits, and raises what it meets.
+        """
+        if self._family is None:
+            return None
+        raw = _socket.socket(self._family, _socket.SOCK_STREAM)
+        try:
+            raw.setblocking(False)
+            if raw.connect_ex(self.address) not in (0, errno.EINPROGRESS):
+                return None
+            poller = select.poll()  # not patched: a zero timeout never waits
+            poller.register(raw, select.POLLOUT)
+            if not poller.poll(0) or raw.getsockopt(_socket.SOL_SOCKET, _socket.SO_ERROR):
+                return None
+            return socket.socket(self._family, socket.SOCK_STREAM, fileno=raw.detach())
+        finally:
+            if raw.fileno() != -1:
+                raw.close()
 
     def give_back(self, sock: socket.socket) -> None:
         if len(self._idle) < self.maxsize:

@@ -44,6 +44,11 @@ class Pipeline:
         request = api.to_request(body, self.pool)
         allow_remote = bool(body["allow_remote"]) or remote_header
         job = self.pool.submit(body["model"], request, allow_remote=allow_remote, pool_started=started)
+        if job.status is JobStatus.RUNNING:
+            # Started at submit as a greenlet of this hub: let it send its upstream request
+            # now, before this greenlet builds the answer or the stream's opening and the
+            # server writes them (about a millisecond: first_token, bench/README.md).
+            yield_to_hub()
         return Call(api, body, request, job)
 
     def answer(self, call: Call, fileno: int | None) -> dict[str, Any]:
@@ -92,10 +97,6 @@ class Pipeline:
         """The stream's text, one piece per burst of events: every event that is ready
         when the greenlet wakes is encoded and written at once, so a fast upstream costs
         one socket write per wake-up instead of one per token (bench/README.md, relay)."""
-        if job.status is JobStatus.RUNNING:
-            # Started at submit on this hub: let it send its upstream request before the
-            # client gets the status line and opening events (first_token, bench/).
-            yield_to_hub()
         if opening := "".join(encoder.open()):
             yield opening
         for burst in self.bursts(job):

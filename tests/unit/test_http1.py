@@ -7,10 +7,15 @@ requests and writes answers exactly as written here, in as many pieces as it lik
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +23,7 @@ from llmpool.backends.chat_upstream import ChatUpstream
 from llmpool.backends.http1 import Http1Error, Http1Origin, Http1Response, _still_open
 
 Script = Callable[[socket.socket], None]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SSE = b"data: one\n\ndata: two\n\n"
 CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -312,3 +318,53 @@ def test_headers_that_never_end_are_an_error_not_a_growing_buffer(servers: list[
     server.scripts = [endless_headers]
     with pytest.raises(Http1Error, match="longer than 256 KiB"):
         post(origin(server))
+
+
+# Under the worker's patch: whether connecting parks the greenlet until the hub's next
+# poll (another ready greenlet then runs first) or completes in the call.
+CONNECT_ORDER_SCRIPT = r"""
+from conf.worker import patch_selectively
+
+patch_selectively()
+
+import json
+import socket
+
+import gevent
+
+from llmpool.backends.http1 import Http1Origin
+
+listener = socket.create_server(("127.0.0.1", 0))
+port = listener.getsockname()[1]
+result = {}
+for host in ("127.0.0.1", "localhost"):
+    order = []
+    origin = Http1Origin(host, port, maxsize=1)
+
+    def connect():
+        sock, reused = origin._take(5.0)
+        order.append("connected" if not reused else "reused")
+        sock.close()
+
+    first = gevent.spawn(connect)
+    second = gevent.spawn(order.append, "other greenlet")
+    gevent.joinall([first, second])
+    result[host] = order
+print(json.dumps(result))
+"""
+
+
+def test_a_loopback_connect_never_parks_the_greenlet_and_a_name_still_connects() -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", CONNECT_ORDER_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    order = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert order["127.0.0.1"] == ["connected", "other greenlet"]  # sent before anyone else runs
+    assert order["localhost"] == ["other greenlet", "connected"]  # a name waits for the resolver
