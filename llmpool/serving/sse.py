@@ -23,7 +23,11 @@ def dumps(data: Any) -> str:
 
 
 def dumps_str(text: str) -> str:
-    """One string as `dumps` writes it inside an event."""
+    """One string as `dumps` writes it inside an event. ASCII text (most tokens) in one C
+    call: for ASCII but DEL, which orjson leaves raw, `json`'s escapes are orjson's, byte for
+    byte."""
+    if text.isascii() and "\x7f" not in text:
+        return encode_basestring_ascii(text)
     try:
         return orjson.dumps(text).decode()
     except TypeError:
@@ -79,9 +83,13 @@ class Template:
     def fill_text(self, text: str) -> str:
         """The event of a template with one value, a string."""
         head, tail = self._parts
-        return head + dumps_str(text) + tail
+        # `dumps_str`'s ASCII case inline: this runs once per relayed token.
+        ascii_ = text.isascii() and "\x7f" not in text
+        return head + (encode_basestring_ascii(text) if ascii_ else dumps_str(text)) + tail
 
     def fill_numbered(self, number: int, text: str) -> str:
         """The event of a template with two values: an integer, then a string."""
         head, middle, tail = self._parts
-        return head + str(number) + middle + dumps_str(text) + tail
+        ascii_ = text.isascii() and "\x7f" not in text
+        value = encode_basestring_ascii(text) if ascii_ else dumps_str(text)
+        return head + str(number) + middle + value + tail

@@ -21,6 +21,7 @@ TEXTS = [
     "",
     'quote " and back\\slash',
     "line\nbreak\ttab\x00nul\x1f",
+    "del \x7f",  # the one ASCII character json escapes and orjson does not
     "é ü 中文 🙂",
     "\ud83d",  # half of a surrogate pair, as a runtime that cut an emoji in two passes it
     "\ue000slot0\ue000",  # looks like a placeholder: it is just text
