@@ -175,6 +175,11 @@ class Executor:
             replica.inbox.put(job)
         else:
             job.home.spawn(self._run, job, replica)
+            # Spawned by the request's own greenlet (`take_now`): let the job send its
+            # upstream request now, before that greenlet builds the answer or the stream's
+            # opening and the server writes them (about a millisecond: first_token,
+            # bench/README.md). From the dispatcher thread this does nothing.
+            yield_to_hub()
 
     def _next_start(self) -> tuple[Job, Replica] | None:
         """Wait for a job at the head of the line and a free slot, then start the job

@@ -80,8 +80,9 @@ class ChatUpstream:
         if body is not None:
             data = _dump(body)
             sent["Content-Type"] = "application/json"
-        if self._lean is not None and url.startswith(self._origin + "/"):
-            path = url[len(self._origin) :]
+        # The path on the origin, for a URL there (taken once for both clients).
+        path = url[len(self._origin) :] if url.startswith(self._origin + "/") else None
+        if self._lean is not None and path is not None:
             return self._lean.request(method, path, body=data, headers=sent, timeout=timeout)
         # A keep-alive connection the server has closed in the meantime (llama-server
         # closes one idle for 5 s) fails the next request sent on it with "closed without
@@ -90,7 +91,7 @@ class ChatUpstream:
         limits = self._timeouts.get(timeout)
         if limits is None:
             limits = self._timeouts[timeout] = urllib3.Timeout(connect=timeout[0], read=timeout[1])
-        direct = self._direct if url.startswith(self._origin + "/") else None
+        direct = self._direct if path is not None else None
         options: dict[str, Any] = {
             "body": data,
             "headers": sent,
@@ -101,8 +102,7 @@ class ChatUpstream:
         }
         for attempt in range(self.maxsize + 1):
             try:
-                if direct is not None:
-                    path = url[len(self._origin) :]
+                if direct is not None and path is not None:
                     response = direct.urlopen(method, path, assert_same_host=False, **options)
                 else:
                     response = self._manager.request(method, url, **options)

@@ -23,6 +23,7 @@ import errno
 import ipaddress
 import select
 import socket
+import weakref
 from typing import Any
 
 import httptools
@@ -63,7 +64,9 @@ class Http1Origin:
             self._family = None
         self._host = f"Host: [{host}]:{port}\r\n" if ":" in host else f"Host: {host}:{port}\r\n"
         self._idle: list[socket.socket] = []
-        self._open: set[Http1Response] = set()  # being read, for `abort`
+        # Being read, for `abort`; weak, so that an answer a caller dropped unreleased
+        # (an exception between request and release) is not kept alive here.
+        self._open: weakref.WeakSet[Http1Response] = weakref.WeakSet()
 
     def request(
         self,

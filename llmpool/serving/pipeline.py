@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from llmpool.errors import ClientGone
-from llmpool.greenbridge import ChannelTimeout, watch_hangup, yield_to_hub
+from llmpool.greenbridge import ChannelTimeout, watch_hangup
 from llmpool.job import Delta, Done, Event, Failed, Job, JobStatus
 from llmpool.pool import Pool
 from llmpool.serving.api import Api, Call, Encoder
@@ -44,11 +44,6 @@ class Pipeline:
         request = api.to_request(body, self.pool)
         allow_remote = bool(body["allow_remote"]) or remote_header
         job = self.pool.submit(body["model"], request, allow_remote=allow_remote, pool_started=started)
-        if job.status is JobStatus.RUNNING:
-            # Started at submit as a greenlet of this hub: let it send its upstream request
-            # now, before this greenlet builds the answer or the stream's opening and the
-            # server writes them (about a millisecond: first_token, bench/README.md).
-            yield_to_hub()
         return Call(api, body, request, job)
 
     def answer(self, call: Call, fileno: int | None) -> dict[str, Any]:
