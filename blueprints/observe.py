@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import sys
 import time
-import uuid
 from typing import Any
 
 from flask import Flask, Response, g, request
@@ -64,7 +64,7 @@ def install(app: Flask, pool: Pool, log_prompts: bool) -> None:
     def _begin() -> None:
         g.started = time.monotonic()
         given = request.headers.get(REQUEST_ID_HEADER, "")
-        g.request_id = given if _SANE_ID.match(given) else uuid.uuid4().hex
+        g.request_id = given if _SANE_ID.match(given) else secrets.token_hex(16)
 
     @app.after_request
     def _end(response: Response) -> Response:

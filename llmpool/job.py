@@ -17,8 +17,8 @@ listening (the client left) and no event is sent.
 from __future__ import annotations
 
 import enum
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from llmpool.errors import PoolError
@@ -76,7 +76,7 @@ class Job:
     model: str
     request: GenerationRequest
     times: JobTimes
-    id: str = field(default_factory=lambda: "resp_" + uuid.uuid4().hex)
+    id: str = field(default_factory=lambda: "resp_" + secrets.token_hex(16))
     created: int = field(default_factory=lambda: int(time.time()))
     status: JobStatus = JobStatus.QUEUED
     replica: int | None = None

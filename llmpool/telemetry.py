@@ -90,8 +90,17 @@ class Telemetry:
         self.demand_loads = counter(
             "demand_loads", "Loads started by a request (load_on_demand).", "model", "result"
         )
+        # labels() validates and locks on every call; each request makes about seven, so
+        # the children are kept here by label values (a bounded set: see `model_label`).
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r.register(_StateCollector(models))
         r.register(_CrashCollector(worker_crashes))
+
+    def _child(self, metric: Counter | Histogram, *values: str) -> Any:
+        child = self._children.get((metric, values))
+        if child is None:
+            child = self._children[(metric, values)] = metric.labels(*values)
+        return child
 
     def model_label(self, name: str | None) -> str:
         return name if name is not None and name in self._models() else ""
@@ -107,23 +116,23 @@ class Telemetry:
         metrics: Mapping[str, Any] | None,
     ) -> None:
         label = self.model_label(model)
-        self.requests.labels(endpoint, label, str(status), code).inc()
-        self.latency.labels(endpoint, label).observe(duration_s)
+        self._child(self.requests, endpoint, label, str(status), code).inc()
+        self._child(self.latency, endpoint, label).observe(duration_s)
         if code == "cancelled":
-            self.cancellations.labels(label, "client_gone").inc()
+            self._child(self.cancellations, label, "client_gone").inc()
         if not metrics or not label:
             return
         if (ttft := metrics.get("gpu_time_to_first_token_ms")) is not None:
-            self.ttft.labels(label).observe(ttft / 1000.0)
+            self._child(self.ttft, label).observe(ttft / 1000.0)
         if (rate := metrics.get("engine_tokens_per_second")) is not None:
-            self.tokens_per_s.labels(label).observe(rate)
+            self._child(self.tokens_per_s, label).observe(rate)
         if (out := metrics.get("engine_output_tokens")) is not None:
-            self.output_tokens.labels(label).inc(out)
+            self._child(self.output_tokens, label).inc(out)
         if (prompt := metrics.get("engine_prompt_tokens")) is not None:
-            self.prompt_tokens.labels(label).inc(prompt)
+            self._child(self.prompt_tokens, label).inc(prompt)
         total, backend = metrics.get("pool_total_wall_ms"), metrics.get("backend_inference_wall_ms")
         if code == "ok" and total is not None and backend is not None:
-            self.overhead.labels(label).observe(max(0.0, total - backend) / 1000.0)
+            self._child(self.overhead, label).observe(max(0.0, total - backend) / 1000.0)
 
     def load_finished(self, model: str, ok: bool, duration_s: float) -> None:
         self.loads.labels(model, "ok" if ok else "failed").inc()
