@@ -3,9 +3,14 @@
     .venv/bin/python -m bench                 # the full run (about 50 minutes here)
     .venv/bin/python -m bench --smoke --out /tmp/b   # a few requests per case: the harness works
     .venv/bin/python -m bench --cases proxy,streaming
+    .venv/bin/python -m bench --cases proxy,first_token --merge   # into the committed page
 
 A case that fails is recorded under "errors" (and the exit status is 1) while the others
 still run, so one broken runtime does not hide every other figure.
+
+`--merge` puts the cases of this run into the results already in `--out` instead of
+replacing the page: each merged case carries a `rerun` note (its command, date and commit),
+printed under its section, and every other figure stays from the run named at the top.
 """
 
 from __future__ import annotations
@@ -136,6 +141,39 @@ def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[st
     }
 
 
+def invocation(chosen: list[str], smoke: bool) -> str:
+    """The command that made these figures, as the page quotes it."""
+    if not smoke and chosen == list(CASES):
+        return "make bench"
+    return " ".join(
+        [
+            "python -m bench",
+            *(["--smoke"] if smoke else []),
+            *([f"--cases {','.join(chosen)}"] if chosen != list(CASES) else []),
+        ]
+    )
+
+
+def merged(path: Path, new: dict[str, Any], chosen: list[str]) -> dict[str, Any]:
+    """The results at `path` with this run's cases (those that did not fail) in place of
+    theirs, each with its `rerun` note; a case that failed now keeps its earlier figures."""
+    old: dict[str, Any] = json.loads(path.read_text())
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    note = {"command": new["meta"]["command"], "date": new["meta"]["date"], "commit": commit}
+    errors = new.get("errors") or {}
+    for case in chosen:
+        if case in errors or new.get(case) is None:
+            continue
+        old[case] = {**new[case], "rerun": note}
+        (old.get("errors") or {}).pop(case, None)
+    return old
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -144,6 +182,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench", help="where the three files go")
     parser.add_argument(
         "--cases", default=",".join(CASES), help=f"comma-separated subset of {','.join(CASES)}"
+    )
+    parser.add_argument(
+        "--merge", action="store_true", help="merge these cases into the results already in --out"
     )
     args = parser.parse_args()
     chosen = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -157,7 +198,7 @@ def main() -> int:
     def log(message: str) -> None:
         print(f"[{time.monotonic() - began:7.1f} s] {message}", flush=True)
 
-    command = "make bench" if not args.smoke else "python -m bench --smoke"
+    command = invocation(chosen, args.smoke)
     figures = Figures(
         meta={
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -178,8 +219,10 @@ def main() -> int:
             figures.errors[case] = f"{type(exc).__name__}: {str(exc)[:2000]}"
     figures.meta["duration_s"] = round(time.monotonic() - began, 1)
     results = figures.as_json()
+    if args.merge:
+        results = merged(args.out / "results.json", results, chosen)
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "RESULTS.md").write_text(report.markdown(results, command))
+    (args.out / "RESULTS.md").write_text(report.markdown(results, results["meta"]["command"]))
     drew = report.chart(results, args.out / "overhead.png")
     log(f"wrote {args.out / 'results.json'}, {args.out / 'RESULTS.md'}" + (", overhead.png" if drew else ""))
     for what, target, value, met in report.targets(results):
