@@ -107,3 +107,20 @@ def test_bench_floor_measures_the_bare_stack_the_client_and_the_pool(tmp_path: P
             assert row["cpu_us_per_request"] > 0 and row["p50_ms"] > 0 and row["rps"] > 0, (side, row)
     assert figures["client"]["cpu_us_per_request"] > 0
     assert "floor (bare + client)" in done.stdout
+
+
+def test_bench_request_trace_times_every_step_of_a_streamed_request(tmp_path: Path) -> None:
+    """bench/request_trace.py, briefly, on the instant upstream: the trace config's
+    wrappers caught every step of each request, in the order the worker takes them."""
+    out = tmp_path / "trace.json"
+    argv = [sys.executable, "-m", "bench.request_trace", "--requests", "3", "--gaps", "0,0.05"]
+    argv += ["--upstream", "instant", "--out", str(out)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for gap in ("gap 0 s", "gap 0.05 s"):
+        steps = json.loads(out.read_text())["instant"][gap]
+        order = ["accepted", "request parsed", "before_request hooks", "body load", "body load end"]
+        order += ["submit", "job starts", "upstream request", "status line at the client"]
+        order += ["first token at the client"]
+        times = [steps[name] for name in order]
+        assert all(t > 0 for t in times) and times == sorted(times), steps
