@@ -143,13 +143,14 @@ def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[st
 
 def invocation(chosen: list[str], smoke: bool) -> str:
     """The command that made these figures, as the page quotes it."""
-    if not smoke and chosen == list(CASES):
+    every = chosen == list(CASES)
+    if every and not smoke:
         return "make bench"
     return " ".join(
         [
             "python -m bench",
             *(["--smoke"] if smoke else []),
-            *([f"--cases {','.join(chosen)}"] if chosen != list(CASES) else []),
+            *([] if every else [f"--cases {','.join(chosen)}"]),
         ]
     )
 

@@ -23,6 +23,8 @@ import socket
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -78,26 +80,28 @@ def trace(port: int, body: dict[str, Any], requests: int, gap: float, log_path: 
     return {name: round(statistics.median(ms), 3) for name, ms in steps.items()}
 
 
-def run(upstream: str, requests: int, gaps: list[float]) -> dict[str, dict[str, float]]:
-    log_path = Path(tempfile.mkdtemp(prefix="llmpool-trace-")) / "marks.jsonl"
-    env = {"LLM_POOL_BENCH_TRACE": str(log_path)}
-    out: dict[str, dict[str, float]] = {}
+@contextmanager
+def served(upstream: str, env: dict[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The pool under the trace config in front of `upstream`: its port, and the body."""
     if upstream == "instant":
-        body = {"model": MODEL, "input": "hi", "stream": True, "allow_remote": True}
         with static_upstream() as nginx:
             with pool_server(pool_settings(nginx, relay.BASE), env=env, config=CONFIG) as pool:
-                port = int(pool.url.rsplit(":", 1)[1])
-                for gap in gaps:
-                    out[f"gap {gap:g} s"] = trace(port, body, requests, gap, log_path)
-        return out
+                yield (
+                    int(pool.url.rsplit(":", 1)[1]),
+                    {"model": MODEL, "input": "hi", "stream": True, "allow_remote": True},
+                )
+        return
     settings = streaming.llama_server_settings(free_port(), 1)
     body = {"model": streaming.MODEL, "input": streaming.PROMPT, "stream": True}
     body["decoding"] = {**streaming.DECODING, "max_tokens": 8}
     with pool_server(settings, env=env, config=CONFIG, cpus=LAYOUTS["split"]) as pool:
-        port = int(pool.url.rsplit(":", 1)[1])
-        for gap in gaps:
-            out[f"gap {gap:g} s"] = trace(port, body, requests, gap, log_path)
-    return out
+        yield int(pool.url.rsplit(":", 1)[1]), body
+
+
+def run(upstream: str, requests: int, gaps: list[float]) -> dict[str, dict[str, float]]:
+    log_path = Path(tempfile.mkdtemp(prefix="llmpool-trace-")) / "marks.jsonl"
+    with served(upstream, {"LLM_POOL_BENCH_TRACE": str(log_path)}) as (port, body):
+        return {f"gap {gap:g} s": trace(port, body, requests, gap, log_path) for gap in gaps}
 
 
 def main() -> None:

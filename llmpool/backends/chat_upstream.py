@@ -91,7 +91,6 @@ class ChatUpstream:
         limits = self._timeouts.get(timeout)
         if limits is None:
             limits = self._timeouts[timeout] = urllib3.Timeout(connect=timeout[0], read=timeout[1])
-        direct = self._direct if path is not None else None
         options: dict[str, Any] = {
             "body": data,
             "headers": sent,
@@ -102,8 +101,8 @@ class ChatUpstream:
         }
         for attempt in range(self.maxsize + 1):
             try:
-                if direct is not None and path is not None:
-                    response = direct.urlopen(method, path, assert_same_host=False, **options)
+                if self._direct is not None and path is not None:
+                    response = self._direct.urlopen(method, path, assert_same_host=False, **options)
                 else:
                     response = self._manager.request(method, url, **options)
                 break
