@@ -15,6 +15,14 @@ ContentItem = dict[str, Any]
 Content = str | list[ContentItem]
 
 
+# The decoding knobs that not every runtime has, each with the value that leaves it off.
+# Every runtime honours temperature, top_p, max_tokens and stop; a request that sets one of
+# these to anything but its "off" value, for a runtime without it, is a 400 naming the field
+# (SPEC §11: nothing is silently ignored). engine.decoding's defaults for them apply only
+# where the runtime has the knob: they are the operator's defaults, not a client's request.
+KNOBS: dict[str, float] = {"beam_size": 1, "top_k": 0, "repetition_penalty": 1.0}
+
+
 @dataclass(frozen=True)
 class Decoding:
     beam_size: int = 1
@@ -24,13 +32,34 @@ class Decoding:
     repetition_penalty: float = 1.0
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
+    # The knobs (KNOBS) this request set, each as the client named it (`top_k`,
+    # `decoding.top_k`): what `unhonoured` checks. Empty for the settings' defaults.
+    sent: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     def merged(self, overrides: dict[str, Any]) -> Decoding:
-        """These defaults with the request's fields on top (omitted fields keep ours)."""
+        """These defaults with `overrides` on top (omitted fields keep ours)."""
         values = {k: v for k, v in overrides.items() if v is not None}
         if "stop" in values:
             values["stop"] = tuple(values["stop"])
         return dataclasses.replace(self, **values)
+
+    def requested(self, fields: dict[str, Any], within: str = "") -> Decoding:
+        """These defaults with a request's `fields` on top, noting the knobs it set; the
+        client named them with the prefix `within` (`decoding.` in /v1/responses)."""
+        sent = tuple((k, within + k) for k, v in fields.items() if k in KNOBS and v is not None)
+        return dataclasses.replace(self.merged(fields), sent=sent)
+
+    def values(self) -> dict[str, Any]:
+        """The settings themselves, as a dict (without `sent`)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
+
+    def unhonoured(self, honoured: tuple[str, ...]) -> tuple[str, str] | None:
+        """(knob, the client's name for it) of the first knob this request set to more than
+        "off" that a runtime honouring only `honoured` would ignore; None if there is none."""
+        for knob, param in self.sent:
+            if knob not in honoured and getattr(self, knob) != KNOBS[knob]:
+                return knob, param
+        return None
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,10 @@ class Pool:
                 f"(offered: {', '.join(caps.thinking_modes)})",
                 model=model,
             )
+        if (unhonoured := request.decoding.unhonoured(caps.decoding)) is not None:
+            knob, param = unhonoured
+            where = f"model '{model}' (backend '{entry.spec.backend}')"
+            raise InvalidParam(param, f"{param}: {knob} is not supported by {where}; leave it out")
         self._admit_format(entry, request)
         prompts.check(entry.spec, request)  # format rules, e.g. TranslateGemma's target language
         limit = entry.adapter_cls.max_tokens_limit(entry.active_spec)

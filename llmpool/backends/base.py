@@ -39,6 +39,10 @@ class Capabilities:
     # whether a `required` or named tool_choice is held (else that choice is a 400).
     tool_calls: bool = False
     forced_tool_calls: bool = False
+    # The decoding knobs (generation.KNOBS) the runtime honours; a request that sets one
+    # it lacks is a 400 naming the field. Most runtimes sample with top_k and a repetition
+    # penalty; beam search is CTranslate2's alone.
+    decoding: tuple[str, ...] = ("top_k", "repetition_penalty")
 
     def row(self) -> dict[str, Any]:
         return {
@@ -50,6 +54,7 @@ class Capabilities:
             "structured_after_thinking": self.structured_after_thinking,
             "tool_calls": self.tool_calls,
             "forced_tool_calls": self.forced_tool_calls,
+            "decoding": list(self.decoding),
         }
 
 

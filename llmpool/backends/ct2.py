@@ -174,7 +174,8 @@ class Ct2Adapter(Adapter):
             modes = tuple(prompts.get(spec.prompt_format).THINKING_MODES)
         except (KeyError, AttributeError):
             modes = ("default",)
-        return Capabilities(modalities=("text",), multi_turn=False, thinking_modes=modes)
+        knobs = ("beam_size", "top_k", "repetition_penalty")
+        return Capabilities(modalities=("text",), multi_turn=False, thinking_modes=modes, decoding=knobs)
 
     @classmethod
     def max_tokens_limit(cls, spec: ModelSpec) -> int:

@@ -20,7 +20,7 @@ the largest `max_tokens`), `exllama_cache_quant` (null = fp16 cache, else the li
 Generation: the prompt format's raw text (it carries special-token markup such as ChatML's,
 hence `tokenizer.encode(add_bos=True, encode_special_tokens=True)`), one `Job`
 (stop conditions: the tokenizer's EOS id plus the stop strings; a `ComboSampler` from
-the decoding settings; `beam_size` is ignored, the library has no beam search),
+the decoding settings; the library has no beam search, so `beam_size` > 1 is refused),
 `generator.enqueue`, then `generator.iterate()` until this job's result has `eos`. The
 streamed `"text"` never contains a stop string (the library holds text back until a
 partial match resolves). Closing the iterator cancels the job in the generator.

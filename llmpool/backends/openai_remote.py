@@ -166,6 +166,7 @@ class OpenAIRemoteAdapter(Adapter):
             structured_after_thinking=True,  # the upstream's own affair; the answer is checked
             tool_calls=True,  # tools passed on, calls read back; checked here all the same
             forced_tool_calls=True,  # the upstream's to hold; a call that is missing is a 502
+            decoding=(),  # Chat Completions has no top_k, repetition penalty or beams
         )
 
     # -- helpers ---------------------------------------------------------------------
@@ -265,9 +266,9 @@ class OpenAIRemoteAdapter(Adapter):
     # -- generation ------------------------------------------------------------------
     def payload(self, request: GenerationRequest) -> dict[str, Any]:
         """Chat Completions body (Completions for a raw prompt): temperature, top_p,
-        max_tokens and stop are mapped;
-        beam_size, top_k and repetition_penalty have no Chat Completions field and are
-        ignored."""
+        max_tokens and stop are mapped. beam_size, top_k and repetition_penalty have no
+        Chat Completions field: a request that sets one is refused (`capabilities`), and
+        engine.decoding's defaults for them do not apply here."""
         d = request.decoding
         body: dict[str, Any] = {
             "model": self.option("model"),

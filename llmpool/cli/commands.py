@@ -180,7 +180,7 @@ def settings_document(settings: Settings) -> dict[str, Any]:
         "sources": list(settings.sources),
         "service": redact(dataclasses.asdict(settings.service)),
         "media": redact(dataclasses.asdict(settings.media)),
-        "engine": {"decoding": dataclasses.asdict(settings.decoding), "models": models},
+        "engine": {"decoding": settings.decoding.values(), "models": models},
     }
 
 

@@ -76,7 +76,7 @@ def to_generation_request(body: dict[str, Any], pool: Pool, *, count_only: bool 
         instructions=_system(body["system"]),
         thinking=thinking,
         thinking_budget=budget,
-        decoding=pool.settings.decoding.merged(decoding),
+        decoding=pool.settings.decoding.requested(decoding),
         output_format=None if count_only else _output_format(body["output_config"]),
         tools=_tools(body),
         count_only=count_only,

@@ -65,7 +65,7 @@ class ChatApi(Api):
             input=turns[0].content if single_turn else None,
             messages=None if single_turn else tuple(turns),
             instructions="\n\n".join(system) if system else None,
-            decoding=pool.settings.decoding.merged({**decoding, "max_tokens": max_tokens}),
+            decoding=pool.settings.decoding.requested({**decoding, "max_tokens": max_tokens}),
             output_format=formats.from_response_format(body["response_format"]),
             tools=tool_use.from_chat(body),
         )

@@ -52,7 +52,7 @@ class CompletionsApi(Api):
 
     def to_request(self, body: dict[str, Any], pool: Pool) -> GenerationRequest:
         decoding = {k: body[k] for k in DECODING_KEYS}
-        return GenerationRequest(prompt=body["prompt"], decoding=pool.settings.decoding.merged(decoding))
+        return GenerationRequest(prompt=body["prompt"], decoding=pool.settings.decoding.requested(decoding))
 
     def answer(self, call: Call, done: Done) -> dict[str, Any]:
         job = call.job

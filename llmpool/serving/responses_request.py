@@ -56,7 +56,7 @@ def to_generation_request(body: dict[str, Any], p: Pool) -> GenerationRequest:
         source_lang_code=body["source_lang_code"],
         target_lang_code=body["target_lang_code"],
         thinking=_thinking(body),
-        decoding=p.settings.decoding.merged(_decoding(body)),
+        decoding=p.settings.decoding.requested(_decoding(body), within="decoding."),
         output_format=formats.from_text_format(body.get("text")),
         tools=tool_use.from_responses(body),
     )

@@ -130,6 +130,20 @@ def test_admission_errors(client: FlaskClient, body: dict[str, Any], status: int
     assert d["model"] == body["model"]
 
 
+def test_a_decoding_knob_the_runtime_lacks_is_a_400_naming_it(client: FlaskClient) -> None:
+    """llama.cpp has no beam search: beam_size 2 is refused, naming the field as sent and the
+    backend, not run as beam_size 1 (SPEC §11). beam_size 1 is no request for beams."""
+    r = client.post("/v1/responses", json={"model": SMOLLM2_ID, "input": "hi", "decoding": {"beam_size": 2}})
+    assert r.status_code == 400, r.get_data(as_text=True)
+    d = detail(r)
+    assert d["code"] == "unsupported_value" and d["message"].startswith("decoding.beam_size: "), d
+    assert "llama_cpp" in d["message"], d
+    cards = {card["id"]: card for card in client.get("/v1/models").get_json()["data"]}
+    assert cards[SMOLLM2_ID]["capabilities"]["decoding"] == ["top_k", "repetition_penalty"]
+    ok = {"model": SMOLLM2_ID, "input": "hi", "decoding": {"beam_size": 1, "max_tokens": 2}}
+    assert client.post("/v1/responses", json=ok).status_code == 200
+
+
 SLOW = {"model": "scripted-slow", "input": "x", "decoding": {"max_tokens": 400}}
 
 

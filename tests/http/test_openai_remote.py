@@ -151,19 +151,11 @@ def test_the_key_comes_from_the_env_var_named_at_load(
     assert headers["X-Tenant"] == "team-a"
 
 
-def test_decoding_fields_reach_the_upstream_and_the_rest_are_ignored(
-    remote: MakeClient, upstream: MisbehavingUpstream
-) -> None:
+def test_decoding_fields_reach_the_upstream(remote: MakeClient, upstream: MisbehavingUpstream) -> None:
     client = remote()
-    decoding = {
-        "temperature": 0.3,
-        "top_p": 0.9,
-        "max_tokens": 7,
-        "stop": ["\n\n"],
-        "top_k": 5,
-        "repetition_penalty": 1.3,
-        "beam_size": 2,
-    }
+    # The knobs Chat Completions lacks, at the values that leave them off: accepted, not sent.
+    off = {"top_k": 0, "repetition_penalty": 1.0, "beam_size": 1}
+    decoding = {"temperature": 0.3, "top_p": 0.9, "max_tokens": 7, "stop": ["\n\n"], **off}
     assert ask(client, instructions="Be brief.", decoding=decoding).status_code == 200
     sent = upstream.requests[0].body
     assert sent is not None
@@ -177,6 +169,30 @@ def test_decoding_fields_reach_the_upstream_and_the_rest_are_ignored(
     }
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     assert not {"top_k", "repetition_penalty", "repeat_penalty", "beam_size", "n"} & set(sent)
+
+
+@pytest.mark.parametrize("knob, value", [("top_k", 5), ("repetition_penalty", 1.3), ("beam_size", 2)])
+def test_a_decoding_knob_the_upstream_lacks_is_refused_naming_it(
+    remote: MakeClient, upstream: MisbehavingUpstream, knob: str, value: float
+) -> None:
+    """Chat Completions has no top_k, repetition penalty or beams: a request that sets one is
+    a 400 naming it as the client did, never a request sent without it. engine.decoding's
+    own top_k (40 by default) is the operator's default, not the client's: it applies where
+    a runtime has the knob and does not make every request to this model fail."""
+    client = remote()
+    assert row(client)["capabilities"]["decoding"] == []
+    r = ask(client, decoding={knob: value})
+    assert r.status_code == 400, r.get_data(as_text=True)
+    assert f"decoding.{knob}" in r.get_data(as_text=True)
+    assert "openai_remote" in r.get_data(as_text=True)
+    if knob != "beam_size":  # Chat Completions clients send the pool's extensions top-level
+        body = {"model": "remote", "messages": [{"role": "user", "content": "hi"}], knob: value}
+        r = client.post("/v1/chat/completions", json=body, headers={"X-LLM-Pool-Allow-Remote": "true"})
+        assert r.status_code == 400, r.get_data(as_text=True)
+        error = r.get_json()["error"]
+        assert error["param"] == knob and error["type"] == "invalid_request_error", error
+    assert upstream.requests == []
+    assert ask(client).status_code == 200  # the default top_k is no request for one
 
 
 def test_remote_thinking_is_sent_as_chat_template_kwargs(
