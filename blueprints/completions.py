@@ -8,9 +8,9 @@ from typing import Any
 from flask import Response
 
 from blueprints.contract import Blueprint
+from blueprints.openai_schemas import CompletionsRequestSchema
 from blueprints.response_schemas import TextCompletionSchema
 from blueprints.responses import INFERENCE_ERRORS
-from blueprints.schemas import CompletionsRequestSchema
 from blueprints.serving import EVENT_STREAM, serve
 from llmpool.serving.completions_api import CompletionsApi
 

@@ -1,12 +1,9 @@
 """Request schemas (marshmallow): bodies and query strings. Unknown body keys are errors
 everywhere in our own API; unknown query parameters are ignored everywhere.
 
-The exceptions are OpenAI's own requests (`ChatCompletionsRequestSchema`,
-`CompletionsRequestSchema`): OpenAI clients send keys such as `user`, `seed` or
-`frequency_penalty` that change nothing here, so unknown keys are dropped there.
-
-`/v1/responses` stays strict (an unknown key is a 422), but it also takes the fields the
-official `openai` SDK sends (`ResponsesRequestSchema`). What a request may name but the pool
+`/v1/responses` also takes the fields the official `openai` SDK sends
+(`ResponsesRequestSchema`); OpenAI's Chat Completions and Completions bodies are in
+`blueprints.openai_schemas`. What a request may name but the pool
 cannot honour carries a refusal validator (`blueprints.fields.Only`, `OnlyEmpty`,
 `OnlyValue`): documented as what is honoured, a 400 naming the field otherwise.
 """
@@ -15,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from blueprints.content import Content, ResponsesInput, Strict
-from blueprints.fields import Count, Flag, Only, OnlyEmpty, Prompt, Stop, ToolChoice, refuse
+from blueprints.fields import Count, Flag, Only, OnlyEmpty, ToolChoice, refuse
 from llmpool.config.fields import StrictBool, StrictInt
 from llmpool.config.schema import DecodingSchema, decoding_fields
 
@@ -192,134 +189,7 @@ class ResponsesRequestSchema(RequestBody, Strict):
             raise ValidationError("The last message must have role 'user'.", "messages")
 
 
-CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
-
-
-class _Lenient(Schema):
-    class Meta:
-        unknown = EXCLUDE
-
-
 FUNCTION_NAME = validate.Regexp(r"^[A-Za-z0-9_-]{1,64}$", error="1 to 64 letters, digits, '_' or '-'.")
-
-
-class CalledFunctionSchema(Strict):
-    name = fields.String(required=True, validate=FUNCTION_NAME)
-    arguments = fields.String(required=True)
-
-
-class ToolCallSchema(Strict):
-    """A call in an assistant turn of the history (as the API returned it)."""
-
-    id = fields.String(required=True, validate=validate.Length(min=1))
-    type = fields.String(required=True, validate=validate.OneOf(("function",)))
-    function = fields.Nested(CalledFunctionSchema, required=True)
-
-
-class ChatMessageSchema(_Lenient):
-    # `developer` is OpenAI's newer name for `system`; extra keys such as `name` are dropped.
-    role = fields.String(required=True, validate=validate.OneOf(CHAT_ROLES))
-    content = Content(load_default=None, allow_none=True)
-    tool_calls = fields.List(fields.Nested(ToolCallSchema), load_default=None, allow_none=True)
-    tool_call_id = fields.String(load_default=None, allow_none=True)
-
-    @validates_schema
-    def _turn_shape(self, data: dict[str, Any], **_: Any) -> None:
-        role = data["role"]
-        if data.get("tool_calls") and role != "assistant":
-            raise ValidationError("Only an assistant message makes tool calls.", "tool_calls")
-        if role == "tool" and not data.get("tool_call_id"):
-            raise ValidationError("A tool message names the call it answers.", "tool_call_id")
-        if data.get("content") is None and not (role == "assistant" and data.get("tool_calls")):
-            raise ValidationError("Missing data for required field.", "content")
-
-
-class FunctionSchema(Strict):
-    name = fields.String(required=True, validate=FUNCTION_NAME)
-    description = fields.String(load_default=None, allow_none=True)
-    parameters = fields.Dict(load_default=None, allow_none=True)
-    strict = StrictBool(load_default=None, allow_none=True)
-
-
-class ToolSchema(Strict):
-    type = fields.String(required=True, validate=validate.OneOf(("function",)))
-    function = fields.Nested(FunctionSchema, required=True)
-
-
-class StreamOptionsSchema(_Lenient):
-    include_usage = StrictBool(load_default=False, allow_none=True)
-
-
-def _only_one(name: str) -> StrictInt:
-    return StrictInt(load_default=None, allow_none=True, validate=Only([1], f"Only {name}=1 is supported."))
-
-
-class _OpenAISampling(RequestBody, _Lenient):
-    """What OpenAI's chat and legacy Completions requests share."""
-
-    model = fields.String(required=True, validate=validate.Length(min=1))
-    temperature = _optional_decoding("temperature")
-    top_p = _optional_decoding("top_p")
-    max_tokens = _optional_decoding("max_tokens")
-    stop = Stop(load_default=None, allow_none=True)
-    stream = StrictBool(load_default=False, allow_none=True)
-    stream_options = fields.Nested(StreamOptionsSchema, load_default=None, allow_none=True)
-    # Not OpenAI's, but vLLM's server takes them too.
-    top_k = _optional_decoding("top_k")
-    repetition_penalty = _optional_decoding("repetition_penalty")
-    allow_remote = StrictBool(load_default=False, allow_none=True)
-    # Honoured only at the values their validators name; anything else is a 400 naming it.
-    n = _only_one("n")
-
-
-NO_TOOLS = "The legacy functions field is not supported; send tools."
-
-
-class JsonSchemaSpec(Strict):
-    name = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    schema = fields.Dict(required=True)
-    strict = StrictBool(load_default=None, allow_none=True)
-    description = fields.String(load_default=None, allow_none=True)
-
-
-class ResponseFormatSchema(Strict):
-    """Chat Completions' `response_format`: text, any JSON object, or JSON valid against
-    `json_schema.schema` (llmpool.structured checks both)."""
-
-    type = fields.String(required=True, validate=validate.OneOf(("text", "json_object", "json_schema")))
-    json_schema = fields.Nested(JsonSchemaSpec, load_default=None)
-
-    @validates_schema
-    def _spec_with_json_schema(self, data: dict[str, Any], **_: Any) -> None:
-        if data["type"] == "json_schema" and data.get("json_schema") is None:
-            raise ValidationError("Required for type 'json_schema'.", "json_schema")
-
-
-class ChatCompletionsRequestSchema(_OpenAISampling):
-    messages = fields.List(fields.Nested(ChatMessageSchema), required=True, validate=validate.Length(min=1))
-    max_completion_tokens = _optional_decoding("max_tokens")
-    tools = fields.List(fields.Nested(ToolSchema), load_default=None, allow_none=True)
-    tool_choice = ToolChoice(load_default=None, allow_none=True)
-    parallel_tool_calls = StrictBool(load_default=None, allow_none=True)
-    # The legacy `functions` / `function_call` of the API before tools: not taken.
-    functions = fields.List(fields.Raw(), load_default=None, allow_none=True, validate=OnlyEmpty(NO_TOOLS))
-    logprobs = StrictBool(load_default=None, allow_none=True, validate=Only([False], NO_LOGPROBS))
-    response_format = fields.Nested(ResponseFormatSchema, load_default=None, allow_none=True)
-
-
-class CompletionsRequestSchema(_OpenAISampling):
-    """OpenAI's legacy Completions request (unknown keys dropped, as for chat)."""
-
-    prompt = Prompt(required=True)
-    best_of = _only_one("best_of")
-    echo = StrictBool(load_default=None, allow_none=True, validate=Only([False], "echo is not supported."))
-    logprobs = StrictInt(load_default=None, allow_none=True, validate=Only([], NO_LOGPROBS))
-    suffix = fields.String(
-        load_default=None, allow_none=True, validate=Only([""], "suffix (insertion) is not supported.")
-    )
-    logit_bias = fields.Dict(
-        load_default=None, allow_none=True, validate=OnlyEmpty("logit_bias is not supported.")
-    )
 
 
 class LoadRequestSchema(Strict):

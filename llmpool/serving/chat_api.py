@@ -5,8 +5,9 @@
   goes to a model without multi-turn support as `input`, so single-turn runtimes serve
   plain chat too. `max_completion_tokens` wins over `max_tokens`; omitted decoding fields
   come from `engine.decoding`; `response_format` asks for structured output
-  (llmpool.serving.formats). n > 1, tools and logprobs are a 400 naming the field
-  (refused by the request schema, before this module sees the body).
+  (llmpool.serving.formats); `reasoning_effort` maps onto `thinking` as /v1/responses'
+  `reasoning.effort` does. n > 1, logprobs, seeds and OpenAI's penalties are a 400 naming
+  the field (refused by the request schema, before this module sees the body).
 - JSON: a `chat.completion` with `usage` (null counts where the backend does not know
   them) and the pool's `metrics` under a key clients ignore.
 - stream: a role chunk, one chunk per delta (`content`, or `reasoning_content`), a chunk
@@ -26,6 +27,7 @@ from llmpool.serving import formats, tool_use
 from llmpool.serving.api import Api, Call, Encoder
 from llmpool.serving.messages import split_system
 from llmpool.serving.openai_common import OpenAIChunks, finish_reason, usage
+from llmpool.serving.responses_request import EFFORT_THINKING
 from llmpool.serving.sse import Template
 
 
@@ -65,6 +67,7 @@ class ChatApi(Api):
             input=turns[0].content if single_turn else None,
             messages=None if single_turn else tuple(turns),
             instructions="\n\n".join(system) if system else None,
+            thinking=EFFORT_THINKING.get(body["reasoning_effort"] or "", "default"),
             decoding=pool.settings.decoding.requested({**decoding, "max_tokens": max_tokens}),
             output_format=formats.from_response_format(body["response_format"]),
             tools=tool_use.from_chat(body),
