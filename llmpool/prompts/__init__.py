@@ -19,7 +19,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from llmpool.config.spec import ModelSpec
-from llmpool.errors import InvalidRequest
+from llmpool.errors import InvalidParam, InvalidRequest
 from llmpool.generation import GenerationRequest
 from llmpool.prompts.base import Rendered, turns
 from llmpool.reasoning import Markers, ReasoningSplitter, opens_in_prompt
@@ -146,6 +146,14 @@ def render(spec: ModelSpec, request: GenerationRequest) -> Rendered:
 def check(spec: ModelSpec, request: GenerationRequest) -> None:
     """Raise `InvalidRequest` (400) for a request the model's format cannot take."""
     module = get(spec.prompt_format)
+    if not getattr(module, "LANG_CODES", False):  # only a translation format reads them
+        for name in ("source_lang_code", "target_lang_code"):
+            if getattr(request, name) is not None:
+                message = (
+                    f"{name}: model '{spec.name}' (prompt_format '{spec.prompt_format}') is not a "
+                    "translation model and would ignore it; leave it out"
+                )
+                raise InvalidParam(name, message)
     hook = getattr(module, "check", None)
     if hook is None or request.prompt is not None:  # a raw prompt is the client's own format
         return

@@ -38,6 +38,7 @@ from llmpool.prompts.base import Rendered
 
 STOP: tuple[str, ...] = ("<end_of_turn>",)
 MULTI_TURN = False
+LANG_CODES = True  # the request's source_lang_code and target_lang_code (others refuse them)
 THINKING_MODES: tuple[str, ...] = ("default",)
 FALLBACK_SOURCE = "en"
 MIXED_SOURCES = ("", "auto", "mixed")

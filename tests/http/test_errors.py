@@ -144,6 +144,18 @@ def test_a_decoding_knob_the_runtime_lacks_is_a_400_naming_it(client: FlaskClien
     assert client.post("/v1/responses", json=ok).status_code == 200
 
 
+@pytest.mark.parametrize("name", ["source_lang_code", "target_lang_code"])
+def test_language_codes_for_a_model_that_does_not_translate_are_a_400(client: FlaskClient, name: str) -> None:
+    """Only a TranslateGemma format reads them; SmolLM2 would answer untranslated."""
+    r = client.post("/v1/responses", json={"model": SMOLLM2_ID, "input": "hi", name: "fr"})
+    assert r.status_code == 400, r.get_data(as_text=True)
+    d = detail(r)
+    assert d["code"] == "unsupported_value" and d["message"].startswith(f"{name}: "), d
+    assert (
+        client.post("/v1/responses", json={"model": SMOLLM2_ID, "input": "hi", name: None}).status_code == 200
+    )
+
+
 SLOW = {"model": "scripted-slow", "input": "x", "decoding": {"max_tokens": 400}}
 
 
