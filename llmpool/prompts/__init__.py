@@ -9,13 +9,15 @@ Contract of a format module: `render(request, thinking) -> Rendered`, where `thi
 (what admission offers). A reasoning model's format also names its thought markers,
 `REASONING: llmpool.reasoning.Markers` (see `reasoning_markers`). A module may also
 define `check(request)`, raising `InvalidRequest` for a request the format cannot take;
-admission calls it through `check` below, before the job is queued.
+admission calls it through `check` below, before the job is queued. A translation format
+sets `LANG_CODES = True`: every other format refuses a request's language codes.
 
 No format writes the BOS token into the text: every backend's tokenizer adds it.
 """
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 
 from llmpool.config.spec import ModelSpec
@@ -27,6 +29,7 @@ from llmpool.reasoning import Markers, ReasoningSplitter, opens_in_prompt
 __all__ = ["Rendered", "turns"]  # with the functions below: what backends use
 
 
+@functools.cache  # looked up on every request: import the formats once, not each time
 def _formats() -> dict[str, ModuleType]:
     from llmpool.prompts import gemma4, generic, hermes, mistral, qwen3, translategemma
 
