@@ -1,7 +1,7 @@
 """OpenAI's own request bodies: Chat Completions and the legacy Completions.
 
 Strict like the rest of the API: a key the pool does not know is a 422 naming it, since a
-client that sends `min_p`, `seed` or `presence_penalty` must not believe it took effect.
+client that sends `min_p` or `presence_penalty` must not believe it took effect.
 OpenAI's fields are all declared, each either honoured, harmless (`user`, `metadata`: they
 change nothing here), or honoured only at the value that changes nothing (a 400 naming it
 otherwise: `blueprints.fields.Only`). Messages stay lenient: the SDK replays an answer's
@@ -19,10 +19,6 @@ from blueprints.fields import Only, OnlyEmpty, OnlyValue, Prompt, Stop, ToolChoi
 from blueprints.schemas import EFFORTS, FUNCTION_NAME, NO_LOGPROBS, RequestBody, _optional_decoding
 from llmpool.config.fields import StrictBool, StrictFloat, StrictInt
 
-NO_SEED = (
-    "seed is not supported: the pool's runtimes are not seeded per request; "
-    "temperature 0 gives repeatable answers."
-)
 NO_PENALTY = "{} is not supported; repetition_penalty is the pool's penalty for repeats."
 
 
@@ -116,12 +112,13 @@ class _OpenAISampling(RequestBody, Strict):
     # Not OpenAI's, but vLLM's server takes them too.
     top_k = _optional_decoding("top_k")
     repetition_penalty = _optional_decoding("repetition_penalty")
+    # OpenAI's: a seed per request, where the runtime takes one (else a 400 naming it).
+    seed = _optional_decoding("seed")
     allow_remote = StrictBool(load_default=False, allow_none=True)
     # Accepted and harmless: they change nothing the pool does.
     user = fields.String(load_default=None, allow_none=True)
     # Honoured only at the values their validators name; anything else is a 400 naming it.
     n = _only_one("n")
-    seed = StrictInt(load_default=None, allow_none=True, validate=Only([], NO_SEED))
     frequency_penalty = _penalty("frequency_penalty")
     presence_penalty = _penalty("presence_penalty")
     logit_bias = fields.Dict(

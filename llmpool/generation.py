@@ -20,7 +20,7 @@ Content = str | list[ContentItem]
 # these to anything but its "off" value, for a runtime without it, is a 400 naming the field
 # (SPEC §11: nothing is silently ignored). engine.decoding's defaults for them apply only
 # where the runtime has the knob: they are the operator's defaults, not a client's request.
-KNOBS: dict[str, float] = {"beam_size": 1, "top_k": 0, "repetition_penalty": 1.0}
+KNOBS: dict[str, float | None] = {"beam_size": 1, "top_k": 0, "repetition_penalty": 1.0, "seed": None}
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class Decoding:
     repetition_penalty: float = 1.0
     max_tokens: int = 256
     stop: tuple[str, ...] = ()
+    seed: int | None = None  # None: the runtime's own seeding
     # The knobs (KNOBS) this request set, each as the client named it (`top_k`,
     # `decoding.top_k`): what `unhonoured` checks. Empty for the settings' defaults.
     sent: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)

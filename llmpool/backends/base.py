@@ -40,9 +40,9 @@ class Capabilities:
     tool_calls: bool = False
     forced_tool_calls: bool = False
     # The decoding knobs (generation.KNOBS) the runtime honours; a request that sets one
-    # it lacks is a 400 naming the field. Most runtimes sample with top_k and a repetition
-    # penalty; beam search is CTranslate2's alone.
-    decoding: tuple[str, ...] = ("top_k", "repetition_penalty")
+    # it lacks is a 400 naming the field. Most runtimes sample with top_k, a repetition
+    # penalty and a seed per request; beam search is CTranslate2's alone.
+    decoding: tuple[str, ...] = ("top_k", "repetition_penalty", "seed")
 
     def row(self) -> dict[str, Any]:
         return {

@@ -174,7 +174,7 @@ class Ct2Adapter(Adapter):
             modes = tuple(prompts.get(spec.prompt_format).THINKING_MODES)
         except (KeyError, AttributeError):
             modes = ("default",)
-        knobs = ("beam_size", "top_k", "repetition_penalty")
+        knobs = ("beam_size", "top_k", "repetition_penalty")  # its seed is process-wide: none
         return Capabilities(modalities=("text",), multi_turn=False, thinking_modes=modes, decoding=knobs)
 
     @classmethod

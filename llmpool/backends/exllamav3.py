@@ -115,7 +115,8 @@ class ExLlamaV3Adapter(Adapter):
             modes: tuple[str, ...] = tuple(prompts.get(spec.prompt_format).THINKING_MODES)
         except KeyError:  # a format still being added: offer only the default
             modes = ("default",)
-        return Capabilities(modalities=("text",), multi_turn=False, thinking_modes=modes)
+        knobs = ("top_k", "repetition_penalty")  # no per-request seed here: refused
+        return Capabilities(modalities=("text",), multi_turn=False, thinking_modes=modes, decoding=knobs)
 
     @classmethod
     def max_tokens_limit(cls, spec: ModelSpec) -> int:

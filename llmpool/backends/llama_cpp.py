@@ -244,9 +244,10 @@ class LlamaCppAdapter(Adapter):
         # (the same request then gives a different answer depending on what ran before).
         llm.reset()
         d = request.decoding
-        # The seed create_completion gave a fresh model's first completion (from gguf_seed,
-        # else llama.cpp's default), now for every request: sampling is reproducible.
-        llm.set_seed(random.Random(self._seed).randint(0, 2**32))
+        # The request's seed, else the one create_completion gave a fresh model's first
+        # completion (from gguf_seed, else llama.cpp's default): sampling is reproducible.
+        seed = d.seed if d.seed is not None else random.Random(self._seed).randint(0, 2**32)
+        llm.set_seed(seed)
         outcome = Outcome()
         # A raw prompt (/v1/completions) gets the text as generated, markers included.
         splitter = prompts.request_splitter(self.spec, request, prompt)

@@ -92,6 +92,8 @@ class ManagedServerAdapter(Adapter):
             "top_k": d.top_k,
             "stop": list(d.stop),
         }
+        if d.seed is not None:
+            body["seed"] = d.seed
         kwargs = prompts.template_kwargs(self.spec, request)
         if kwargs:  # a reasoning format: thinking on or off through the template
             body["chat_template_kwargs"] = kwargs

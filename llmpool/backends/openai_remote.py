@@ -166,7 +166,7 @@ class OpenAIRemoteAdapter(Adapter):
             structured_after_thinking=True,  # the upstream's own affair; the answer is checked
             tool_calls=True,  # tools passed on, calls read back; checked here all the same
             forced_tool_calls=True,  # the upstream's to hold; a call that is missing is a 502
-            decoding=(),  # Chat Completions has no top_k, repetition penalty or beams
+            decoding=("seed",),  # Chat Completions has no top_k, repetition penalty or beams
         )
 
     # -- helpers ---------------------------------------------------------------------
@@ -266,7 +266,7 @@ class OpenAIRemoteAdapter(Adapter):
     # -- generation ------------------------------------------------------------------
     def payload(self, request: GenerationRequest) -> dict[str, Any]:
         """Chat Completions body (Completions for a raw prompt): temperature, top_p,
-        max_tokens and stop are mapped. beam_size, top_k and repetition_penalty have no
+        max_tokens, stop and seed are mapped. beam_size, top_k and repetition_penalty have no
         Chat Completions field: a request that sets one is refused (`capabilities`), and
         engine.decoding's defaults for them do not apply here."""
         d = request.decoding
@@ -279,6 +279,8 @@ class OpenAIRemoteAdapter(Adapter):
         }
         if d.stop:
             body["stop"] = list(d.stop)
+        if d.seed is not None:
+            body["seed"] = d.seed
         thinking = request.thinking if request.thinking != "default" else self.option("thinking")
         if thinking in ("enabled", "disabled") and request.prompt is None:
             # The convention of vLLM, SGLang and llama-server for Qwen3-style templates.

@@ -136,6 +136,7 @@ def sampling_kwargs(request: GenerationRequest, max_model_len: int | None) -> di
         "repetition_penalty": d.repetition_penalty,
         "max_tokens": max_tokens,
         "stop": list(d.stop) or None,
+        "seed": d.seed,  # None: vLLM's own generator
     }
 
 

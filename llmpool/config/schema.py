@@ -61,6 +61,8 @@ def decoding_fields() -> dict[str, fields.Field]:
         "repetition_penalty": StrictFloat(validate=validate.Range(0, 4, min_inclusive=False)),
         "max_tokens": StrictInt(validate=validate.Range(min=1)),
         "stop": fields.List(fields.String(), validate=validate.Length(max=16)),
+        # llama.cpp's seed is 32 bits; every runtime that takes a seed takes these.
+        "seed": StrictInt(allow_none=True, validate=validate.Range(0, 2**32 - 1)),
     }
 
 

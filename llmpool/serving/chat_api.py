@@ -6,7 +6,7 @@
   plain chat too. `max_completion_tokens` wins over `max_tokens`; omitted decoding fields
   come from `engine.decoding`; `response_format` asks for structured output
   (llmpool.serving.formats); `reasoning_effort` maps onto `thinking` as /v1/responses'
-  `reasoning.effort` does. n > 1, logprobs, seeds and OpenAI's penalties are a 400 naming
+  `reasoning.effort` does. n > 1, logprobs and OpenAI's penalties are a 400 naming
   the field (refused by the request schema, before this module sees the body).
 - JSON: a `chat.completion` with `usage` (null counts where the backend does not know
   them) and the pool's `metrics` under a key clients ignore.
@@ -62,7 +62,9 @@ class ChatApi(Api):
         system, turns = split_system(body["messages"], "messages", lambda index: f"messages.{index}.content")
         single_turn = len(turns) == 1 and not pool.entry(body["model"]).capabilities.multi_turn
         max_tokens = body["max_completion_tokens"] or body["max_tokens"]
-        decoding = {k: body[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "stop")}
+        decoding = {
+            k: body[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed")
+        }
         return GenerationRequest(
             input=turns[0].content if single_turn else None,
             messages=None if single_turn else tuple(turns),

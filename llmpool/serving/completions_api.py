@@ -26,7 +26,7 @@ from llmpool.pool import Pool
 from llmpool.serving.api import Api, Call, Encoder
 from llmpool.serving.openai_common import OpenAIChunks, finish_reason, usage
 
-DECODING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "stop", "max_tokens")
+DECODING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "stop", "max_tokens", "seed")
 
 
 def completion_id(job: Job) -> str:

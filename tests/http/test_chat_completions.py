@@ -133,6 +133,18 @@ def test_stop_as_a_string(client: FlaskClient) -> None:
     assert choice["finish_reason"] == "stop"
 
 
+def test_a_seed_makes_sampling_repeatable(client: FlaskClient) -> None:
+    """SmolLM2 sampling at temperature 1 over its whole vocabulary: one seed gives one answer
+    every time, and different seeds do not all give the same one."""
+    sampled = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_tokens": 16}
+
+    def text(seed: int) -> str:
+        return str(chat(client, seed=seed, **sampled)["choices"][0]["message"]["content"])
+
+    assert text(11) == text(11)
+    assert len({text(seed) for seed in (1, 2, 3, 4)}) > 1
+
+
 def test_harmless_openai_keys_change_nothing(client: FlaskClient) -> None:
     extra = {
         "user": "u1",

@@ -11,6 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from llmpool.generation import GenerationRequest
 from tests.fakes import ScriptedAdapter, scripted_model
 from tests.http.conftest import base_settings
 
@@ -31,10 +32,14 @@ def error(r: Any) -> dict[str, Any]:
     return body["error"]  # type: ignore[no-any-return]
 
 
-def last_thinking() -> str:
+def last_request() -> GenerationRequest:
     adapter = next(a for a in reversed(ScriptedAdapter.instances) if a.spec.name == "thinker")
     assert adapter.last_request is not None
-    return adapter.last_request.thinking
+    return adapter.last_request
+
+
+def last_thinking() -> str:
+    return last_request().thinking
 
 
 # What vllm-router writes into every body it forwards (tests/integration/test_router.py).
@@ -83,7 +88,6 @@ def test_harmless_fields_and_values_that_ask_for_nothing_are_taken(client: Flask
 
 
 REFUSED = [
-    ({"seed": 7}, "seed"),
     ({"frequency_penalty": 0.5}, "frequency_penalty"),
     ({"presence_penalty": -1}, "presence_penalty"),
     ({"logit_bias": {"50256": -100}}, "logit_bias"),
@@ -144,3 +148,13 @@ def test_reasoning_effort_on_a_model_without_thinking_is_refused(make_app: Calla
     assert r.status_code == 400 and error(r)["code"] == "thinking_unsupported", error(r)
     r = client.post("/v1/chat/completions", json={**body, "reasoning_effort": "turbo"})
     assert r.status_code == 422 and error(r)["param"] == "reasoning_effort", error(r)
+
+
+def test_a_seed_reaches_the_runtime(client: FlaskClient) -> None:
+    for url, body in (("/v1/chat/completions", CHAT), ("/v1/completions", COMPLETE)):
+        assert client.post(url, json={**body, "seed": 7}).status_code == 200
+        assert last_request().decoding.seed == 7
+        assert client.post(url, json=body).status_code == 200
+        assert last_request().decoding.seed is None
+    r = client.post("/v1/chat/completions", json={**CHAT, "seed": -1})
+    assert r.status_code == 422 and error(r)["param"] == "seed", error(r)

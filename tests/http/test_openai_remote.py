@@ -155,17 +155,20 @@ def test_decoding_fields_reach_the_upstream(remote: MakeClient, upstream: Misbeh
     client = remote()
     # The knobs Chat Completions lacks, at the values that leave them off: accepted, not sent.
     off = {"top_k": 0, "repetition_penalty": 1.0, "beam_size": 1}
-    decoding = {"temperature": 0.3, "top_p": 0.9, "max_tokens": 7, "stop": ["\n\n"], **off}
+    decoding = {"temperature": 0.3, "top_p": 0.9, "max_tokens": 7, "stop": ["\n\n"], "seed": 11, **off}
     assert ask(client, instructions="Be brief.", decoding=decoding).status_code == 200
     sent = upstream.requests[0].body
     assert sent is not None
-    assert {k: sent[k] for k in ("model", "temperature", "top_p", "max_tokens", "stop", "stream")} == {
+    assert {
+        k: sent[k] for k in ("model", "temperature", "top_p", "max_tokens", "stop", "stream", "seed")
+    } == {
         "model": "remote-model",
         "temperature": 0.3,
         "top_p": 0.9,
         "max_tokens": 7,
         "stop": ["\n\n"],
         "stream": True,
+        "seed": 11,
     }
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
     assert not {"top_k", "repetition_penalty", "repeat_penalty", "beam_size", "n"} & set(sent)
@@ -180,7 +183,7 @@ def test_a_decoding_knob_the_upstream_lacks_is_refused_naming_it(
     own top_k (40 by default) is the operator's default, not the client's: it applies where
     a runtime has the knob and does not make every request to this model fail."""
     client = remote()
-    assert row(client)["capabilities"]["decoding"] == []
+    assert row(client)["capabilities"]["decoding"] == ["seed"]
     r = ask(client, decoding={knob: value})
     assert r.status_code == 400, r.get_data(as_text=True)
     assert f"decoding.{knob}" in r.get_data(as_text=True)

@@ -127,6 +127,12 @@ def test_beam_search_answers_in_one_piece(client: FlaskClient) -> None:
     assert events[-1][1]["output_text"] == deltas[0]
 
 
+def test_a_seed_is_refused_naming_it(client: FlaskClient) -> None:
+    """CTranslate2 seeds one process-wide generator, not a request: `decoding.seed` is a 400."""
+    r = client.post("/v1/responses", json={**CAPITAL, "decoding": {"seed": 5}})
+    assert r.status_code == 400 and "decoding.seed" in r.get_data(as_text=True), r.get_data(as_text=True)
+
+
 def test_stop_string_is_honoured(client: FlaskClient) -> None:
     full = client.post("/v1/responses", json=CAPITAL).get_json()["output_text"]
     cut = full.index("Paris")

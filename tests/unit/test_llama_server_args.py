@@ -356,7 +356,13 @@ def test_class_facts() -> None:
 def test_payload_carries_sampling_knobs_and_system_first(make_spec: MakeSpec) -> None:
     adapter = LlamaServerAdapter(make_spec(), 0)
     decoding = Decoding(
-        top_k=13, top_p=0.5, temperature=0.3, repetition_penalty=1.15, max_tokens=7, stop=("###", "END")
+        top_k=13,
+        top_p=0.5,
+        temperature=0.3,
+        repetition_penalty=1.15,
+        max_tokens=7,
+        stop=("###", "END"),
+        seed=9,
     )
     payload = adapter.payload(GenerationRequest(input="hello", instructions="be brief", decoding=decoding))
     assert payload["model"] == "m"
@@ -370,6 +376,8 @@ def test_payload_carries_sampling_knobs_and_system_first(make_spec: MakeSpec) ->
     assert payload["temperature"] == 0.3
     assert payload["repeat_penalty"] == 1.15
     assert payload["stop"] == ["###", "END"]
+    assert payload["seed"] == 9
+    assert "seed" not in adapter.payload(GenerationRequest(input="hello"))  # unseeded: the server's own
 
 
 def test_payload_of_a_conversation_keeps_turns_in_order(make_spec: MakeSpec) -> None:

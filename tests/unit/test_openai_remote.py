@@ -176,6 +176,7 @@ def test_payload_maps_the_chat_completions_decoding_fields_only(make_spec: MakeS
             repetition_penalty=1.3,
             max_tokens=7,
             stop=("x",),
+            seed=4,
         ),
     )
     assert OpenAIRemoteAdapter(make_spec(), 0).payload(request) == {
@@ -190,9 +191,11 @@ def test_payload_maps_the_chat_completions_decoding_fields_only(make_spec: MakeS
         "temperature": 0.3,
         "top_p": 0.9,
         "stop": ["x"],
+        "seed": 4,
     }
     no_stop = OpenAIRemoteAdapter(make_spec(), 0).payload(GenerationRequest(input="x"))
     assert "stop" not in no_stop  # an empty list is refused by some providers
+    assert "seed" not in no_stop
 
 
 @pytest.mark.parametrize(

@@ -279,8 +279,10 @@ def test_sampling_kwargs() -> None:
         "repetition_penalty": 1.1,
         "max_tokens": 2048,
         "stop": ["x"],
+        "seed": None,
     }
     assert sampling_kwargs(GenerationRequest(input="x"), None)["stop"] is None
+    assert sampling_kwargs(GenerationRequest(input="x", decoding=Decoding(seed=5)), None)["seed"] == 5
     with pytest.raises(InvalidRequest, match="beam"):
         sampling_kwargs(GenerationRequest(input="x", decoding=Decoding(beam_size=2)), None)
 

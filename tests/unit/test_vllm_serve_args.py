@@ -167,7 +167,7 @@ def test_limits_capabilities_and_payload(write_settings: Callable[..., Path]) ->
     request = GenerationRequest(
         input="hi",
         instructions="be brief",
-        decoding=Decoding(max_tokens=7, repetition_penalty=1.2, stop=("x",)),
+        decoding=Decoding(max_tokens=7, repetition_penalty=1.2, stop=("x",), seed=3),
     )
     payload = VllmServeAdapter(spec, 0).payload(request)
     assert payload["messages"] == [
@@ -175,7 +175,7 @@ def test_limits_capabilities_and_payload(write_settings: Callable[..., Path]) ->
         {"role": "user", "content": "hi"},
     ]
     assert payload["model"] == "vs" and payload["max_tokens"] == 7
-    assert payload["repetition_penalty"] == 1.2 and payload["stop"] == ["x"]
+    assert payload["repetition_penalty"] == 1.2 and payload["stop"] == ["x"] and payload["seed"] == 3
 
 
 # -- reasoning formats ---------------------------------------------------------------------
