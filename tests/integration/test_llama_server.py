@@ -139,6 +139,20 @@ def test_two_replicas_answer_concurrently(server: Server) -> None:
     assert all(m["engine_queue_wait_ms"] < 50 for m in results)  # nobody waited for the other
 
 
+def test_a_seed_reaches_llama_server_and_makes_sampling_repeatable(server: Server) -> None:
+    """The seed goes to the child in the body: one seed, one answer, on either replica."""
+    sampled = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_tokens": 16}
+
+    def text(seed: int) -> str:
+        body = {"model": MODEL, "input": "Tell me a story.", "decoding": {**sampled, "seed": seed}}
+        r = requests.post(f"{server.url}/v1/responses", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        return str(r.json()["output_text"])
+
+    assert len({text(11) for _ in range(4)}) == 1
+    assert len({text(seed) for seed in (1, 2, 3, 4)}) > 1
+
+
 def test_back_to_back_requests_from_several_clients_all_succeed(server: Server) -> None:
     """llama-server at times closes a kept-alive connection without answering the next
     request sent on it; the pool used to return that as 502 backend_error (9 of 60 requests

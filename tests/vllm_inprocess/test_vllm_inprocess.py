@@ -167,6 +167,18 @@ def test_answers_the_capital_of_france(server: Server) -> None:
     assert ask(server, decoding={"temperature": 0})["output_text"] == body["output_text"]
 
 
+def test_a_seed_makes_sampling_repeatable(server: Server) -> None:
+    """SamplingParams.seed: one seed, one answer, at temperature 1 over the whole vocabulary;
+    different seeds do not all give the same answer."""
+    sampled = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_tokens": 16}
+
+    def text(seed: int) -> str:
+        return str(ask(server, decoding={**sampled, "seed": seed})["output_text"])
+
+    assert text(11) == text(11)
+    assert len({text(seed) for seed in (1, 2, 3, 4)}) > 1
+
+
 def test_a_json_schema_answer_is_held_to_its_schema(server: Server) -> None:
     # vLLM's structured outputs constrain the tokens (issue 21); the pool checks the answer.
     schema = {
