@@ -58,7 +58,7 @@ class LlamaCppAdapter(Adapter):
         super().__init__(spec, replica_id)
         self._llm: Any = None
         self._formatter: Any = None
-        self._seed = 0
+        self._seed = 0  # a request's seed when it names none (set at load)
         self._is_eog: Callable[[int], bool] = lambda token: False
 
     @classmethod
@@ -133,7 +133,9 @@ class LlamaCppAdapter(Adapter):
             kwargs["n_threads"] = kwargs["n_threads_batch"] = opts["gguf_n_threads"]
         if opts.get("gguf_seed") is not None:
             kwargs["seed"] = opts["gguf_seed"]
-        self._seed = opts.get("gguf_seed") or llama_cpp.LLAMA_DEFAULT_SEED
+        # The seed create_completion gives a fresh model's first completion (from gguf_seed,
+        # else llama.cpp's default), drawn once here and given to every request without one.
+        self._seed = random.Random(opts.get("gguf_seed") or llama_cpp.LLAMA_DEFAULT_SEED).randint(0, 2**32)
         try:
             self._llm = llama_cpp.Llama(**kwargs)
         except (ValueError, OSError, RuntimeError) as exc:
@@ -244,10 +246,8 @@ class LlamaCppAdapter(Adapter):
         # (the same request then gives a different answer depending on what ran before).
         llm.reset()
         d = request.decoding
-        # The request's seed, else the one create_completion gave a fresh model's first
-        # completion (from gguf_seed, else llama.cpp's default): sampling is reproducible.
-        seed = d.seed if d.seed is not None else random.Random(self._seed).randint(0, 2**32)
-        llm.set_seed(seed)
+        # The request's seed, else the model's (`load`): sampling is reproducible.
+        llm.set_seed(d.seed if d.seed is not None else self._seed)
         outcome = Outcome()
         # A raw prompt (/v1/completions) gets the text as generated, markers included.
         splitter = prompts.request_splitter(self.spec, request, prompt)
