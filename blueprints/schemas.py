@@ -16,6 +16,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from blueprints.content import Content, ResponsesInput, Strict
 from blueprints.fields import Count, Flag, Only, OnlyEmpty, ToolChoice, refuse
+from blueprints.sparse import SparseLoad
 from llmpool.config.fields import StrictBool, StrictInt
 from llmpool.config.schema import DecodingSchema, decoding_fields
 
@@ -27,8 +28,9 @@ NO_STATE = "'{}' is not supported: the pool keeps no stored state; send the inpu
 NO_LOGPROBS = "logprobs are not supported."
 
 
-class RequestBody(Schema):
-    """A whole request body: refusals are checked once it is otherwise valid."""
+class RequestBody(SparseLoad):
+    """A whole request body: refusals are checked once it is otherwise valid; only the
+    fields it names are loaded one by one (`blueprints.sparse`)."""
 
     @post_load
     def _refuse(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
