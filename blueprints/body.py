@@ -96,30 +96,43 @@ def json_body(*, optional: bool = False) -> dict[str, Any]:
 
 
 def check_tree(data: Any) -> None:
-    """Depth and lone surrogates, walked without recursion (the input decides the depth)."""
-    stack: list[tuple[Any, list[str | int]]] = [(data, ["body"])]
+    """Depth and lone surrogates, walked without recursion (the input decides the depth).
+    A node's place is kept as (parent's place, key) and spelled out only for an error."""
+    stack: list[tuple[Any, int, _Place]] = [(data, 1, None)]
     while stack:
-        node, loc = stack.pop()
-        if len(loc) > MAX_DEPTH:
-            raise RequestFieldInvalid(loc[:8], f"JSON nested deeper than {MAX_DEPTH} levels.", "value_error")
+        node, depth, place = stack.pop()
+        if depth > MAX_DEPTH:
+            deep = f"JSON nested deeper than {MAX_DEPTH} levels."
+            raise RequestFieldInvalid(_loc(place)[:8], deep, "value_error")
         if isinstance(node, str):
-            _check_text(node, loc)
+            if not node.isascii():  # the common case, without encoding a copy
+                _check_text(node, place)
         elif isinstance(node, dict):
             for key, value in node.items():
-                _check_text(key, [*loc, "(key)"])
-                stack.append((value, [*loc, key]))
+                if not key.isascii():
+                    _check_text(key, (place, "(key)"))
+                stack.append((value, depth + 1, (place, key)))
         elif isinstance(node, list):
-            stack.extend((value, [*loc, index]) for index, value in enumerate(node))
+            stack.extend((value, depth + 1, (place, index)) for index, value in enumerate(node))
 
 
-def _check_text(text: str, loc: list[str | int]) -> None:
-    if text.isascii():  # the common case, without encoding a copy
-        return
+_Place = tuple[Any, str | int] | None  # (the parent's place, key); None is the body itself
+
+
+def _loc(place: _Place) -> list[str | int]:
+    keys: list[str | int] = []
+    while place is not None:
+        place, key = place
+        keys.append(key)
+    return ["body", *reversed(keys)]
+
+
+def _check_text(text: str, place: _Place) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise RequestFieldInvalid(
-            loc,
+            _loc(place),
             f"Contains a lone UTF-16 surrogate at character {exc.start}; send valid Unicode text.",
             "value_error.unicode",
         ) from None

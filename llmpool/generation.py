@@ -39,16 +39,14 @@ class Decoding:
 
     def merged(self, overrides: dict[str, Any]) -> Decoding:
         """These defaults with `overrides` on top (omitted fields keep ours)."""
-        values = {k: v for k, v in overrides.items() if v is not None}
-        if "stop" in values:
-            values["stop"] = tuple(values["stop"])
-        return dataclasses.replace(self, **values)
+        return dataclasses.replace(self, **_given(overrides))
 
     def requested(self, fields: dict[str, Any], within: str = "") -> Decoding:
         """These defaults with a request's `fields` on top, noting the knobs it set; the
         client named them with the prefix `within` (`decoding.` in /v1/responses)."""
-        sent = tuple((k, within + k) for k, v in fields.items() if k in KNOBS and v is not None)
-        return dataclasses.replace(self.merged(fields), sent=sent)
+        values = _given(fields)
+        sent = tuple((k, within + k) for k in values if k in KNOBS)
+        return dataclasses.replace(self, **values, sent=sent)  # one replace: it costs ~5 µs
 
     def values(self) -> dict[str, Any]:
         """The settings themselves, as a dict (without `sent`)."""
@@ -61,6 +59,14 @@ class Decoding:
             if knob not in honoured and getattr(self, knob) != KNOBS[knob]:
                 return knob, param
         return None
+
+
+def _given(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields a request set (null is "not set"), `stop` as the tuple Decoding holds."""
+    values = {k: v for k, v in fields.items() if v is not None}
+    if "stop" in values:
+        values["stop"] = tuple(values["stop"])
+    return values
 
 
 @dataclass(frozen=True)
