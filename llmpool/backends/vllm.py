@@ -124,10 +124,11 @@ def template_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]],
 
 
 def sampling_kwargs(request: GenerationRequest, max_model_len: int | None) -> dict[str, Any]:
-    """`SamplingParams(**kwargs)` for the request; temperature 0 is greedy in vLLM."""
+    """`SamplingParams(**kwargs)` for the request; temperature 0 is greedy in vLLM. No
+    beams: a request's beam_size above 1 is refused at admission (`capabilities().decoding`
+    lacks it) and engine.decoding's beam_size, the operator's default, applies only where
+    a runtime has beams."""
     d = request.decoding
-    if d.beam_size > 1:
-        raise InvalidRequest("vllm (in-process) does not do beam search; use beam_size 1")
     max_tokens = d.max_tokens if max_model_len is None else min(d.max_tokens, max_model_len)
     return {
         "temperature": d.temperature,

@@ -270,7 +270,8 @@ def test_prompt_renders_the_template_and_refuses_images_to_a_text_model(
         adapter.prompt(GenerationRequest(input=[{"type": "image_url", "image_url": {"url": DATA_URL}}]))
 
 
-def test_sampling_kwargs() -> None:
+def test_sampling_kwargs(write_settings: Callable[..., Path]) -> None:
+    spec = spec_of(write_settings)
     d = Decoding(temperature=0.0, top_p=0.9, top_k=0, repetition_penalty=1.1, max_tokens=5000, stop=("x",))
     assert sampling_kwargs(GenerationRequest(input="x", decoding=d), 2048) == {
         "temperature": 0.0,
@@ -283,8 +284,16 @@ def test_sampling_kwargs() -> None:
     }
     assert sampling_kwargs(GenerationRequest(input="x"), None)["stop"] is None
     assert sampling_kwargs(GenerationRequest(input="x", decoding=Decoding(seed=5)), None)["seed"] == 5
-    with pytest.raises(InvalidRequest, match="beam"):
-        sampling_kwargs(GenerationRequest(input="x", decoding=Decoding(beam_size=2)), None)
+    # engine.decoding's beam_size is a default for runtimes with beams: not applied here,
+    # and no reason to refuse every request; a request's own beam_size 2 is refused by name.
+    beams = Decoding(beam_size=4)
+    assert sampling_kwargs(GenerationRequest(input="x", decoding=beams), None) == sampling_kwargs(
+        GenerationRequest(input="x"), None
+    )
+    assert beams.requested({"beam_size": 2}).unhonoured(VllmAdapter.capabilities(spec).decoding) == (
+        "beam_size",
+        "beam_size",
+    )
 
 
 # -- the bridge: an asyncio loop on its own OS thread ------------------------------------
