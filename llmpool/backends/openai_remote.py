@@ -15,6 +15,7 @@ shows only the variable's name. Requests reach this backend only with
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -173,9 +174,10 @@ class OpenAIRemoteAdapter(Adapter):
     def option(self, key: str) -> Any:
         return self.spec.options[P + key]
 
-    @property
+    @functools.cached_property
     def label(self) -> str:
-        # Scheme, host and port only: a base URL may carry user:password.
+        # Scheme, host and port only: a base URL may carry user:password. Worked out once:
+        # every request names it (for its errors), and the spec is fixed for an adapter.
         url = urlsplit(self.option("base_url"))
         host = url.hostname or "?"
         return f"upstream '{self.option('model')}' at {url.scheme}://{host}" + (
