@@ -26,7 +26,7 @@ from llmpool.pool import Pool
 from llmpool.serving import formats, tool_use
 from llmpool.serving.api import Api, Call, Encoder
 from llmpool.serving.messages import split_system
-from llmpool.serving.openai_common import OpenAIChunks, finish_reason, usage
+from llmpool.serving.openai_common import SAMPLING_KEYS, OpenAIChunks, finish_reason, usage
 from llmpool.serving.responses_request import EFFORT_THINKING
 from llmpool.serving.sse import Template
 
@@ -62,9 +62,7 @@ class ChatApi(Api):
         system, turns = split_system(body["messages"], "messages", lambda index: f"messages.{index}.content")
         single_turn = len(turns) == 1 and not pool.entry(body["model"]).capabilities.multi_turn
         max_tokens = body["max_completion_tokens"] or body["max_tokens"]
-        decoding = {
-            k: body[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed")
-        }
+        decoding = {k: body[k] for k in SAMPLING_KEYS}
         return GenerationRequest(
             input=turns[0].content if single_turn else None,
             messages=None if single_turn else tuple(turns),

@@ -24,9 +24,7 @@ from llmpool.generation import GenerationRequest
 from llmpool.job import Delta, Done, Job
 from llmpool.pool import Pool
 from llmpool.serving.api import Api, Call, Encoder
-from llmpool.serving.openai_common import OpenAIChunks, finish_reason, usage
-
-DECODING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "stop", "max_tokens", "seed")
+from llmpool.serving.openai_common import SAMPLING_KEYS, OpenAIChunks, finish_reason, usage
 
 
 def completion_id(job: Job) -> str:
@@ -51,7 +49,7 @@ class CompletionsApi(Api):
     name = "completions"
 
     def to_request(self, body: dict[str, Any], pool: Pool) -> GenerationRequest:
-        decoding = {k: body[k] for k in DECODING_KEYS}
+        decoding = {k: body[k] for k in (*SAMPLING_KEYS, "max_tokens")}
         return GenerationRequest(prompt=body["prompt"], decoding=pool.settings.decoding.requested(decoding))
 
     def answer(self, call: Call, done: Done) -> dict[str, Any]:

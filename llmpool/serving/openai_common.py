@@ -12,6 +12,10 @@ from llmpool.job import Done, Job
 from llmpool.serving.api import Encoder
 from llmpool.serving.sse import DONE_LINE, data_line
 
+# The sampling fields Chat Completions and Completions share, each read as the pool's
+# decoding field of the same name (max_tokens apart: chat has two names for it).
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "stop", "seed")
+
 _OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
 
 
