@@ -86,3 +86,28 @@ def test_a_required_field_that_is_absent_is_still_an_error() -> None:
     with pytest.raises(ValidationError) as e:
         ChatCompletionsRequestSchema().load({"model": "m"})
     assert e.value.messages == {"messages": ["Missing data for required field."]}
+
+
+def test_a_chat_body_deserializes_only_the_fields_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the sparse load is for: a body naming 3 of 45 fields runs 3 fields' deserialize
+    (and its one message's four: a message schema is small and loads whole), not every
+    declared field's (bench/README.md)."""
+    seen: list[str | None] = []
+    deserialize = fields.Field.deserialize
+
+    def counted(self: fields.Field, value: Any, attr: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        seen.append(attr)
+        return deserialize(self, value, attr, *args, **kwargs)
+
+    monkeypatch.setattr(fields.Field, "deserialize", counted)
+    schema = ChatCompletionsRequestSchema()
+    body = {**BASES[ChatCompletionsRequestSchema], "max_tokens": 8}
+    loaded = schema.load(body)
+    assert loaded["max_tokens"] == 8 and loaded["temperature"] is None  # defaults still there
+    named = ["max_tokens", "messages", "model"]
+    message = ["content", "role", "tool_call_id", "tool_calls"]
+    assert sorted(a for a in seen if a is not None) == sorted(named + message)
+    seen.clear()
+    monkeypatch.setattr(SparseLoad, "_plan", lambda self, data: None)  # the full walk, for contrast
+    assert schema.load(body) == loaded
+    assert len(seen) > 40
