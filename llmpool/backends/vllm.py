@@ -124,10 +124,8 @@ def template_messages(request: GenerationRequest) -> tuple[list[dict[str, Any]],
 
 
 def sampling_kwargs(request: GenerationRequest, max_model_len: int | None) -> dict[str, Any]:
-    """`SamplingParams(**kwargs)` for the request; temperature 0 is greedy in vLLM. No
-    beams: a request's beam_size above 1 is refused at admission (`capabilities().decoding`
-    lacks it) and engine.decoding's beam_size, the operator's default, applies only where
-    a runtime has beams."""
+    """`SamplingParams(**kwargs)`; temperature 0 is greedy in vLLM. No beams: admission
+    refuses a request's beam_size (not in `capabilities().decoding`), not a default."""
     d = request.decoding
     max_tokens = d.max_tokens if max_model_len is None else min(d.max_tokens, max_model_len)
     return {
