@@ -74,11 +74,13 @@ def stop(proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
         pass
 
 
-def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], log_path: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     with log_path.open("wb") as out:  # the child keeps its own copy of the fd
         return subprocess.Popen(
             argv,
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             env={**os.environ, **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -239,11 +241,13 @@ def pool_server(
     cpus: list[str] | None = None,
     config: str | None = None,
     app: str = "wsgi:app",
+    root: Path | None = None,
 ) -> Iterator[Pool]:
     """The pool as operators run it (conf/gunicorn.conf.py, wsgi:app), pinned to the server CPU.
 
     `config` replaces the gunicorn config file (a bench-only one that adds hooks); `app`
-    the WSGI app (bench.floor's bare one), which must answer GET /readyz."""
+    the WSGI app (bench.floor's bare one), which must answer GET /readyz; `root` another
+    checkout to serve from (bench.ab), run with this one's interpreter."""
     workdir = Path(tempfile.mkdtemp(prefix="llmpool-bench-"))
     settings_path = workdir / "settings.json"
     settings_path.write_text(json.dumps(settings))
@@ -265,6 +269,7 @@ def pool_server(
             "LLM_POOL_BIND": f"127.0.0.1:{port}",
             **(env or {}),
         },
+        root,
     )
     pool = Pool(f"http://127.0.0.1:{port}", proc, log_path, workdir)
     try:

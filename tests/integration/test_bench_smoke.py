@@ -124,3 +124,20 @@ def test_bench_request_trace_times_every_step_of_a_streamed_request(tmp_path: Pa
         order += ["first token at the client"]
         times = [steps[name] for name in order]
         assert all(t > 0 for t in times) and times == sorted(times), steps
+
+
+def test_bench_ab_loads_both_checkouts_in_turn(tmp_path: Path) -> None:
+    """bench/ab.py, briefly, against a clone of this commit: both pools served (each from
+    its own checkout: the tool checks the worker's directory), every round counted."""
+    other = tmp_path / "other"
+    subprocess.run(["git", "clone", "-q", "--shared", str(ROOT), str(other)], check=True, timeout=120)
+    out = tmp_path / "ab.json"
+    argv = [sys.executable, "-m", "bench.ab", str(other), "--rounds", "2", "--seconds", "0.5"]
+    argv += ["--api", "responses", "--out", str(out)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert set(figures) == {str(ROOT.resolve()), str(other.resolve())}
+    for row in figures.values():
+        assert len(row["rounds"]) == 2 and all(us > 0 for us in row["rounds"]), row
+        assert row["cpu_us_per_request_min"] <= row["cpu_us_per_request_median"]
