@@ -25,7 +25,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, cpu_s, pin_self_to_load_side, pool_server
+from bench.common import ROOT, pin_self_to_load_side, pool_server
+from bench.floor import measure
 from bench.loadgen import BODY, run_wrk
 from bench.proxy import ALLOW_REMOTE, pool_settings
 from bench.upstream import MODEL, static_upstream
@@ -50,15 +51,16 @@ def compare(roots: list[Path], *, rounds: int, seconds: float, connections: int,
         for n in range(rounds):
             order = list(zip(roots, pools, strict=True))
             for root, pool in order if n % 2 == 0 else reversed(order):
-                worker = pool.worker_pid()
-                before = cpu_s(worker)
-                load = run_wrk(
-                    pool.url + path, connections=connections, seconds=seconds, headers=ALLOW_REMOTE, body=body
+                row = measure(
+                    pool.url + path,
+                    pool.worker_pid(),
+                    connections=connections,
+                    seconds=seconds,
+                    headers=ALLOW_REMOTE,
+                    body=body,
                 )
-                if load["errors"] or load["non2xx"] or not load["requests"]:
-                    raise RuntimeError(f"{root}: {load}")
-                cpu[root].append((cpu_s(worker) - before) / load["requests"] * 1e6)
-                p50[root].append(load["p50_ms"])
+                cpu[root].append(row["cpu_us_per_request"])
+                p50[root].append(row["p50_ms"])
     return {
         str(root): {
             "cpu_us_per_request_median": round(statistics.median(cpu[root])),

@@ -70,21 +70,32 @@ print(json.dumps({"cpu_us_per_request": round((time.process_time() - began) / co
 """
 
 
+def measure(
+    url: str,
+    pid: int,
+    *,
+    connections: int,
+    seconds: float,
+    headers: dict[str, str] | None = None,
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One wrk run: CPU µs per request of `pid` (unrounded), wrk's p50 and req/s; any
+    error or non-2xx answer is raised."""
+    before = cpu_s(pid)
+    load = run_wrk(url, connections=connections, seconds=seconds, headers=headers, body=body)
+    used = cpu_s(pid) - before
+    if load["errors"] or load["non2xx"] or not load["requests"]:
+        raise RuntimeError(f"{url} at {connections} connections: {load}")
+    return {"cpu_us_per_request": used / load["requests"] * 1e6, "p50_ms": load["p50_ms"], "rps": load["rps"]}
+
+
 def per_request(url: str, pid: int, seconds: float, headers: dict[str, str] | None = None) -> dict[str, Any]:
     """CPU µs per request of `pid` and wrk's p50 and req/s, at each of CONNECTIONS."""
     run_wrk(url, connections=1, seconds=1, headers=headers)  # warm-up
     out: dict[str, Any] = {}
     for connections in CONNECTIONS:
-        before = cpu_s(pid)
-        load = run_wrk(url, connections=connections, seconds=seconds, headers=headers)
-        used = cpu_s(pid) - before
-        if load["errors"] or load["non2xx"] or not load["requests"]:
-            raise RuntimeError(f"{url} at {connections} connections: {load}")
-        out[f"c{connections}"] = {
-            "cpu_us_per_request": round(used / load["requests"] * 1e6),
-            "p50_ms": load["p50_ms"],
-            "rps": load["rps"],
-        }
+        row = measure(url, pid, connections=connections, seconds=seconds, headers=headers)
+        out[f"c{connections}"] = {**row, "cpu_us_per_request": round(row["cpu_us_per_request"])}
     return out
 
 
