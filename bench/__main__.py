@@ -227,7 +227,8 @@ def main() -> int:
     drew = report.chart(results, args.out / "overhead.png")
     log(f"wrote {args.out / 'results.json'}, {args.out / 'RESULTS.md'}" + (", overhead.png" if drew else ""))
     for what, target, value, met in report.targets(results):
-        log(f"  {what}: {value} (target {target}) {'ok' if met else 'MISSED'}")
+        verdict = "(context, no target)" if met is None and target == "-" else ("ok" if met else "MISSED")
+        log(f"  {what}: {value} (target {target}) {verdict}")
     return 1 if figures.errors else 0
 
 

@@ -9,9 +9,11 @@ alternate, LiteLLM (chat) runs afterwards on its own.
 
 (b) A real llama-server: case 2's pool with SmolLM2 as a `llama_server` model against that
 same child directly (case 2's requests: the pool's /v1/responses, the child's chat
-completions, new connection each), alternating, sequential, `max_tokens` small since only
-the first token matters; layout *split* (the server side may use every core, as decoding
-does not run on the pool's CPU on a GPU box). LiteLLM in front of the same child, afterwards.
+completions, new connection each), and against the design's floor (bench/relay_floor.py:
+the same gunicorn worker and a bare Flask app passing the direct request to the child and
+its stream back unchanged); alternating, sequential, `max_tokens` small since only the
+first token matters; layout *split* (the server side may use every core, as decoding does
+not run on the pool's CPU on a GPU box). LiteLLM in front of the same child, afterwards.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 from bench import relay, streaming
 from bench.common import LAYOUTS, Log, free_port, pool_server
 from bench.proxy import litellm_server, pool_settings
+from bench.relay_floor import floor_server
 from bench.sse import Stream, connection, sse_request
 from bench.upstream import MODEL, RELAY_TOKENS, static_upstream
 
@@ -117,12 +120,17 @@ def run(
             a: dict[str, Any] = instant(urls, requests, log)
         b: dict[str, Any] = {"max_tokens": max_tokens, "layout": "split"}
         settings = streaming.llama_server_settings(port, 1)
-        with pool_server(settings, cpus=LAYOUTS["split"]) as pool:
+        child = f"http://127.0.0.1:{port}"
+        with (
+            pool_server(settings, cpus=LAYOUTS["split"]) as pool,
+            floor_server(child + "/v1", LAYOUTS["split"]) as floor,
+        ):
             url = pool.url
             b |= real(
                 {
-                    "direct": lambda: streaming.direct(port, max_tokens),
+                    "direct": lambda: streaming.direct(child, max_tokens),
                     "pool": lambda: streaming.through_pool(url, max_tokens),
+                    "floor": lambda: streaming.direct(floor.url, max_tokens),
                 },
                 real_requests,
                 log,
@@ -133,5 +141,5 @@ def run(
                 a |= instant({"litellm": lite}, requests, log)
                 b |= real({"litellm": lambda: litellm_chat(lite, max_tokens)}, real_requests, log)
     a["added_p50"] = {side: added(a, side) for side in ("pool_chat", "pool_responses", "litellm")}
-    b["added_p50"] = {side: added(b, side) for side in ("pool", "litellm")}
+    b["added_p50"] = {side: added(b, side) for side in ("pool", "floor", "litellm")}
     return {"instant": a, "llama_server": b}

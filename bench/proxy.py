@@ -1,9 +1,11 @@
 """Case 1: what a proxy adds on an instant upstream (nginx answering fixed bodies).
 
-Three targets, the same wrk run against each: nginx directly, the pool
-(`openai_remote` -> nginx, `POST /v1/chat/completions`) and LiteLLM's proxy (one worker,
-same upstream). Sequential latency from one connection, then requests/s at 1, 16 and 64
-connections. "Added" latency is a target's percentile minus nginx's.
+Four targets, the same wrk run against each: nginx directly, the pool
+(`openai_remote` -> nginx, `POST /v1/chat/completions`), the design's floor (bench/relay_floor.py:
+gunicorn's gevent worker and a bare Flask app passing the request to nginx and its answer
+back) and LiteLLM's proxy (one worker, same upstream). Sequential latency from one
+connection, then requests/s at 1, 16 and 64 connections. "Added" latency is a target's
+percentile minus nginx's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import requests
 
 from bench.common import ROOT, SERVER_CPU, Log, free_port, pool_server, spawn, stop, wait_ready
 from bench.loadgen import BODY, run_wrk
+from bench.relay_floor import floor_server
 from bench.upstream import MODEL, static_upstream
 
 CONCURRENCY = (1, 16, 64)
@@ -119,24 +122,41 @@ def measure(url: str, seconds: float, headers: dict[str, str] | None, log: Log, 
     return runs
 
 
+def same_answer(direct_url: str, relay_url: str) -> bool:
+    """True when the relay answers BODY with the very bytes the upstream does; raises
+    otherwise (a floor that changed the request or the answer would measure less)."""
+    direct, relayed = (requests.post(url, json=BODY, timeout=30) for url in (direct_url, relay_url))
+    if not (direct.ok and relayed.ok and direct.content == relayed.content):
+        raise RuntimeError(
+            f"{relay_url} answered {relayed.status_code} {relayed.text[:300]!r}, not nginx's answer"
+        )
+    return True
+
+
 def run(*, seconds: float = 10, log: Log = print, workdir: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"loadgen": "wrk, 1 thread, keep-alive", "seconds_per_run": seconds}
     with static_upstream() as upstream:
-        out["direct"] = measure(upstream + "/json/v1/chat/completions", seconds, None, log, "nginx direct")
+        direct_url = upstream + "/json/v1/chat/completions"
+        out["direct"] = measure(direct_url, seconds, None, log, "nginx direct")
         with pool_server(pool_settings(upstream)) as pool:
             out["pool"] = measure(pool.url + "/v1/chat/completions", seconds, ALLOW_REMOTE, log, "pool")
+        with floor_server(upstream + "/json/v1") as floor:
+            floor_url = floor.url + "/v1/chat/completions"
+            out["floor_answer_as_direct"] = same_answer(direct_url, floor_url)
+            out["floor"] = measure(floor_url, seconds, None, log, "floor (bare Flask)")
         log("proxy: starting LiteLLM (takes a while)")
         with litellm_proxy(upstream, workdir) as litellm:
             out["litellm"] = measure(litellm + "/v1/chat/completions", seconds, None, log, "LiteLLM")
     direct = out["direct"]["1"]
     out["added_ms"] = {
         name: {q: round(out[name]["1"][q] - direct[q], 3) for q in ("p50_ms", "p99_ms")}
-        for name in ("pool", "litellm")
+        for name in ("pool", "floor", "litellm")
     }
     lite = out["added_ms"]["litellm"]["p50_ms"]
-    out["pool_added_p50_vs_litellm"] = (
-        round(out["added_ms"]["pool"]["p50_ms"] / lite, 3) if lite > 0 else None
-    )
+    for name in ("pool", "floor"):
+        out[f"{name}_added_p50_vs_litellm"] = (
+            round(out["added_ms"][name]["p50_ms"] / lite, 3) if lite > 0 else None
+        )
     # None where LiteLLM answered nothing in the window (a loaded machine, a short smoke).
     out["pool_rps_vs_litellm"] = {
         str(c): round(out["pool"][str(c)]["rps"] / lite_rps, 2)

@@ -37,6 +37,15 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
             proxy["pool_rps_vs_litellm"]["64"],
             lambda v: v >= 10,
         )
+        if "floor_added_p50_vs_litellm" in proxy:  # context: the fixed design's own share
+            rows.append(
+                (
+                    "proxy: floor (bare Flask relay) added p50 / LiteLLM added p50",
+                    "-",
+                    proxy["floor_added_p50_vs_litellm"],
+                    None,
+                )
+            )
     for layout, streaming in sections.layouts(r.get("streaming") or {}):
         for n in ("1", "4"):
             if n in streaming:
@@ -117,6 +126,16 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
             first["llama_server"]["added_p50"]["pool"]["of_direct"],
             lambda v: v <= 0.05,
         )
+        floor = first["llama_server"]["added_p50"].get("floor")
+        if floor:  # context, as for the proxy
+            rows.append(
+                (
+                    "first token, llama-server: floor (bare Flask relay) added p50 / direct",
+                    "-",
+                    floor["of_direct"],
+                    None,
+                )
+            )
     soak = r.get("soak")
     if soak:
         what = f"soak: {soak['requests']} requests over {soak['clients']} keep-alive connections"
@@ -155,13 +174,15 @@ def markdown(r: dict[str, Any], command: str) -> str:
             "",
             f"wrk, {proxy['seconds_per_run']:g} s per run, keep-alive. nginx direct is also the ceiling of "
             "wrk + upstream here. The pool reaches nginx through `openai_remote` (a streamed upstream "
-            "call); LiteLLM through its OpenAI provider (a non-streamed one).",
+            "call); the floor (bench/relay_floor.py: the same gunicorn worker and a bare Flask app, no "
+            "pool) passes the request to nginx and its answer back; LiteLLM goes through its OpenAI "
+            "provider (a non-streamed one).",
             "",
             "| target | conns | req/s | p50 ms | p90 ms | p99 ms |",
             "|---|---|---|---|---|---|",
         ]
-        for name in ("direct", "pool", "litellm"):
-            for c, row in proxy[name].items():
+        for name in ("direct", "pool", "floor", "litellm"):
+            for c, row in proxy.get(name, {}).items():
                 lines.append(
                     f"| {name} | {c} | {_fmt(row['rps'])} | {_fmt(row['p50_ms'])} | {_fmt(row['p90_ms'])} "
                     f"| {_fmt(row['p99_ms'])} |"

@@ -246,13 +246,17 @@ def first_token(r: dict[str, Any] | None) -> list[str]:
     lines += [
         "",
         f"(b) llama-server (SmolLM2, layout *{b['layout']}*, `max_tokens` {b['max_tokens']}): case 2's "
-        "requests, the pool's child directly, through the pool (/v1/responses) and through LiteLLM "
-        "(chat), new connection each, sequential; direct and the pool alternate, LiteLLM afterwards.",
+        "requests, the pool's child directly, through the pool (/v1/responses), through the design's "
+        "floor (bench/relay_floor.py: the same gunicorn worker and a bare Flask app relaying the direct "
+        "request and its stream unchanged) and through LiteLLM (chat), new connection each, sequential; "
+        "direct, the pool and the floor alternate, LiteLLM afterwards.",
         "",
         "| side | requests | TTFT p50 ms | p90 ms | added ms (p50) | added / direct |",
         "|---|---|---|---|---|---|",
     ]
-    for side in ("direct", "pool", "litellm"):
+    for side in ("direct", "pool", "floor", "litellm"):
+        if side not in b:  # a run from before the floor was measured
+            continue
         x, extra = b[side], b["added_p50"].get(side) or {}
         lines.append(
             f"| {side} | {x['requests']} | {fmt(x['p50_ms'])} | {fmt(x['p90_ms'])} | {fmt(extra.get('ms'))} "

@@ -25,7 +25,8 @@ DECODING = {"temperature": 0.0, "top_p": 0.95, "top_k": 40, "repetition_penalty"
 STREAMS = (1, 4)
 
 
-def direct(port: int, max_tokens: int) -> Stream:
+def direct(server: str, max_tokens: int) -> Stream:
+    """Case 2's request to `server`'s chat completions: the child's, or a relay in front of it."""
     body = {
         "model": MODEL,
         "messages": [{"role": "user", "content": PROMPT}],
@@ -39,7 +40,7 @@ def direct(port: int, max_tokens: int) -> Stream:
         "stream_options": {"include_usage": True},
     }
     return sse_request(
-        f"http://127.0.0.1:{port}",
+        server,
         "/v1/chat/completions",
         body,
         lambda e: any((c.get("delta") or {}).get("content") for c in e.get("choices") or ()),
@@ -121,14 +122,15 @@ def run(
     port = free_port()
     settings = llama_server_settings(port, max(STREAMS))
     out: dict[str, Any] = {"max_tokens": max_tokens, "repeats": repeats, "prompt": PROMPT, "layout": layout}
+    child = f"http://127.0.0.1:{port}"
     with pool_server(settings, cpus=LAYOUTS[layout]) as pool:
-        direct(port, 8)  # warm-up of both paths
+        direct(child, 8)  # warm-up of both paths
         through_pool(pool.url, 8)
         for n in STREAMS:
             runs: dict[str, list[Stream]] = {"direct": [], "pool": []}
             for i in range(repeats):
                 log(f"streaming ({layout}): {n} stream(s), run {i + 1}/{repeats}")
-                runs["direct"] += concurrently(n, direct, port, max_tokens)
+                runs["direct"] += concurrently(n, direct, child, max_tokens)
                 runs["pool"] += concurrently(n, through_pool, pool.url, max_tokens)
             d, p = summary(runs["direct"]), summary(runs["pool"])
             out[str(n)] = {

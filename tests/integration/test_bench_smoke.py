@@ -29,11 +29,12 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     assert results["errors"] == {}
     assert results["meta"]["smoke"] is True
     proxy = results["proxy"]
-    for target in ("direct", "pool", "litellm"):
+    for target in ("direct", "pool", "floor", "litellm"):
         for conns in ("1", "16", "64"):
             run = proxy[target][conns]
             assert run["requests"] > 0 and run["errors"] == 0 and run["non2xx"] == 0, (target, conns, run)
-    assert set(proxy["added_ms"]) == {"pool", "litellm"}
+    assert set(proxy["added_ms"]) == {"pool", "floor", "litellm"}
+    assert proxy["floor_answer_as_direct"] is True
     for layout in ("shared", "split"):
         for n in ("1", "4"):
             assert results["streaming"][layout][n]["direct"]["tokens_median"] > 0
@@ -82,9 +83,9 @@ def test_bench_smoke_produces_every_figure(tmp_path: Path) -> None:
     first = results["first_token"]
     for side in ("direct", "pool_chat", "pool_responses", "litellm"):
         assert first["instant"][side]["requests"] > 0 and first["instant"][side]["p50_ms"] > 0, first
-    for side in ("direct", "pool", "litellm"):
+    for side in ("direct", "pool", "floor", "litellm"):
         assert first["llama_server"][side]["p50_ms"] > 0, first
-    assert set(first["llama_server"]["added_p50"]) == {"pool", "litellm"}
+    assert set(first["llama_server"]["added_p50"]) == {"pool", "floor", "litellm"}
     page = (tmp_path / "RESULTS.md").read_text()
     assert "## 8. Agents alternating" in page
     assert "## 9. llama.cpp CPU builds" in page
