@@ -102,7 +102,7 @@ def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[st
         "proxy": lambda log: proxy.run(seconds=2 if smoke else 10, log=log, workdir=workdir),
         "streaming": lambda log: {
             layout: streaming.run(
-                repeats=1 if smoke else 4, max_tokens=16 if smoke else 200, layout=layout, log=log
+                repeats=1 if smoke else 8, max_tokens=16 if smoke else 200, layout=layout, log=log
             )
             for layout in LAYOUTS
         },
@@ -133,7 +133,7 @@ def case_runners(smoke: bool, workdir: Path) -> dict[str, Callable[[Callable[[st
         "router": lambda log: router.run(seconds=2 if smoke else 10, log=log, workdir=workdir),
         "relay": lambda log: relay.run(seconds=2 if smoke else 10, log=log, workdir=workdir),
         "first_token": lambda log: first_token.run(
-            requests=5 if smoke else 200, real_requests=2 if smoke else 30, log=log, workdir=workdir
+            requests=5 if smoke else 200, real_requests=2 if smoke else 100, log=log, workdir=workdir
         ),
         "cpu_variants": lambda log: cpu_variants.run(
             rounds=1 if smoke else 3, tokens=32 if smoke else 128, repetitions=1 if smoke else 3, log=log

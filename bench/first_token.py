@@ -111,7 +111,7 @@ def added(out: dict[str, Any], side: str) -> dict[str, float]:
 
 
 def run(
-    *, requests: int = 200, real_requests: int = 30, max_tokens: int = 8, log: Log = print, workdir: Path
+    *, requests: int = 200, real_requests: int = 100, max_tokens: int = 8, log: Log = print, workdir: Path
 ) -> dict[str, Any]:
     port = free_port()
     with static_upstream() as upstream:
