@@ -5,7 +5,8 @@ client that sends `min_p` or `presence_penalty` must not believe it took effect.
 OpenAI's fields are all declared, each either honoured, harmless (`user`, `metadata`: they
 change nothing here), or honoured only at the value that changes nothing (a 400 naming it
 otherwise: `blueprints.fields.Only`). Messages stay lenient: the SDK replays an answer's
-message with keys such as `refusal` and `annotations`, and a message's `name` is dropped.
+message with keys such as `refusal` and `annotations`, which are dropped; a message's `name`
+is declared (passed on, or a 400 where it cannot reach the model: serving.chat_api).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, vali
 
 from blueprints.content import Content, Strict
 from blueprints.fields import Only, OnlyEmpty, OnlyValue, Prompt, Stop, ToolChoice
-from blueprints.schemas import EFFORTS, FUNCTION_NAME, NO_LOGPROBS, RequestBody, _optional_decoding
+from blueprints.schemas import (
+    EFFORTS,
+    FUNCTION_NAME,
+    NO_LOGPROBS,
+    RequestBody,
+    StreamOptionsSchema,
+    _optional_decoding,
+)
 from llmpool.config.fields import StrictBool, StrictFloat, StrictInt
 
 NO_PENALTY = "{} is not supported; repetition_penalty is the pool's penalty for repeats."
@@ -62,9 +70,12 @@ class ToolCallSchema(Strict):
 
 
 class ChatMessageSchema(_Lenient):
-    # `developer` is OpenAI's newer name for `system`; extra keys such as `name` are dropped.
+    # `developer` is OpenAI's newer name for `system`. `name` goes where the runtime renders
+    # the chat with the model's template, else it is a 400 (llmpool.serving.chat_api); other
+    # extra keys (what SDKs echo back of an answer: `refusal`, `annotations`) are dropped.
     role = fields.String(required=True, validate=validate.OneOf(CHAT_ROLES))
     content = Content(load_default=None, allow_none=True)
+    name = fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1))
     tool_calls = fields.List(fields.Nested(ToolCallSchema), load_default=None, allow_none=True)
     tool_call_id = fields.String(load_default=None, allow_none=True)
 
@@ -91,7 +102,7 @@ class ToolSchema(Strict):
     function = fields.Nested(FunctionSchema, required=True)
 
 
-class StreamOptionsSchema(_Lenient):
+class OpenAIStreamOptionsSchema(StreamOptionsSchema):
     include_usage = StrictBool(load_default=False, allow_none=True)
 
 
@@ -108,7 +119,7 @@ class _OpenAISampling(RequestBody, Strict):
     max_tokens = _optional_decoding("max_tokens")
     stop = Stop(load_default=None, allow_none=True)
     stream = StrictBool(load_default=False, allow_none=True)
-    stream_options = fields.Nested(StreamOptionsSchema, load_default=None, allow_none=True)
+    stream_options = fields.Nested(OpenAIStreamOptionsSchema, load_default=None, allow_none=True)
     # Not OpenAI's, but vLLM's server takes them too.
     top_k = _optional_decoding("top_k")
     repetition_penalty = _optional_decoding("repetition_penalty")

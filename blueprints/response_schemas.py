@@ -210,7 +210,8 @@ class ModelCardSchema(_Open):
         metadata={
             "description": "what requests the model takes: modalities, multi_turn, "
             "thinking_modes, streaming, structured_output, structured_after_thinking, "
-            "tool_calls, forced_tool_calls, and decoding: the knobs among beam_size, top_k, "
+            "tool_calls, forced_tool_calls, message_names (a chat message's `name` reaches the model; "
+            "where false it is a 400), and decoding: the knobs among beam_size, top_k, "
             "repetition_penalty and seed that its runtime honours (setting another is a 400)"
         },
     )

@@ -28,6 +28,20 @@ NO_STATE = "'{}' is not supported: the pool keeps no stored state; send the inpu
 NO_LOGPROBS = "logprobs are not supported."
 
 
+class StreamOptionsSchema(Strict):
+    """`stream_options` of /v1/responses (Chat Completions adds `include_usage`)."""
+
+    # OpenAI pads each streamed event with random characters unless this is false. The
+    # pool never pads: false, or leaving it out, is what happens here.
+    include_obfuscation = StrictBool(
+        load_default=None,
+        allow_none=True,
+        validate=Only(
+            [False], "stream_options.include_obfuscation: true is not supported; events are not padded."
+        ),
+    )
+
+
 class RequestBody(SparseLoad):
     """A whole request body: refusals are checked once it is otherwise valid; only the
     fields it names are loaded one by one (`blueprints.sparse`)."""
@@ -132,7 +146,7 @@ class ResponsesRequestSchema(RequestBody, Strict):
     safety_identifier = fields.String(load_default=None, allow_none=True)
     prompt_cache_key = fields.String(load_default=None, allow_none=True)
     service_tier = fields.String(load_default=None, allow_none=True)
-    stream_options = fields.Dict(load_default=None, allow_none=True)
+    stream_options = fields.Nested(StreamOptionsSchema, load_default=None, allow_none=True)
     # Function tools (llmpool.serving.tool_use): the model's calls come back as
     # function_call items; built-in tools are refused by type.
     tools = fields.List(fields.Nested(ResponsesToolSchema), load_default=None, allow_none=True)

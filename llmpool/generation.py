@@ -146,6 +146,9 @@ class Message:
     content: Content
     tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn's calls
     tool_call_id: str | None = None  # a tool turn: the call it answers
+    # Chat Completions' participant name; only runtimes that render the chat with the
+    # model's own template get it (Capabilities.message_names), elsewhere it is a 400.
+    name: str | None = None
 
 
 @dataclass(frozen=True)

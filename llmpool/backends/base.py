@@ -43,6 +43,10 @@ class Capabilities:
     # it lacks is a 400 naming the field. Most runtimes sample with top_k, a repetition
     # penalty and a seed per request; beam search is CTranslate2's alone.
     decoding: tuple[str, ...] = ("top_k", "repetition_penalty", "seed")
+    # Whether a chat message's `name` reaches the model: where the runtime renders the
+    # chat with the model's own template (which decides what a name shows). Where the
+    # pool renders the prompt itself there is nowhere to put it, so it is a 400.
+    message_names: bool = False
 
     def row(self) -> dict[str, Any]:
         return {
@@ -55,6 +59,7 @@ class Capabilities:
             "tool_calls": self.tool_calls,
             "forced_tool_calls": self.forced_tool_calls,
             "decoding": list(self.decoding),
+            "message_names": self.message_names,
         }
 
 

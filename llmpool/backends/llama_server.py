@@ -99,6 +99,7 @@ class LlamaServerAdapter(ManagedServerAdapter):
             structured_output=True,  # response_format: llama-server builds a grammar from it
             tool_calls=True,  # tools through the template (--jinja); calls parsed there or here
             forced_tool_calls=True,  # held by the pool: see `_held`
+            message_names=True,  # the model's template (--jinja) is given each message's name
         )
 
     @classmethod

@@ -117,6 +117,7 @@ class ManagedServerAdapter(Adapter):
             multi_turn=True,
             thinking_modes=prompts.chat_thinking_modes(spec),
             structured_output=True,  # response_format, passed on (llama-server, vLLM)
+            message_names=True,  # messages passed on as sent, to the server's chat template
         )
 
     def option(self, key: str) -> Any:

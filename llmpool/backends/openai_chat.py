@@ -63,6 +63,8 @@ def chat_messages(request: GenerationRequest) -> list[dict[str, Any]]:
             entry["tool_calls"] = [call.openai() for call in m.tool_calls]
         if m.tool_call_id is not None:
             entry["tool_call_id"] = m.tool_call_id
+        if m.name is not None:
+            entry["name"] = m.name
         messages.append(entry)
     return messages
 

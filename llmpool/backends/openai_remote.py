@@ -168,6 +168,7 @@ class OpenAIRemoteAdapter(Adapter):
             tool_calls=True,  # tools passed on, calls read back; checked here all the same
             forced_tool_calls=True,  # the upstream's to hold; a call that is missing is a 502
             decoding=("seed",),  # Chat Completions has no top_k, repetition penalty or beams
+            message_names=True,  # passed on as sent
         )
 
     # -- helpers ---------------------------------------------------------------------

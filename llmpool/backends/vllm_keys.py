@@ -203,6 +203,7 @@ class VllmModelFacts:
             multi_turn=True,
             thinking_modes=prompts.chat_thinking_modes(spec),
             structured_output=True,  # in-process: structured_outputs; vllm_serve: response_format
+            message_names=True,  # both render with the model's chat template, names included
         )
 
     @classmethod

@@ -1,7 +1,8 @@
 """OpenAI's Chat Completions (POST /v1/chat/completions) as a serving API (SPEC §3).
 
 - request: system/developer messages become `instructions` (joined with a blank line),
-  the rest the conversation, which must end with a user message. A single remaining turn
+  the rest the conversation, which must end with a user message. A message's `name` is
+  a 400 where it would not reach the model (`refuse_names`). A single remaining turn
   goes to a model without multi-turn support as `input`, so single-turn runtimes serve
   plain chat too. `max_completion_tokens` wins over `max_tokens`; omitted decoding fields
   come from `engine.decoding`; `response_format` asks for structured output
@@ -20,12 +21,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from llmpool.errors import InvalidParam
 from llmpool.generation import GenerationRequest, ToolCallDelta
 from llmpool.job import Delta, Done, Job
 from llmpool.pool import Pool
 from llmpool.serving import formats, tool_use
 from llmpool.serving.api import Api, Call, Encoder
-from llmpool.serving.messages import split_system
+from llmpool.serving.messages import SYSTEM_ROLES, split_system
 from llmpool.serving.openai_common import SAMPLING_KEYS, OpenAIChunks, finish_reason, usage
 from llmpool.serving.responses_request import EFFORT_THINKING
 from llmpool.serving.sse import Template
@@ -55,10 +57,28 @@ def completion(job: Job, done: Done) -> dict[str, Any]:
     }
 
 
+def refuse_names(body: dict[str, Any], pool: Pool) -> None:
+    """A 400 naming the first message whose `name` would not reach the model: a system or
+    developer message's (its text joins the instructions), or any where the pool renders
+    the prompt itself (Capabilities.message_names)."""
+    entry = pool.entry(body["model"])
+    for index, message in enumerate(body["messages"]):
+        if message["name"] is None:
+            continue
+        param = f"messages.{index}.name"
+        if message["role"] in SYSTEM_ROLES:
+            raise InvalidParam(param, f"{param}: a {message['role']} message has no name here; leave it out")
+        if not entry.capabilities.message_names:
+            where = f"model '{entry.name}' (backend '{entry.spec.backend}'), whose prompt the pool renders"
+            raise InvalidParam(param, f"{param}: message names are not supported by {where}; leave it out")
+
+
 class ChatApi(Api):
     name = "chat.completions"
 
     def to_request(self, body: dict[str, Any], pool: Pool) -> GenerationRequest:
+        if any(m["name"] is not None for m in body["messages"]):
+            refuse_names(body, pool)
         system, turns = split_system(body["messages"], "messages", lambda index: f"messages.{index}.content")
         single_turn = len(turns) == 1 and not pool.entry(body["model"]).capabilities.multi_turn
         max_tokens = body["max_completion_tokens"] or body["max_tokens"]

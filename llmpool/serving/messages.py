@@ -41,4 +41,4 @@ def _turn(entry: dict[str, Any]) -> Message:
         for call in entry.get("tool_calls") or ()
     )
     content = entry["content"] if entry["content"] is not None else ""
-    return Message(entry["role"], content, calls, entry.get("tool_call_id"))
+    return Message(entry["role"], content, calls, entry.get("tool_call_id"), entry.get("name"))

@@ -377,6 +377,7 @@ REFUSED = [
     ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
     ({"tools": [{"type": "web_search"}]}, "tools.0.type"),
     ({"max_tool_calls": 1}, "max_tool_calls"),
+    ({"stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation"),
     (
         {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
         "input[0].content[0].type",
@@ -425,3 +426,5 @@ def test_harmless_sdk_fields_are_accepted(client: FlaskClient) -> None:
 def test_unknown_fields_stay_a_422(client: FlaskClient) -> None:
     r = post(client, model="scripted-thinker", input="x", colour="red")
     assert r.status_code == 422 and r.get_json()["detail"][0]["type"] == "extra_forbidden"
+    r = post(client, model="scripted-thinker", input="x", stream_options={"include_usage": True})
+    assert r.status_code == 422 and r.get_json()["error"]["param"] == "stream_options.include_usage"

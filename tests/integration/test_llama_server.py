@@ -30,6 +30,12 @@ MODEL = "smollm2-llama-server"
 FAKE = str(Path(__file__).resolve().parents[1] / "runtimes" / "fake_llm_server.py")
 
 
+NAMED_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}{% if m.name %} ({{ m.name }}){% endif %}\n"
+    "{{ m.content }}<|im_end|>\n{% endfor %}<|im_start|>assistant\n"
+)
+
+
 def settings() -> dict[str, Any]:
     return {
         "service": {"log_level": "warning"},
@@ -52,6 +58,15 @@ def settings() -> dict[str, Any]:
                     "model_path": SMOLLM2_REF,
                     "llama_server_n_ctx": 512,
                     "llama_server_n_threads": 1,
+                    "enabled": False,
+                },
+                # A chat template that shows each message's name: whether it got there.
+                "named": {
+                    "backend": "llama_server",
+                    "model_path": SMOLLM2_REF,
+                    "llama_server_n_ctx": 512,
+                    "llama_server_n_threads": 1,
+                    "llama_server_extra_args": ["--chat-template", NAMED_TEMPLATE],
                     "enabled": False,
                 },
                 # Ignores SIGTERM: shutdown must still leave nothing behind.
@@ -130,6 +145,34 @@ def test_load_json_and_stream_through_real_llama_server(server: Server) -> None:
 
 def test_a_raw_prompt_goes_through_llama_servers_completions(server: Server) -> None:
     check_raw_prompt_route(server.url, MODEL)
+
+
+def test_a_message_name_reaches_the_models_template(server: Server) -> None:
+    """Chat's `name` goes to llama-server with its message, and the model's template
+    decides what it shows (this one shows it: the prompt grows by the name's tokens)."""
+    load(server, "named")
+
+    def prompt_tokens(**named: str) -> int:
+        messages = [
+            {"role": "user", "content": "Hello there.", **named},
+            {"role": "assistant", "content": "Hi! How can I help?"},
+            {"role": "user", "content": "Tell me a joke."},
+        ]
+        body = {"model": "named", "messages": messages, "max_tokens": 2}
+        r = requests.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        return int(r.json()["usage"]["prompt_tokens"])
+
+    assert prompt_tokens(name="Marguerite_Yourcenar") > prompt_tokens() + 3
+    card = requests.get(f"{server.url}/v1/models", timeout=5).json()
+    assert {m["id"]: m for m in card["data"]}["named"]["capabilities"]["message_names"] is True
+    system_named = {
+        "model": "named",
+        "messages": [{"role": "system", "content": "x", "name": "s"}, {"role": "user", "content": "Hi"}],
+    }
+    r = requests.post(f"{server.url}/v1/chat/completions", json=system_named, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages.0.name", r.text
+    requests.post(f"{server.url}/v1/admin/models/named/unload", timeout=30).raise_for_status()
 
 
 def test_two_replicas_answer_concurrently(server: Server) -> None:

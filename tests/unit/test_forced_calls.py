@@ -136,3 +136,10 @@ def test_vllm_shows_the_tools_and_the_history_through_the_template(
 def test_template_messages_leave_plain_turns_as_they_were() -> None:
     messages, _ = template_messages(GenerationRequest(messages=(Message("user", "hi"),)))
     assert messages == [{"role": "user", "content": "hi"}]
+
+
+def test_template_messages_keep_a_participants_name() -> None:
+    """In-process vLLM renders with the model's chat template, which is given the name."""
+    request = GenerationRequest(messages=(Message("user", "hi", name="ann"), Message("user", "and?")))
+    messages, _ = template_messages(request)
+    assert messages == [{"role": "user", "content": "hi", "name": "ann"}, {"role": "user", "content": "and?"}]

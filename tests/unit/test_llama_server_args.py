@@ -405,6 +405,21 @@ def test_payload_of_a_conversation_keeps_turns_in_order(make_spec: MakeSpec) -> 
     assert no_system["stop"] == []
 
 
+def test_a_message_name_goes_with_its_message(make_spec: MakeSpec) -> None:
+    """Chat's participant name reaches llama-server's template (message_names); a message
+    without one has no `name` key at all."""
+    adapter = LlamaServerAdapter(make_spec(), 0)
+    request = GenerationRequest(
+        messages=(Message("user", "hi", name="ann"), Message("assistant", "hello"), Message("user", "bye"))
+    )
+    assert adapter.payload(request)["messages"] == [
+        {"role": "user", "content": "hi", "name": "ann"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "bye"},
+    ]
+    assert LlamaServerAdapter.capabilities(make_spec()).message_names
+
+
 # -- finding the binary ----------------------------------------------------------------
 def _executable(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

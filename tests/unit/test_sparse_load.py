@@ -90,7 +90,7 @@ def test_a_required_field_that_is_absent_is_still_an_error() -> None:
 
 def test_a_chat_body_deserializes_only_the_fields_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
     """What the sparse load is for: a body naming 3 of 45 fields runs 3 fields' deserialize
-    (and its one message's four: a message schema is small and loads whole), not every
+    (and its one message's five: a message schema is small and loads whole), not every
     declared field's (bench/README.md)."""
     seen: list[str | None] = []
     deserialize = fields.Field.deserialize
@@ -105,7 +105,7 @@ def test_a_chat_body_deserializes_only_the_fields_it_names(monkeypatch: pytest.M
     loaded = schema.load(body)
     assert loaded["max_tokens"] == 8 and loaded["temperature"] is None  # defaults still there
     named = ["max_tokens", "messages", "model"]
-    message = ["content", "role", "tool_call_id", "tool_calls"]
+    message = ["content", "name", "role", "tool_call_id", "tool_calls"]
     assert sorted(a for a in seen if a is not None) == sorted(named + message)
     seen.clear()
     monkeypatch.setattr(SparseLoad, "_plan", lambda self, data: None)  # the full walk, for contrast
