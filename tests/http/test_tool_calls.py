@@ -153,6 +153,13 @@ def test_a_history_with_calls_and_their_results_is_taken(client: FlaskClient) ->
     assert r.status_code == 200, r.get_json()
     pool = client.application.extensions["llmpool"]
     assert pool.models["talker"].capabilities.tool_calls
+    # A result that names its call's function (LangChain's way) says nothing the pool does
+    # not render already; any other name there would be dropped, so it is refused.
+    history[-1]["name"] = "get_weather"
+    assert chat(client, "talker", messages=history).status_code == 200
+    history[-1]["name"] = "get_time"
+    r = chat(client, "talker", messages=history)
+    assert r.status_code == 400 and r.get_json()["error"]["param"] == f"messages.{len(history) - 1}.name"
 
 
 @pytest.mark.parametrize(
