@@ -155,21 +155,31 @@ def invocation(chosen: list[str], smoke: bool) -> str:
     )
 
 
-def merged(path: Path, new: dict[str, Any], chosen: list[str]) -> dict[str, Any]:
-    """The results at `path` with this run's cases (those that did not fail) in place of
-    theirs, each with its `rerun` note; a case that failed now keeps its earlier figures."""
-    old: dict[str, Any] = json.loads(path.read_text())
+def checkout() -> str:
+    """The code a case's servers are about to run: HEAD's short hash, `+changes` when a
+    tracked file differs from it (a run is long; commits and edits land meanwhile)."""
     try:
-        commit = subprocess.run(
+        head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
         ).stdout.strip()
+        clean = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT, check=False).returncode == 0
     except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    note = {"command": new["meta"]["command"], "date": new["meta"]["date"], "commit": commit}
+        return "unknown"
+    return head if clean else head + "+changes"
+
+
+def merged(path: Path, new: dict[str, Any], chosen: list[str]) -> dict[str, Any]:
+    """The results at `path` with this run's cases (those that did not fail) in place of
+    theirs, each with its `rerun` note (the commit it started at); a case that failed now
+    keeps its earlier figures."""
+    old: dict[str, Any] = json.loads(path.read_text())
+    started_at = new["meta"].get("commits") or {}
     errors = new.get("errors") or {}
     for case in chosen:
         if case in errors or new.get(case) is None:
             continue
+        commit = started_at.get(case) or checkout()
+        note = {"command": new["meta"]["command"], "date": new["meta"]["date"], "commit": commit}
         old[case] = {**new[case], "rerun": note}
         (old.get("errors") or {}).pop(case, None)
     return old
@@ -210,8 +220,10 @@ def main() -> int:
         }
     )
     runners = case_runners(args.smoke, Path(tempfile.mkdtemp(prefix="llmpool-bench-")))
+    figures.meta["commits"] = {}
     for i, case in enumerate(chosen, 1):
-        log(f"case {i}/{len(chosen)}: {case}")
+        figures.meta["commits"][case] = checkout()
+        log(f"case {i}/{len(chosen)}: {case} (at {figures.meta['commits'][case]})")
         try:
             figures.cases[case] = runners[case](log)
         except Exception as exc:  # recorded, and the run goes on with the next case

@@ -27,7 +27,11 @@ def test_a_merge_replaces_the_cases_run_and_keeps_the_rest(tmp_path: Path) -> No
     }
     path.write_text(json.dumps(old))
     new = {
-        "meta": {"command": "python -m bench --cases proxy,relay,soak", "date": "2026-12-07 05:00 UTC"},
+        "meta": {
+            "command": "python -m bench --cases proxy,relay,soak",
+            "date": "2026-12-07 05:00 UTC",
+            "commits": {"proxy": "abc1234", "relay": "abc1234+changes"},  # where each case began
+        },
         "proxy": {"added_ms": 0.5},
         "relay": {"tokens": 2},
         "errors": {"soak": "RuntimeError: no wrk"},
@@ -36,8 +40,8 @@ def test_a_merge_replaces_the_cases_run_and_keeps_the_rest(tmp_path: Path) -> No
     assert out["meta"] == old["meta"]  # the page's run stays the one named at the top
     note = out["proxy"].pop("rerun")
     assert note["command"] == "python -m bench --cases proxy,relay,soak"
-    assert note["date"] == "2026-12-07 05:00 UTC" and note["commit"]
+    assert note["date"] == "2026-12-07 05:00 UTC" and note["commit"] == "abc1234"
     assert out["proxy"] == {"added_ms": 0.5}
-    assert out["relay"]["tokens"] == 2 and out["relay"]["rerun"] == note
+    assert out["relay"]["tokens"] == 2 and out["relay"]["rerun"] == {**note, "commit": "abc1234+changes"}
     assert out["errors"] == {}  # relay's old failure is gone with its new figures
     assert out["soak"] == {"rps": 5}  # failed this time: the earlier figures stay, unmarked
