@@ -21,6 +21,10 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
     def add(what: str, target: str, value: float | None, ok: Any) -> None:
         rows.append((what, target, value, None if value is None else bool(ok(value))))
 
+    def context(what: str, value: float) -> None:
+        """A figure beside the targets with none of its own (the design's floor)."""
+        rows.append((what, "-", value, None))
+
     proxy = r.get("proxy")
     if proxy:
         added = proxy["added_ms"]["pool"]["p50_ms"]
@@ -37,14 +41,10 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
             proxy["pool_rps_vs_litellm"]["64"],
             lambda v: v >= 10,
         )
-        if "floor_added_p50_vs_litellm" in proxy:  # context: the fixed design's own share
-            rows.append(
-                (
-                    "proxy: floor (bare Flask relay) added p50 / LiteLLM added p50",
-                    "-",
-                    proxy["floor_added_p50_vs_litellm"],
-                    None,
-                )
+        if "floor_added_p50_vs_litellm" in proxy:  # the fixed design's own share
+            context(
+                "proxy: floor (bare Flask relay) added p50 / LiteLLM added p50",
+                proxy["floor_added_p50_vs_litellm"],
             )
     for layout, streaming in sections.layouts(r.get("streaming") or {}):
         for n in ("1", "4"):
@@ -127,14 +127,9 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None
             lambda v: v <= 0.05,
         )
         floor = first["llama_server"]["added_p50"].get("floor")
-        if floor:  # context, as for the proxy
-            rows.append(
-                (
-                    "first token, llama-server: floor (bare Flask relay) added p50 / direct",
-                    "-",
-                    floor["of_direct"],
-                    None,
-                )
+        if floor:
+            context(
+                "first token, llama-server: floor (bare Flask relay) added p50 / direct", floor["of_direct"]
             )
     soak = r.get("soak")
     if soak:

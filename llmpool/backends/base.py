@@ -43,9 +43,10 @@ class Capabilities:
     # it lacks is a 400 naming the field. Most runtimes sample with top_k, a repetition
     # penalty and a seed per request; beam search is CTranslate2's alone.
     decoding: tuple[str, ...] = ("top_k", "repetition_penalty", "seed")
-    # Whether a chat message's `name` reaches the model: where the runtime renders the
-    # chat with the model's own template (which decides what a name shows). Where the
-    # pool renders the prompt itself there is nowhere to put it, so it is a 400.
+    # Whether a chat message's `name` reaches the model: where the runtime renders every
+    # chat with the model's own template (which decides what a name shows); elsewhere it
+    # is a 400. Declared before a load, so in-process llama.cpp (whose GGUF may have no
+    # template, and whose single turns may go through the pool's own formats) says no.
     message_names: bool = False
 
     def row(self) -> dict[str, Any]:

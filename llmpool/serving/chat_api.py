@@ -59,9 +59,9 @@ def completion(job: Job, done: Done) -> dict[str, Any]:
 
 def refuse_names(body: dict[str, Any], pool: Pool) -> None:
     """A 400 naming the first message whose `name` would not reach the model: a system or
-    developer message's (its text joins the instructions), or any where the pool renders
-    the prompt itself (Capabilities.message_names). A tool result may name the function of
-    the call it answers (as many clients send it): the pool renders that name anyway."""
+    developer message's (its text joins the instructions), or any on a model without
+    Capabilities.message_names. A tool result may name the function of the call it
+    answers (as many clients send it): that says nothing its call id does not."""
     entry = pool.entry(body["model"])
     called: dict[str, str] = {}  # call id -> function name, from the assistant turns so far
     for index, message in enumerate(body["messages"]):

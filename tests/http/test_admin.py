@@ -51,7 +51,7 @@ def test_rows_in_config_order_with_every_field(client: FlaskClient) -> None:
         "tool_calls": False,  # generic: the pool cannot read this model's calls
         "forced_tool_calls": False,
         "decoding": ["top_k", "repetition_penalty", "seed"],  # llama.cpp samples; no beam search
-        "message_names": False,  # the pool renders its prompt: a message's name has no place
+        "message_names": False,  # in-process llama.cpp: a message's name is a 400
     }
     constraints = {c["key"]: c for c in smol["load_constraints"]}
     assert constraints["gguf_n_ctx"]["min"] == 256 and constraints["gguf_n_ctx"]["default"] == 1024

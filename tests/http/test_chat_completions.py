@@ -311,8 +311,8 @@ def test_missing_model_and_malformed_body_are_422(client: FlaskClient) -> None:
         ({"logprobs": True}, "logprobs"),
         ({"messages": [*POEM, {"role": "assistant", "content": "The sea"}]}, "messages"),
         ({"messages": [{"role": "system", "content": "Be brief."}]}, "messages"),
-        # SmolLM2 here is in-process llama.cpp: the pool renders its prompt, with no place
-        # for a participant's name (llama-server's template gets it: test_llama_server).
+        # SmolLM2 here is in-process llama.cpp, which does not declare message_names
+        # (llama-server's template gets a name: test_llama_server).
         ({"messages": [{"role": "user", "content": "Hi", "name": "ann"}]}, "messages.0.name"),
         ({"stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation"),
         ({"messages": [{"role": "system", "content": "Be brief.", "name": "s"}, *POEM]}, "messages.0.name"),
